@@ -1,0 +1,47 @@
+"""Settings: one pydantic-settings model, read from ``MODELPORT_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "VerifyPolicy"]
+
+VerifyPolicy = Literal["always", "first-load", "never"]
+
+
+class Settings(BaseSettings):
+    """Where modelport keeps its state and how it treats it.
+
+    Build one at start-up (``Settings()`` reads the environment) and pass it down; nothing
+    reads the environment behind the caller's back.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".modelport",
+        description="Directory for the embedded database and the local artifact store.",
+    )
+    db_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the metadata DB; default sqlite:///$MODELPORT_HOME/registry.db.",
+    )
+    store_path: Path | None = Field(
+        default=None, description="Local artifact store directory; default $MODELPORT_HOME/artifacts."
+    )
+    verify: VerifyPolicy = Field(
+        default="always",
+        description="When loading re-hashes model files against their manifest.",
+    )
+
+    def resolved_db_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{self.home.expanduser() / 'registry.db'}"
+
+    def resolved_store_path(self) -> Path:
+        return (self.store_path or self.home / "artifacts").expanduser()

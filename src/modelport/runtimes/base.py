@@ -1,0 +1,146 @@
+"""The runtime plugin point: one small protocol a format implements, and the table of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from modelport.errors import InvalidModel, ModelportError, UnsupportedFormat
+from modelport.types import Signature, Tensors
+
+__all__ = [
+    "LoadOptions",
+    "LoadedModel",
+    "ModelFiles",
+    "Runtime",
+    "RuntimeTable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFiles:
+    """The files that make up one model: ``root`` and paths relative to it.
+
+    ``entry`` is the file (or ``"."`` for the directory itself) the runtime opens.
+    """
+
+    root: Path
+    entry: str
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a runtime learns from inspecting a model without loading it for inference."""
+
+    files: ModelFiles
+    signature: Signature
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How to load a model for inference. Runtimes ignore options that do not apply."""
+
+    intra_op_threads: int = 0
+    """Threads inside one operator; 0 lets the runtime choose."""
+    inter_op_threads: int = 0
+    """Threads across independent operators; 0 lets the runtime choose."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Format-specific options, passed through untouched."""
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    """A model ready for inference.
+
+    ``predict`` validates its inputs against ``signature`` first, is safe to call from a
+    worker thread, and releases the GIL while the framework computes.
+    """
+
+    @property
+    def signature(self) -> Signature: ...
+
+    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors: ...
+
+    def close(self) -> None: ...
+
+
+class Runtime(Protocol):
+    """A model format: how to recognise it, inspect it, and load it."""
+
+    format: str
+    """Stable format name stored with each version, e.g. ``"onnx"``."""
+    extra: str
+    """The pip extra that brings its framework (``""`` when part of the core install)."""
+
+    def detect(self, path: Path) -> bool:
+        """Whether ``path`` (file or directory) looks like this format. Cheap; never loads."""
+        ...
+
+    def inspect(self, path: Path) -> ModelInfo:
+        """Validate the model at ``path`` and describe its files and signature.
+
+        Raises:
+            InvalidModel: the model is corrupt, truncated or unsafe.
+            UnsupportedFormat: it uses something this runtime cannot serve.
+        """
+        ...
+
+    def load(self, path: Path, options: LoadOptions) -> LoadedModel:
+        """Load the model whose entry file or directory is ``path``."""
+        ...
+
+
+class RuntimeTable:
+    """Runtimes by format name. Registering a format twice is an error, never an overwrite."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, Callable[[], Runtime]] = {}
+        self._instances: dict[str, Runtime] = {}
+
+    def register(self, format_name: str, factory: Callable[[], Runtime]) -> None:
+        if format_name in self._factories:
+            raise ModelportError(f"runtime for format {format_name!r} is already registered")
+        self._factories[format_name] = factory
+
+    def formats(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, format_name: str) -> Runtime:
+        if format_name not in self._factories:
+            raise UnsupportedFormat(
+                f"unknown format {format_name!r}; supported formats: {', '.join(self.formats())}"
+            )
+        runtime = self._instances.get(format_name)
+        if runtime is None:
+            runtime = self._instances[format_name] = self._factories[format_name]()
+        return runtime
+
+    def __iter__(self) -> Iterator[Runtime]:
+        return (self.get(name) for name in self.formats())
+
+    def detect(self, path: Path) -> Runtime:
+        """The runtime that recognises ``path``.
+
+        Raises:
+            InvalidModel: the path is missing, an empty file, or an empty directory.
+            UnsupportedFormat: no runtime recognises it; the message lists the formats.
+        """
+        if not path.exists():
+            raise InvalidModel(f"{path} does not exist")
+        if path.is_file() and path.stat().st_size == 0:
+            raise InvalidModel(f"{path} is an empty file")
+        if path.is_dir() and not any(path.iterdir()):
+            raise InvalidModel(f"{path} is an empty directory")
+        for runtime in self:
+            if runtime.detect(path):
+                return runtime
+        kind = "directory" if path.is_dir() else "file"
+        hint = " with no model in it" if path.is_dir() else ""
+        raise UnsupportedFormat(
+            f"{path}: {kind}{hint} of no known format; supported formats: "
+            f"{', '.join(self.formats())}"
+        )
