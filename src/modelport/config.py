@@ -31,7 +31,8 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the metadata DB; default sqlite:///$MODELPORT_HOME/registry.db.",
     )
     store_path: Path | None = Field(
-        default=None, description="Local artifact store directory; default $MODELPORT_HOME/artifacts."
+        default=None,
+        description="Local artifact store directory; default $MODELPORT_HOME/artifacts.",
     )
     verify: VerifyPolicy = Field(
         default="always",

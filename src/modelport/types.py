@@ -176,8 +176,7 @@ class Signature:
             array = tensors.get(spec.name)
             if array is None:
                 raise InvalidInput(
-                    f"missing input {spec.name!r} "
-                    f"({spec.datatype.value} {spec.shape_text()})"
+                    f"missing input {spec.name!r} ({spec.datatype.value} {spec.shape_text()})"
                 )
             if not _dtype_matches(spec.datatype, array):
                 raise InvalidInput(
@@ -261,7 +260,9 @@ class ModelRef:
         if not sep or selector == "latest":
             return cls(name)
         if not selector:
-            raise InvalidName(f"reference {text!r} has nothing after '@'; use {name}@3 or {name}@prod")
+            raise InvalidName(
+                f"reference {text!r} has nothing after '@'; use {name}@3 or {name}@prod"
+            )
         if selector.isdigit():
             version = int(selector)
             if version < 1:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from functools import cache
 
-from modelport.runtimes.base import LoadedModel, LoadOptions, ModelFiles, ModelInfo, Runtime, RuntimeTable
+from modelport.runtimes.base import (
+    LoadedModel,
+    LoadOptions,
+    ModelFiles,
+    ModelInfo,
+    Runtime,
+    RuntimeTable,
+)
 
 __all__ = [
     "LoadOptions",

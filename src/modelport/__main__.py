@@ -1,0 +1,3 @@
+from modelport.cli.main import run
+
+run()

@@ -1,0 +1,226 @@
+"""The ``modelport`` command: thin commands over the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelport.cli import render
+from modelport.cli.errors import fail
+from modelport.errors import InvalidInput, ModelportError, VerificationFailed
+from modelport.registry import Registry
+from modelport.types import ModelRef, parse_tags
+
+app = typer.Typer(
+    name="modelport",
+    help="Turn trained models into production services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _registry() -> Registry:
+    return Registry()
+
+
+@app.command()
+def push(
+    path: Annotated[Path, typer.Argument(help="Model file or directory.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
+    alias: Annotated[
+        list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", help="key=value; repeatable.")
+    ] = None,
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    format_name: Annotated[
+        str | None, typer.Option("--format", help="Skip detection and use this format.")
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="Allow formats that run code on load (pickle)."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Store a model file or directory as the next version of NAME."""
+    tags = parse_tags(tag or [])
+    with _registry() as registry:
+        version = registry.push(
+            path,
+            name,
+            aliases=alias or [],
+            tags=tags,
+            description=description,
+            format=format_name,
+            trust_pickle=trust_pickle,
+        )
+    if as_json:
+        render.print_json(version.to_dict())
+        return
+    aliases = f", alias {', '.join(version.aliases)}" if version.aliases else ""
+    render.console().print(
+        f"pushed [bold]{version.ref}[/bold] ({version.format}, "
+        f"{render.human_size(version.size)}, {len(version.files)} file(s){aliases})"
+    )
+
+
+@app.command("ls")
+def list_models(
+    name: Annotated[str | None, typer.Argument(help="List this model's versions.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List models, or the versions of one model."""
+    with _registry() as registry:
+        if name is None:
+            models = registry.list_models()
+            if as_json:
+                render.print_json([m.to_dict() for m in models])
+            else:
+                render.models_table(models)
+            return
+        versions = registry.list_versions(name)
+    if as_json:
+        render.print_json([v.to_dict() for v in versions])
+    else:
+        render.versions_table(versions)
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="name, name@3 or name@alias.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a version: metadata, signature, files and digests, lineage, aliases."""
+    with _registry() as registry:
+        version = registry.get(ref)
+    if as_json:
+        render.print_json(version.to_dict())
+    else:
+        render.version_detail(version)
+
+
+@app.command()
+def alias(
+    ref: Annotated[
+        str,
+        typer.Argument(help="The version to point at (name@3), or the model name with --delete."),
+    ],
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS")],
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias instead.")] = False,
+) -> None:
+    """Point ALIAS at a version (or remove it with --delete)."""
+    with _registry() as registry:
+        if delete:
+            registry.delete_alias(ModelRef.parse(ref).name, alias_name)
+            render.console().print(f"removed alias {alias_name} of {ModelRef.parse(ref).name}")
+            return
+        version = registry.set_alias(ref, alias_name)
+    render.console().print(f"{version.model}@{alias_name} → {version.ref}")
+
+
+@app.command()
+def predict(
+    ref: Annotated[str, typer.Argument(help="name, name@3 or name@alias.")],
+    input_data: Annotated[
+        str, typer.Option("--input", "-i", help="JSON object, or a .json/.npy/.npz file.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Save outputs to this .npz file.")
+    ] = None,
+    output_name: Annotated[
+        list[str] | None, typer.Option("--output-name", help="Only these outputs; repeatable.")
+    ] = None,
+) -> None:
+    """Run one prediction in-process and print the outputs as JSON."""
+    import numpy as np
+
+    from modelport.tensorio import read_tensors, tensors_to_json
+
+    with _registry() as registry:
+        model = registry.load(ref)
+        try:
+            inputs = read_tensors(input_data, model.signature)
+            outputs = model.predict(inputs, output_name or None)
+        finally:
+            model.close()
+    if output is not None:
+        if output.suffix != ".npz":
+            raise InvalidInput(f"--output must name a .npz file, got {output}")
+        np.savez(output, allow_pickle=False, **outputs)
+    render.print_json(tensors_to_json(outputs))
+
+
+@app.command()
+def verify(
+    ref: Annotated[str | None, typer.Argument(help="name@3; omit with --all.")] = None,
+    all_versions: Annotated[bool, typer.Option("--all", help="Verify every version.")] = False,
+) -> None:
+    """Re-hash stored files against their manifest; exit non-zero on any mismatch."""
+    with _registry() as registry:
+        if all_versions:
+            refs = [v.ref for m in registry.list_models() for v in registry.list_versions(m.name)]
+        elif ref is not None:
+            refs = [registry.get(ref).ref]
+        else:
+            raise InvalidInput("name a version to verify (e.g. iris@1) or pass --all")
+        damaged = 0
+        for version_ref in refs:
+            problems = registry.verify(version_ref)
+            damaged += bool(problems)
+            status = "ok" if not problems else "DAMAGED"
+            render.console().print(f"{version_ref}: {status}")
+            for problem in problems:
+                render.console().print(f"  {problem}", markup=False)
+    if damaged:
+        raise VerificationFailed(f"{damaged} of {len(refs)} version(s) failed verification")
+
+
+@app.command("rm")
+def remove(
+    ref: Annotated[str, typer.Argument(help="name@3, or a model name with --all.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete even if an alias points at it.")
+    ] = False,
+    whole_model: Annotated[
+        bool, typer.Option("--all", help="Delete the model and every version.")
+    ] = False,
+) -> None:
+    """Delete a version (or a whole model with --all)."""
+    with _registry() as registry:
+        if whole_model:
+            removed = registry.delete_model(ModelRef.parse(ref).name, force=force)
+            render.console().print(f"removed model {ref} ({len(removed)} version(s))")
+        else:
+            version = registry.delete(ref, force=force)
+            render.console().print(f"removed {version.ref}")
+
+
+@app.command()
+def gc() -> None:
+    """Remove stored files no version references (e.g. left by an interrupted push)."""
+    with _registry() as registry:
+        report = registry.gc()
+    render.console().print(
+        f"removed {report.blobs_removed} blob(s) ({render.human_size(report.bytes_freed)}), "
+        f"{report.staging_removed} interrupted push(es), {report.checkouts_removed} checkout(s)"
+    )
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point: every modelport error becomes one line on stderr and an exit code.
+
+    Usage errors are Typer's own (exit 2); anything else escaping is a bug and keeps its
+    traceback.
+    """
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="modelport")
+    except ModelportError as exc:
+        sys.exit(fail(exc))

@@ -1,0 +1,120 @@
+"""How the CLI shows records: rich tables for people, JSON for programs.
+
+Rich is imported only when a table is drawn, so ``--json`` calls start faster.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from modelport.registry import ModelSummary, ModelVersion
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.buffer.write(
+        orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+
+
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def models_table(models: Sequence[ModelSummary]) -> None:
+    from rich.table import Table
+
+    table = Table("NAME", "LATEST", "VERSIONS", "FORMAT", "SIZE", "ALIASES", "UPDATED", box=None)
+    for m in models:
+        aliases = ", ".join(f"{a}→{n}" for a, n in m.aliases.items())
+        table.add_row(
+            m.name,
+            str(m.latest or "-"),
+            str(m.versions),
+            m.latest_format or "-",
+            human_size(m.latest_size),
+            aliases,
+            when(m.updated_at),
+        )
+    out = console()
+    out.print(table) if models else out.print("no models yet; add one with `modelport push`")
+
+
+def versions_table(versions: Sequence[ModelVersion]) -> None:
+    from rich.table import Table
+
+    table = Table("VERSION", "FORMAT", "SIZE", "ALIASES", "TAGS", "CREATED", "LINEAGE", box=None)
+    for v in versions:
+        lineage = f"{v.lineage.operation} from {v.lineage.parent}" if v.lineage.operation else ""
+        table.add_row(
+            str(v.version),
+            v.format,
+            human_size(v.size),
+            ", ".join(v.aliases),
+            ", ".join(f"{k}={val}" for k, val in v.tags.items()),
+            when(v.created_at),
+            lineage,
+        )
+    console().print(table)
+
+
+def version_detail(v: ModelVersion) -> None:
+    from rich.table import Table
+
+    out = console()
+    out.print(
+        f"[bold]{v.ref}[/bold]  {v.format}, {human_size(v.size)}, created {when(v.created_at)}"
+    )
+    facts = {
+        "description": v.description or "-",
+        "aliases": ", ".join(v.aliases) or "-",
+        "tags": ", ".join(f"{k}={val}" for k, val in v.tags.items()) or "-",
+        "lineage": (
+            f"{v.lineage.operation} from {v.lineage.parent or '(deleted)'} {v.lineage.parameters}"
+            if v.lineage.operation
+            else "-"
+        ),
+        "metrics": ", ".join(f"{k}={val}" for k, val in v.metrics.items()) or "-",
+        "trust pickle": "yes" if v.trust_pickle else "no",
+    }
+    for key, value in facts.items():
+        out.print(f"  {key:<13}{value}", markup=False)
+    signature = Table(
+        "", "NAME", "DATATYPE", "SHAPE", box=None, title="signature", title_justify="left"
+    )
+    for kind, specs in (("input", v.signature.inputs), ("output", v.signature.outputs)):
+        for spec in specs:
+            signature.add_row(kind, spec.name, spec.datatype.value, spec.shape_text())
+    out.print(signature)
+    files = Table("PATH", "SIZE", "SHA256", box=None, title="files", title_justify="left")
+    for f in v.files:
+        files.add_row(
+            f.path + (" (entry)" if f.path == v.entry else ""), human_size(f.size), f.digest
+        )
+    out.print(files)

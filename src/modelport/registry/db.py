@@ -1,0 +1,128 @@
+"""Opening the metadata database: engine set-up, SQLite pragmas, and schema migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from modelport.errors import StorageError
+
+__all__ = ["HEAD_REVISION", "open_database", "read_transaction", "write_transaction"]
+
+# The newest migration in migrations/versions; a test keeps the two in step. Checking it
+# against the DB without importing Alembic keeps every CLI start fast.
+HEAD_REVISION = "0001"
+_KNOWN_REVISIONS = ("0001",)
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def open_database(url: str) -> Engine:
+    """Create an engine for ``url`` and bring its schema up to ``HEAD_REVISION``.
+
+    SQLite runs in WAL mode so readers never wait for a writer, with foreign keys on and
+    a generous busy timeout so concurrent pushes queue rather than fail.
+
+    Raises:
+        StorageError: the database cannot be opened, or was made by a newer modelport.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(url, parsed.database)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        _migrate(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StorageError(f"cannot open the registry database {parsed!r}: {exc}") from exc
+    return engine
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:":
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver so that we, not pysqlite, decide how transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A writer takes the write lock up front: a deferred transaction that upgrades from
+        # read to write can fail at once with SQLITE_BUSY instead of waiting its turn.
+        immediate = connection.get_execution_options().get("write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that intends to write: serialised against other writers."""
+    with engine.connect() as connection:
+        connection.execution_options(write=True)
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read-only snapshot: never blocks writers."""
+    with engine.connect() as connection, connection.begin():
+        yield connection
+
+
+def _current_revision(connection: Connection) -> str | None:
+    try:
+        row = connection.execute(text("SELECT version_num FROM alembic_version")).first()
+    except OperationalError:
+        return None
+    except SQLAlchemyError:
+        # PostgreSQL aborts the transaction on a missing table; start again clean.
+        connection.rollback()
+        return None
+    return None if row is None else str(row[0])
+
+
+def _migrate(engine: Engine) -> None:
+    with engine.connect() as connection:
+        revision = _current_revision(connection)
+        connection.rollback()
+    if revision == HEAD_REVISION:
+        return
+    if revision is not None and revision not in _KNOWN_REVISIONS:
+        raise StorageError(
+            f"the registry database is at schema revision {revision!r}, which this version of "
+            "modelport does not know; upgrade modelport to open it"
+        )
+    with write_transaction(engine) as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(7263301)"))
+        # Another process may have migrated while we waited for the write lock.
+        if _current_revision(connection) == HEAD_REVISION:
+            return
+        _run_alembic_upgrade(connection)
+
+
+def _run_alembic_upgrade(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,345 @@
+"""The ``Registry`` facade: push, find, alias, load, verify and delete model versions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from modelport.config import Settings, VerifyPolicy
+from modelport.errors import Conflict, InvalidInput, StorageError, Unavailable, VerificationFailed
+from modelport.registry import queries
+from modelport.registry.db import open_database, read_transaction, write_transaction
+from modelport.registry.records import Lineage, ModelSummary, ModelVersion
+from modelport.registry.schema import AliasRow, FileRow, ModelRow, TagRow, VersionRow
+from modelport.registry.store import FileEntry, GcReport, LocalStore, hash_file, manifest_key
+from modelport.runtimes import LoadedModel, LoadOptions, RuntimeTable, default_runtimes
+from modelport.types import ModelRef, parse_tags, validate_alias, validate_name
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """A model registry: metadata in a SQL database, files in an artifact store.
+
+    Every method is safe to call from several processes at once; each write is one DB
+    transaction, published only after its files are stored and hashed.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, runtimes: RuntimeTable | None = None
+    ) -> None:
+        self.settings = settings or Settings()
+        self.runtimes = runtimes or default_runtimes()
+        self.engine = open_database(self.settings.resolved_db_url())
+        self.store = LocalStore(self.settings.resolved_store_path())
+        self._verified: set[str] = set()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def push(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        aliases: Iterable[str] = (),
+        tags: Mapping[str, str] | Iterable[str] | None = None,
+        description: str = "",
+        format: str | None = None,
+        trust_pickle: bool = False,
+        lineage: Lineage | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Store the model at ``path`` as the next version of ``name``.
+
+        The model is validated and its signature read before anything is stored; files are
+        hashed while copied and published in one transaction, so a failure or a kill at any
+        point leaves no half version.
+
+        Raises:
+            InvalidName, InvalidModel, UnsupportedFormat, NotFound (lineage parent),
+            StorageError (disk full, DB refused).
+        """
+        validate_name(name)
+        alias_list = [validate_alias(a) for a in aliases]
+        tag_map = _tags(tags)
+        metric_map = _json_dict(metrics, "metrics")
+        source = Path(path).expanduser()
+        runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
+        info = runtime.inspect(source)
+        with self.store.shared_lock(), self.store.staging() as stage:
+            entries = [stage.add(info.files.root / rel, rel) for rel in info.files.paths]
+            stage.publish()
+            number = self._insert_version(
+                name=name,
+                row={
+                    "format": runtime.format,
+                    "entry": info.files.entry,
+                    "signature": info.signature.to_dict(),
+                    "size": sum(e.size for e in entries),
+                    "description": description,
+                    "trust_pickle": trust_pickle,
+                    "metrics": metric_map,
+                    "operation": lineage.operation if lineage else None,
+                    "parameters": _json_dict(lineage.parameters if lineage else None, "lineage"),
+                },
+                parent=lineage.parent if lineage else None,
+                entries=entries,
+                tags=tag_map,
+                aliases=alias_list,
+            )
+        return self.get(ModelRef(name, version=number))
+
+    def _insert_version(
+        self,
+        *,
+        name: str,
+        row: dict[str, Any],
+        parent: str | None,
+        entries: list[FileEntry],
+        tags: dict[str, str],
+        aliases: list[str],
+    ) -> int:
+        now = datetime.now(UTC)
+        for attempt in range(3):
+            try:
+                with write_transaction(self.engine) as conn:
+                    mid = self._ensure_model(conn, name, row["description"], now)
+                    conn.execute(
+                        update(ModelRow)
+                        .where(ModelRow.id == mid)
+                        .values(last_version=ModelRow.last_version + 1)
+                    )
+                    number = int(
+                        conn.execute(
+                            select(ModelRow.last_version).where(ModelRow.id == mid)
+                        ).scalar_one()
+                    )
+                    parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
+                    vid = conn.execute(
+                        insert(VersionRow)
+                        .values(
+                            model_id=mid, number=number, created_at=now, parent_id=parent_id, **row
+                        )
+                        .returning(VersionRow.id)
+                    ).scalar_one()
+                    if entries:
+                        conn.execute(
+                            insert(FileRow),
+                            [
+                                {
+                                    "version_id": vid,
+                                    "path": e.path,
+                                    "digest": e.digest,
+                                    "size": e.size,
+                                }
+                                for e in entries
+                            ],
+                        )
+                    if tags:
+                        conn.execute(
+                            insert(TagRow),
+                            [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
+                        )
+                    for alias in aliases:
+                        _point_alias(conn, mid, alias, vid)
+                    return number
+            except IntegrityError:
+                # Two first pushes of one new model raced on PostgreSQL; the loser retries.
+                if attempt == 2:
+                    raise
+            except SQLAlchemyError as exc:
+                raise StorageError(f"the registry database refused the new version: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _ensure_model(conn: Connection, name: str, description: str, now: datetime) -> int:
+        found = conn.execute(
+            select(ModelRow.id, ModelRow.description).where(ModelRow.name == name)
+        ).first()
+        if found is None:
+            return int(
+                conn.execute(
+                    insert(ModelRow)
+                    .values(name=name, description=description, created_at=now, last_version=0)
+                    .returning(ModelRow.id)
+                ).scalar_one()
+            )
+        if description and not found.description:
+            conn.execute(
+                update(ModelRow).where(ModelRow.id == found.id).values(description=description)
+            )
+        return int(found.id)
+
+    def set_alias(self, ref: ModelRef | str, alias: str) -> ModelVersion:
+        """Point ``alias`` of the referenced model at the referenced version."""
+        validate_alias(alias)
+        target = ModelRef.coerce(ref)
+        with write_transaction(self.engine) as conn:
+            mid, vid = queries.resolve(conn, target)
+            _point_alias(conn, mid, alias, vid)
+        return self.get(ModelRef(target.name, alias=alias))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias; ``NotFound`` if the model does not have it."""
+        with write_transaction(self.engine) as conn:
+            mid, _ = queries.resolve(
+                conn, ModelRef(validate_name(name), alias=validate_alias(alias))
+            )
+            conn.execute(delete(AliasRow).where(AliasRow.model_id == mid, AliasRow.name == alias))
+
+    def set_metrics(self, ref: ModelRef | str, metrics: Mapping[str, Any]) -> ModelVersion:
+        """Merge ``metrics`` into the version's metrics (evaluation jobs use this)."""
+        new = _json_dict(metrics, "metrics")
+        target = ModelRef.coerce(ref)
+        with write_transaction(self.engine) as conn:
+            _, vid = queries.resolve(conn, target)
+            current = conn.execute(
+                select(VersionRow.metrics).where(VersionRow.id == vid)
+            ).scalar_one()
+            conn.execute(
+                update(VersionRow).where(VersionRow.id == vid).values(metrics={**current, **new})
+            )
+        return self.get(target)
+
+    def delete(self, ref: ModelRef | str, *, force: bool = False) -> ModelVersion:
+        """Delete one version. Refuses while an alias points at it, unless ``force``."""
+        target = ModelRef.coerce(ref)
+        if target.version is None and target.alias is None:
+            raise InvalidInput(
+                f"say which version to delete, e.g. {target.name}@3, or delete the whole model"
+            )
+        with write_transaction(self.engine) as conn:
+            _, vid = queries.resolve(conn, target)
+            (record,) = queries.load_versions(conn, [vid])
+            if record.aliases and not force:
+                raise Conflict(
+                    f"{record.ref} is what alias {', '.join(record.aliases)} points at; move the "
+                    "alias first (modelport alias) or pass --force"
+                )
+            conn.execute(delete(AliasRow).where(AliasRow.version_id == vid))
+            conn.execute(delete(VersionRow).where(VersionRow.id == vid))
+        self._sweep()
+        return record
+
+    def delete_model(self, name: str, *, force: bool = False) -> list[ModelVersion]:
+        """Delete a model and all its versions. Refuses while it has aliases, unless ``force``."""
+        with write_transaction(self.engine) as conn:
+            mid = queries.model_id(conn, validate_name(name))
+            records = queries.load_versions(conn, queries.version_ids_of(conn, mid))
+            aliased = [r.ref for r in records if r.aliases]
+            if aliased and not force:
+                raise Conflict(f"model {name!r} has aliases on {', '.join(aliased)}; pass --force")
+            conn.execute(delete(AliasRow).where(AliasRow.model_id == mid))
+            conn.execute(delete(VersionRow).where(VersionRow.model_id == mid))
+            conn.execute(delete(ModelRow).where(ModelRow.id == mid))
+        self._sweep()
+        return records
+
+    def _sweep(self) -> None:
+        # Freeing space right away is a courtesy; when a push holds the store, gc does it later.
+        with contextlib.suppress(Unavailable):
+            self.gc(wait=2.0)
+
+    def gc(self, *, wait: float = 60.0) -> GcReport:
+        """Remove what no version references: blobs, stale checkouts, dead pushes' staging."""
+        with read_transaction(self.engine) as conn:
+            manifests = queries.all_manifests(conn)
+        referenced = {e.digest for files in manifests.values() for e in files}
+        keep = {manifest_key(files) for files in manifests.values()}
+        return self.store.collect_garbage(referenced, keep, wait=wait)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, ref: ModelRef | str) -> ModelVersion:
+        """The version a reference names (``name`` alone means the latest)."""
+        with read_transaction(self.engine) as conn:
+            _, vid = queries.resolve(conn, ModelRef.coerce(ref))
+            return queries.load_versions(conn, [vid])[0]
+
+    def list_models(self) -> list[ModelSummary]:
+        with read_transaction(self.engine) as conn:
+            return queries.list_models(conn)
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        with read_transaction(self.engine) as conn:
+            mid = queries.model_id(conn, validate_name(name))
+            return queries.load_versions(conn, queries.version_ids_of(conn, mid))
+
+    def verify(self, ref: ModelRef | str) -> list[str]:
+        """Re-hash the version's stored files; one line per problem, empty when intact."""
+        record = self.get(ref)
+        return self.store.verify(list(record.files))
+
+    def load(
+        self,
+        ref: ModelRef | str,
+        options: LoadOptions | None = None,
+        *,
+        verify: VerifyPolicy | None = None,
+    ) -> LoadedModel:
+        """Load a version for inference through its format's runtime.
+
+        Files are checked against the manifest first, per ``verify`` (default: settings).
+
+        Raises:
+            NotFound, VerificationFailed, MissingDependency, InvalidModel.
+        """
+        record = self.get(ref)
+        runtime = self.runtimes.get(record.format)
+        directory = self.store.checkout(list(record.files))
+        policy = verify or self.settings.verify
+        key = manifest_key(record.files)
+        if policy == "always" or (policy == "first-load" and key not in self._verified):
+            _verify_checkout(directory, record)
+            self._verified.add(key)
+        return runtime.load(directory / record.entry, options or LoadOptions())
+
+
+def _verify_checkout(directory: Path, record: ModelVersion) -> None:
+    for entry in record.files:
+        path = directory / entry.path
+        digest, size = hash_file(path) if path.exists() else ("", -1)
+        if digest != entry.digest or size != entry.size:
+            raise VerificationFailed(
+                f"{record.ref}: file {entry.path!r} does not match its manifest digest; "
+                "the stored model was modified or damaged. Run `modelport verify "
+                f"{record.ref}` and push the model again"
+            )
+
+
+def _point_alias(conn: Connection, model_id: int, alias: str, version_id: int) -> None:
+    conn.execute(delete(AliasRow).where(AliasRow.model_id == model_id, AliasRow.name == alias))
+    conn.execute(insert(AliasRow).values(model_id=model_id, name=alias, version_id=version_id))
+
+
+def _tags(tags: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if isinstance(tags, Mapping):
+        return parse_tags(f"{k}={v}" for k, v in tags.items())
+    return parse_tags(tags)
+
+
+def _json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        return dict(json.loads(json.dumps(dict(value))))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON-serialisable: {exc}") from exc
