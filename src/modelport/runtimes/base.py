@@ -138,9 +138,5 @@ class RuntimeTable:
         for runtime in self:
             if runtime.detect(path):
                 return runtime
-        kind = "directory" if path.is_dir() else "file"
-        hint = " with no model in it" if path.is_dir() else ""
-        raise UnsupportedFormat(
-            f"{path}: {kind}{hint} of no known format; supported formats: "
-            f"{', '.join(self.formats())}"
-        )
+        what = "directory with no model in it" if path.is_dir() else "file of no known format"
+        raise UnsupportedFormat(f"{path}: {what}; supported formats: {', '.join(self.formats())}")

@@ -1,0 +1,241 @@
+"""The ``onnx`` runtime: ONNX models served with onnxruntime on CPU.
+
+File checks and signatures live in ``onnx_inspection``; this module adds the session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
+from modelport.runtimes.base import LoadOptions, ModelInfo
+from modelport.runtimes.onnx_inspection import (
+    entry_file,
+    external_data_files,
+    inspect_model,
+    onnx_files,
+    read_model,
+    short_message,
+    signature,
+)
+from modelport.types import DataType, Signature, Tensors
+
+__all__ = ["OnnxModel", "OnnxRuntime"]
+
+_OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+_EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+
+
+class OnnxRuntime:
+    """The ``onnx`` format: a ``.onnx`` file, or a directory with exactly one at its top.
+
+    External data files must sit inside the model's directory; anything else is refused as
+    unsafe before any loader touches it.
+    """
+
+    format = "onnx"
+    extra = ""
+
+    def detect(self, path: Path) -> bool:
+        """Whether ``path`` is a ``.onnx`` file or a directory with exactly one. Never parses."""
+        try:
+            if path.is_file():
+                return path.suffix.lower() == ".onnx"
+            return path.is_dir() and len(onnx_files(path)) == 1
+        except OSError:
+            return False
+
+    def inspect(self, path: Path) -> ModelInfo:
+        """Validate the model at ``path`` and describe it; see ``inspect_model``.
+
+        Raises:
+            InvalidModel: the model is missing, corrupt, truncated or unsafe.
+            UnsupportedFormat: an input or output of a type modelport cannot serve.
+        """
+        return inspect_model(path)
+
+    def load(self, path: Path, options: LoadOptions) -> OnnxModel:
+        """Load the model whose entry file (or directory holding one) is ``path``, on CPU.
+
+        ``options.extra`` may hold ``graph_optimization_level`` (disable, basic, extended,
+        all) and ``execution_mode`` (sequential, parallel); other keys are ignored.
+
+        Raises:
+            MissingDependency: onnxruntime is not installed.
+            InvalidInput: an option has a value onnxruntime does not know.
+            InvalidModel: as for ``inspect``, or onnxruntime refuses the model.
+            UnsupportedFormat: as for ``inspect``.
+        """
+        ort = _import_onnxruntime()
+        entry = entry_file(path)
+        model = read_model(entry)
+        external_data_files(model, entry)
+        described = signature(model)
+        session_options = _session_options(ort, options)
+        try:
+            session = ort.InferenceSession(
+                str(entry), sess_options=session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime's errors share no narrower base
+            message = f"onnxruntime could not load {entry.name}: {short_message(exc)}"
+            raise InvalidModel(message) from exc
+        return OnnxModel(session, described, _onnxruntime_errors(ort))
+
+
+class OnnxModel:
+    """An ONNX model in an onnxruntime session.
+
+    ``predict`` may be called from many threads at once: onnxruntime's ``run`` is
+    thread-safe and releases the GIL while it computes.
+    """
+
+    def __init__(
+        self, session: Any, signature: Signature, run_errors: tuple[type[Exception], ...]
+    ) -> None:
+        self._session: Any = session
+        self._signature = signature
+        self._run_errors = run_errors
+        self._string_inputs = frozenset(
+            spec.name for spec in signature.inputs if spec.datatype is DataType.BYTES
+        )
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
+        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
+
+        BYTES inputs may hold ``bytes`` (UTF-8) or ``str``; BYTES outputs are object arrays
+        of ``bytes``. Probability maps (scikit-learn's ZipMap) come back as 2-D FP32 arrays
+        with one column per class, in sorted class order.
+
+        Raises:
+            InvalidInput: inputs that do not match the signature, unknown output names, or
+                values the model rejects while running.
+            Unavailable: the model was closed.
+        """
+        self._signature.validate(inputs)
+        names = self._requested(outputs)
+        feed = {
+            name: _to_strings(name, array) if name in self._string_inputs else array
+            for name, array in inputs.items()
+        }
+        session = self._session
+        if session is None:
+            raise Unavailable("the model was closed; load it again to predict")
+        try:
+            results = session.run(names, feed)
+        except self._run_errors as exc:
+            message = f"the model could not run on these inputs: {short_message(exc)}"
+            raise InvalidInput(message) from exc
+        return {name: _from_result(value) for name, value in zip(names, results, strict=True)}
+
+    def close(self) -> None:
+        """Drop the session; its memory is freed once calls already running finish."""
+        self._session = None
+
+    def _requested(self, outputs: list[str] | None) -> list[str]:
+        known = self._signature.output_names()
+        if not outputs:
+            return known
+        for name in outputs:
+            if name not in known:
+                valid = ", ".join(repr(output) for output in known)
+                raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
+        return list(dict.fromkeys(outputs))
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependency(
+            "serving ONNX models needs onnxruntime, which is missing; pip install modelport"
+        ) from exc
+    return onnxruntime
+
+
+def _onnxruntime_errors(ort: Any) -> tuple[type[Exception], ...]:
+    # onnxruntime's exception classes share no base but Exception; naming them keeps our own
+    # bugs (TypeError and friends) from being reported to users as bad input.
+    state = ort.capi.onnxruntime_pybind11_state
+    return tuple(
+        error
+        for error in vars(state).values()
+        if isinstance(error, type) and issubclass(error, Exception)
+    )
+
+
+def _session_options(ort: Any, options: LoadOptions) -> Any:
+    for field, value in (
+        ("intra_op_threads", options.intra_op_threads),
+        ("inter_op_threads", options.inter_op_threads),
+    ):
+        if value < 0:
+            raise InvalidInput(f"{field} must be 0 (the runtime chooses) or more, not {value}")
+    session_options = ort.SessionOptions()
+    # onnxruntime logs straight to stderr; its failures already reach callers as our errors,
+    # and a bad request must not print an error line per call.
+    session_options.log_severity_level = 4
+    if options.intra_op_threads > 0:
+        session_options.intra_op_num_threads = options.intra_op_threads
+    if options.inter_op_threads > 0:
+        session_options.inter_op_num_threads = options.inter_op_threads
+    level = _choice(options.extra, "graph_optimization_level", _OPTIMIZATION_LEVELS)
+    if level is not None:
+        session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    mode = _choice(options.extra, "execution_mode", _EXECUTION_MODES)
+    if mode is not None:
+        session_options.execution_mode = getattr(ort.ExecutionMode, mode)
+    return session_options
+
+
+def _choice(extra: dict[str, Any], key: str, choices: dict[str, str]) -> str | None:
+    if key not in extra:
+        return None
+    value = extra[key]
+    if value not in choices:
+        valid = ", ".join(repr(choice) for choice in choices)
+        raise InvalidInput(f"{key} {value!r} is not one of {valid}")
+    return choices[value]
+
+
+def _to_strings(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """An object array of ``str``: onnxruntime would turn ``bytes`` into "b'...'" text."""
+
+    def decode(item: object) -> str:
+        if isinstance(item, bytes):
+            return item.decode("utf-8")
+        if isinstance(item, str):
+            return item
+        raise InvalidInput(f"input {name!r}: BYTES elements must be bytes or str, not {item!r}")
+
+    try:
+        return np.asarray(np.frompyfunc(decode, 1, 1)(array), dtype=object)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input {name!r}: BYTES elements must be valid UTF-8") from None
+
+
+def _from_result(value: Any) -> npt.NDArray[Any]:
+    if isinstance(value, list):  # only probability maps pass the signature as sequences
+        classes = sorted(value[0]) if value else []
+        rows = [[row[label] for label in classes] for row in value]
+        return np.array(rows, dtype=np.float32).reshape(len(value), len(classes))
+    array: npt.NDArray[Any] = value
+    if array.dtype == object:
+        return np.asarray(np.frompyfunc(_encode, 1, 1)(array), dtype=object)
+    return array
+
+
+def _encode(item: str) -> bytes:
+    return item.encode("utf-8")

@@ -1,0 +1,66 @@
+"""The Alembic migrations are the schema: they must build exactly what schema.py declares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, text
+
+from modelport import Registry, Settings, StorageError
+from modelport.registry import db
+from modelport.registry.schema import Base
+
+
+def _scripts() -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    return ScriptDirectory.from_config(config)
+
+
+def test_head_constant_matches_the_migration_scripts() -> None:
+    scripts = _scripts()
+    assert scripts.get_current_head() == db.HEAD_REVISION
+    assert {rev.revision for rev in scripts.walk_revisions()} == set(db._KNOWN_REVISIONS)
+
+
+def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db.open_database(url).dispose()
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    engine = db.open_database(f"sqlite:///{tmp_path / 'r.db'}")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert set(inspect(connection).get_table_names()) >= {"models", "versions", "files"}
+    engine.dispose()
+
+
+def test_a_database_from_a_newer_modelport_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db.open_database(url).dispose()
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StorageError, match="revision '9999'.*upgrade modelport"):
+        db.open_database(url)
+
+
+def test_registry_reopens_with_its_data(tmp_path: Path, iris_onnx: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with Registry(settings) as registry:
+        registry.push(iris_onnx, "iris", aliases=["production"])
+    with Registry(settings) as registry:
+        assert registry.get("iris@production").version == 1
