@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: venv
 	$(BIN)/mypy
@@ -26,7 +26,7 @@ pytest: venv
 test: lint typecheck pytest
 
 demo: venv
-	$(BIN)/python bench/demo.py
+	$(BIN)/python examples/demo.py
 
 bench: venv
 	$(BIN)/python bench/push_vs_cp.py

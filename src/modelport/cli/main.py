@@ -154,7 +154,7 @@ def predict(
         if output.suffix != ".npz":
             raise InvalidInput(f"--output must name a .npz file, got {output}")
         np.savez(output, allow_pickle=False, **outputs)
-    render.print_json(tensors_to_json(outputs))
+    render.print_outputs(tensors_to_json(outputs))
 
 
 @app.command()

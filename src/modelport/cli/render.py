@@ -26,6 +26,16 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def print_outputs(outputs: dict[str, Any]) -> None:
+    """One line per output tensor: valid JSON that stays readable for long tensors."""
+    lines = [
+        f"  {orjson.dumps(name).decode()}: {orjson.dumps(value).decode()}"
+        for name, value in outputs.items()
+    ]
+    sys.stdout.write("{\n" + ",\n".join(lines) + "\n}\n")
+    sys.stdout.flush()
+
+
 def console() -> Console:
     from rich.console import Console
 
@@ -112,7 +122,8 @@ def version_detail(v: ModelVersion) -> None:
         for spec in specs:
             signature.add_row(kind, spec.name, spec.datatype.value, spec.shape_text())
     out.print(signature)
-    files = Table("PATH", "SIZE", "SHA256", box=None, title="files", title_justify="left")
+    files = Table("PATH", "SIZE", box=None, title="files", title_justify="left")
+    files.add_column("SHA256", overflow="fold", min_width=64)
     for f in v.files:
         files.add_row(
             f.path + (" (entry)" if f.path == v.entry else ""), human_size(f.size), f.digest
