@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "VerifyPolicy"]
+from modelport.errors import InvalidInput
+
+__all__ = ["Settings", "VerifyPolicy", "load_settings"]
 
 VerifyPolicy = Literal["always", "first-load", "never"]
 
@@ -46,3 +48,13 @@ class Settings(BaseSettings):
 
     def resolved_store_path(self) -> Path:
         return (self.store_path or self.home / "artifacts").expanduser()
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, with a one-line error naming a bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = "MODELPORT_" + "_".join(str(part) for part in first["loc"]).upper()
+        raise InvalidInput(f"{variable}: {first['msg']}") from None

@@ -10,6 +10,7 @@ import typer
 
 from modelport.cli import render
 from modelport.cli.errors import fail
+from modelport.config import load_settings
 from modelport.errors import InvalidInput, ModelportError, VerificationFailed
 from modelport.registry import Registry
 from modelport.types import ModelRef, parse_tags
@@ -26,7 +27,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 
 def _registry() -> Registry:
-    return Registry()
+    return Registry(load_settings())
 
 
 @app.command()

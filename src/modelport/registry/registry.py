@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from modelport.config import Settings, VerifyPolicy
+from modelport.config import Settings, VerifyPolicy, load_settings
 from modelport.errors import Conflict, InvalidInput, StorageError, Unavailable, VerificationFailed
 from modelport.registry import queries
 from modelport.registry.db import open_database, read_transaction, write_transaction
@@ -35,7 +35,7 @@ class Registry:
     def __init__(
         self, settings: Settings | None = None, *, runtimes: RuntimeTable | None = None
     ) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or load_settings()
         self.runtimes = runtimes or default_runtimes()
         self.engine = open_database(self.settings.resolved_db_url())
         self.store = LocalStore(self.settings.resolved_store_path())

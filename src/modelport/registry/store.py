@@ -115,7 +115,11 @@ class _LocalStaging:
         target.parent.mkdir(exist_ok=True)
         hasher = hashlib.sha256()
         size = 0
-        with source.open("rb") as src, target.open("wb") as dst:
+        try:
+            src = source.open("rb")
+        except OSError as exc:
+            raise InvalidModel(f"cannot read {source}: {exc.strerror}") from exc
+        with src, target.open("wb") as dst:
             while chunk := src.read(_CHUNK):
                 hasher.update(chunk)
                 dst.write(chunk)
@@ -188,12 +192,15 @@ class LocalStore:
         try:
             yield stage
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise StorageError(
-                    f"disk full while writing to the artifact store at {self.root}; "
+                    f"no space left for the artifact store at {self.root} ({exc.strerror}); "
                     "nothing was stored"
                 ) from exc
-            raise StorageError(f"cannot write to the artifact store: {exc}") from exc
+            raise StorageError(
+                f"cannot write to the artifact store at {self.root}: {exc.strerror}; "
+                "nothing was stored"
+            ) from exc
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
