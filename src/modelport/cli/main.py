@@ -10,6 +10,7 @@ import typer
 
 from modelport.cli import render
 from modelport.cli.errors import fail
+from modelport.cli.serve import serve as serve_command
 from modelport.config import load_settings
 from modelport.errors import InvalidInput, ModelportError, VerificationFailed
 from modelport.registry import Registry
@@ -212,6 +213,9 @@ def gc() -> None:
         f"removed {report.blobs_removed} blob(s) ({render.human_size(report.bytes_freed)}), "
         f"{report.staging_removed} interrupted push(es), {report.checkouts_removed} checkout(s)"
     )
+
+
+app.command()(serve_command)
 
 
 def run(argv: list[str] | None = None) -> None:

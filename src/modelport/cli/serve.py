@@ -1,0 +1,118 @@
+"""``modelport serve``: flags for the common case, a TOML file for per-model settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from modelport.config import load_settings
+from modelport.registry import Registry
+
+
+def serve(
+    refs: Annotated[
+        list[str] | None, typer.Argument(help="Models to serve: iris@production resnet@2 …")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 to listen on every interface.")
+    ] = "127.0.0.1",
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", help="REST port [default: 8000].")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option("--grpc-port", help="gRPC port [default: 8001].")
+    ] = None,
+    no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Serve REST only.")] = False,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with per-model settings.")
+    ] = None,
+    aliased: Annotated[
+        str | None, typer.Option("--aliased", help="Serve every model that has this alias.")
+    ] = None,
+    watch: Annotated[
+        float | None,
+        typer.Option(
+            "--watch", help="Follow moved aliases, checking every N seconds (zero-downtime swap)."
+        ),
+    ] = None,
+    max_models: Annotated[
+        int | None, typer.Option("--max-models", help="Most models loaded at once (LRU).")
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget", help="e.g. 8GiB: unload least recently used models past it."
+        ),
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option("--max-batch-size", help="0 turns batching off.")
+    ] = None,
+    max_queue_delay_ms: Annotated[float | None, typer.Option("--max-queue-delay-ms")] = None,
+    instances: Annotated[
+        int | None, typer.Option("--instances", help="Parallel inference workers per model.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Threads inside one inference.")
+    ] = None,
+    max_queue_size: Annotated[
+        int | None, typer.Option("--max-queue-size", help="Waiting requests per model before 503.")
+    ] = None,
+    timeout_ms: Annotated[
+        float | None, typer.Option("--timeout-ms", help="Per-request deadline.")
+    ] = None,
+    cache_size: Annotated[
+        int | None, typer.Option("--cache-size", help="Response cache entries per model.")
+    ] = None,
+    max_request_size: Annotated[
+        str | None, typer.Option("--max-request-size", help="e.g. 256MiB.")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", help="Requests in flight before 503.")
+    ] = None,
+) -> None:
+    """Serve models over the Open Inference Protocol (REST and gRPC) and TF Serving's REST API."""
+    from modelport.serving.config import ServeConfig, load_config, parse_bytes
+    from modelport.serving.server import run
+
+    config = load_config(config_file) if config_file else ServeConfig()
+    server: dict[str, Any] = {
+        "host": host,
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "watch_interval": watch,
+        "max_models": max_models,
+        "memory_budget": parse_bytes(memory_budget) if memory_budget else None,
+        "max_request_bytes": parse_bytes(max_request_size) if max_request_size else None,
+        "max_concurrency": max_concurrency,
+    }
+    updates = {k: v for k, v in server.items() if v is not None}
+    if no_grpc:
+        updates["grpc_port"] = None
+    per_model = {
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "instances": instances,
+        "threads": threads,
+        "max_queue_size": max_queue_size,
+        "timeout_ms": timeout_ms,
+        "cache_size": cache_size,
+    }
+    model_updates = {k: v for k, v in per_model.items() if v is not None}
+    config = ServeConfig.model_validate(
+        {
+            **config.model_dump(),
+            **updates,
+            "defaults": {**config.defaults.model_dump(), **model_updates},
+            "models": {
+                name: {**entry.model_dump(), **model_updates}
+                for name, entry in config.models.items()
+            },
+        }
+    )
+    registry = Registry(load_settings())
+    try:
+        run(registry, config, refs or [], aliased)
+    finally:
+        registry.close()

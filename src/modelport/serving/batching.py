@@ -1,0 +1,321 @@
+"""Dynamic batching: concurrent requests for one model version are merged, run once, split.
+
+An idle instance takes the oldest request at once — a window that always waits costs
+latency at low load for nothing. While every instance is busy, requests queue, and the next
+free instance takes all that fit (same trailing shapes, up to ``max_batch_size`` rows). A
+positive ``max_queue_delay_ms`` lets a batch wait that long to grow.
+
+The queue is bounded: a full queue refuses at once (``Unavailable``, i.e. 503/RESOURCE_EXHAUSTED)
+so that overload shows up as fast errors, not ever-growing latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelport.errors import InvalidInput, ModelportError, Timeout, Unavailable
+from modelport.runtimes import LoadedModel
+from modelport.serving.config import ModelServeConfig
+from modelport.types import Tensors
+
+__all__ = ["BatchStats", "Batcher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: Tensors
+    outputs: tuple[str, ...] | None
+    rows: int
+    key: tuple[Any, ...]
+    future: asyncio.Future[Tensors]
+    deadline: float
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What one runtime call did, for metrics: requests merged, queue waits, compute time."""
+
+    size: int
+    queue_seconds: list[float]
+    compute_seconds: float
+
+
+class Batcher:
+    """Runs a ``LoadedModel`` for many concurrent callers, batching where the model allows.
+
+    ``submit`` must be called on the event loop that started the batcher; inference runs
+    on a thread pool of ``instances`` threads (runtimes release the GIL).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: ModelServeConfig,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._queue: deque[_Pending] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._workers: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(config.instances, thread_name_prefix="modelport-infer")
+        self._closed = False
+        self._busy = 0
+        self._arrived = asyncio.Event()
+        specs = model.signature.inputs
+        self.batchable = config.max_batch_size > 0 and all(
+            spec.shape is not None and len(spec.shape) >= 1 and spec.shape[0] < 0 for spec in specs
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy > 0 or bool(self._queue)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._worker()) for _ in range(self.config.instances)]
+
+    async def submit(
+        self, inputs: Tensors, outputs: Sequence[str] | None = None, timeout: float | None = None
+    ) -> Tensors:
+        """Queue one request and wait for its own outputs.
+
+        Raises:
+            Unavailable: the queue is full or the batcher is closing.
+            Timeout: the deadline passed before the outputs were ready.
+            InvalidInput: the runtime refused this request's inputs.
+        """
+        if self._closed:
+            raise Unavailable("the model is being unloaded; retry")
+        if len(self._queue) >= self.config.max_queue_size:
+            raise Unavailable(
+                f"overloaded: {len(self._queue)} requests already queued for this model; retry later"
+            )
+        wait = self.config.timeout_ms / 1000 if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensors] = loop.create_future()
+        rows, key = _batch_key(inputs) if self.batchable else (0, ())
+        pending = _Pending(
+            inputs, tuple(outputs) if outputs else None, rows, key, future, time.monotonic() + wait
+        )
+        self._queue.append(pending)
+        self._arrived.set()
+        self._report_depth()
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        try:
+            async with asyncio.timeout(wait):
+                return await future
+        except TimeoutError:
+            raise Timeout(f"no result within {wait * 1000:.0f} ms") from None
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                if self._closed:
+                    return
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+            batch = await self._take_batch()
+            if batch:
+                self._busy += 1
+                try:
+                    await self._run(batch)
+                finally:
+                    self._busy -= 1
+
+    async def _take_batch(self) -> list[_Pending]:
+        now = time.monotonic()
+        first = self._queue.popleft()
+        batch = [first]
+        if self.batchable:
+            rows = first.rows
+            delay = self.config.max_queue_delay_ms / 1000
+            if delay > 0:
+                await self._wait_to_grow(rows, first.enqueued + delay)
+            rows = self._gather(batch, rows)
+        self._report_depth()
+        live = []
+        for pending in batch:
+            if pending.future.done():  # the caller gave up (timeout, disconnect)
+                continue
+            if pending.deadline < now:
+                pending.future.set_exception(Timeout("the request expired while queued"))
+                continue
+            live.append(pending)
+        return live
+
+    async def _wait_to_grow(self, rows: int, end: float) -> None:
+        target = max(self.config.preferred_batch_sizes or [self.config.max_batch_size])
+        while sum(p.rows for p in self._queue) + rows < target:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+
+    def _gather(self, batch: list[_Pending], rows: int) -> int:
+        limit = self.config.max_batch_size
+        key = batch[0].key
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.key == key and rows + pending.rows <= limit:
+                batch.append(pending)
+                rows += pending.rows
+            else:
+                kept.append(pending)
+                if rows >= limit:
+                    break
+        kept.extend(self._queue)
+        self._queue = kept
+        return rows
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        queue_seconds = [started - p.enqueued for p in batch]
+        wanted = _union_outputs(batch)
+        try:
+            if len(batch) == 1:
+                results = [
+                    await loop.run_in_executor(
+                        self._executor, self._predict, batch[0].inputs, wanted
+                    )
+                ]
+            else:
+                merged = {
+                    name: np.concatenate([p.inputs[name] for p in batch])
+                    for name in batch[0].inputs
+                }
+                outputs = await loop.run_in_executor(self._executor, self._predict, merged, wanted)
+                results = _split(outputs, [p.rows for p in batch])
+        except _Unsplittable as exc:
+            log.warning("%s; batching turned off for this model", exc)
+            self.batchable = False
+            for pending in batch:
+                await self._run([pending])
+            return
+        except InvalidInput as exc:
+            if len(batch) > 1:
+                # One request's values broke the batch: run each alone so only it fails.
+                for pending in batch:
+                    await self._run([pending])
+                return
+            _fail(batch[0], exc)
+            return
+        except ModelportError as exc:
+            for pending in batch:
+                _fail(pending, exc)
+            return
+        except Exception as exc:
+            log.exception("inference failed")
+            for pending in batch:
+                _fail(pending, Unavailable(f"inference failed: {type(exc).__name__}"))
+            return
+        compute = time.monotonic() - started
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(_select(result, pending.outputs))
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(len(batch), queue_seconds, compute))
+
+    def _predict(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
+        return self.model.predict(inputs, outputs)
+
+    def _report_depth(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._queue))
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking requests, finish what is queued and running (up to ``timeout``)."""
+        self._closed = True
+        for waiter in self._idle:
+            if not waiter.done():
+                waiter.set_result(None)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*self._workers, return_exceptions=True)
+        for task in self._workers:
+            task.cancel()
+        for pending in self._queue:
+            _fail(pending, Unavailable("the model was unloaded before this request ran; retry"))
+        self._queue.clear()
+        self._executor.shutdown(wait=False)
+
+
+class _Unsplittable(Exception):
+    """A batched output whose first dimension is not the batch: the model cannot batch."""
+
+
+def _batch_key(inputs: Tensors) -> tuple[int, tuple[Any, ...]]:
+    """Rows of this request and what must match to share a batch (names, dtypes, trailing dims)."""
+    rows = -1
+    key = []
+    for name, array in inputs.items():
+        if rows < 0:
+            rows = array.shape[0]
+        elif array.shape[0] != rows:
+            raise InvalidInput(
+                f"input {name!r} has {array.shape[0]} rows but the other inputs have {rows}; "
+                "the first dimension is the batch and must agree"
+            )
+        key.append((name, array.dtype.str, array.shape[1:]))
+    return max(rows, 0), tuple(sorted(key))
+
+
+def _union_outputs(batch: list[_Pending]) -> list[str] | None:
+    if any(p.outputs is None for p in batch):
+        return None
+    return list(dict.fromkeys(name for p in batch for name in p.outputs or ()))
+
+
+def _split(outputs: Tensors, rows: list[int]) -> list[Tensors]:
+    total = sum(rows)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise _Unsplittable(f"output {name!r} of shape {array.shape} has no batch dimension")
+    bounds = np.cumsum([0, *rows])
+    return [
+        {name: array[start:end] for name, array in outputs.items()}
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def _select(outputs: Tensors, wanted: tuple[str, ...] | None) -> Tensors:
+    if wanted is None:
+        return outputs
+    return {name: outputs[name] for name in wanted}
+
+
+def _fail(pending: _Pending, error: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

@@ -1,0 +1,140 @@
+"""Serving settings: server-wide limits and per-model batching, instances, cache and timeouts.
+
+CLI flags cover the common case; a TOML file (``modelport serve --config serve.toml``) sets
+anything per model::
+
+    [server]
+    http_port = 8000
+    grpc_port = 8001
+    max_models = 4
+    memory_budget = "8GiB"
+
+    [defaults]            # applies to every model unless it says otherwise
+    max_batch_size = 32
+
+    [models.iris]
+    ref = "iris@production"
+    instances = 2
+    cache_size = 10000
+
+    [models.resnet]
+    ref = "resnet@2"
+    traffic = { "2" = 90, "3" = 10 }   # canary: 10% of unversioned requests go to @3
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelport.errors import InvalidInput
+from modelport.types import ModelRef
+
+__all__ = ["ModelServeConfig", "ServeConfig", "load_config", "parse_bytes"]
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}  # fmt: skip
+
+
+def parse_bytes(value: str | int) -> int:
+    """``8GiB``, ``512MB``, ``1e9`` or an int, in bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", value)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise InvalidInput(f"{value!r} is not a size; use e.g. 512MiB, 8GiB or a number of bytes")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+class ModelServeConfig(BaseModel):
+    """How one model is served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(32, ge=0, description="0 turns dynamic batching off.")
+    max_queue_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch may wait to grow while an instance is idle. "
+        "0: dispatch at once; batches still grow while every instance is busy.",
+    )
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    instances: int = Field(1, ge=1, description="Batches run in parallel on this many workers.")
+    threads: int = Field(0, ge=0, description="Threads inside one inference; 0: runtime default.")
+    max_queue_size: int = Field(256, ge=1, description="Requests waiting; more get 503.")
+    timeout_ms: float = Field(30_000, gt=0, description="Per-request deadline, queue included.")
+    cache_size: int = Field(0, ge=0, description="Response cache entries; 0 turns it off.")
+    warmup: bool = True
+
+
+class ServedModel(ModelServeConfig):
+    """A model entry of the config file: what to serve under which name."""
+
+    ref: str
+    traffic: dict[int, float] = Field(default_factory=dict)
+
+    @field_validator("ref")
+    @classmethod
+    def _valid_ref(cls, value: str) -> str:
+        ModelRef.parse(value)
+        return value
+
+
+class ServeConfig(BaseModel):
+    """Everything ``modelport serve`` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(8001, ge=0, le=65535, description="None: no gRPC server.")
+    max_request_bytes: int = Field(256 * 2**20, gt=0)
+    grpc_max_message_bytes: int = Field(512 * 2**20, gt=0)
+    max_concurrency: int = Field(1024, ge=1, description="Requests in flight; more get 503.")
+    max_models: int | None = Field(None, ge=1)
+    memory_budget: int | None = Field(None, gt=0)
+    watch_interval: float | None = Field(None, gt=0, description="Seconds between alias checks.")
+    drain_seconds: float = Field(30.0, ge=0)
+    defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)  # type: ignore[arg-type]
+    models: dict[str, ServedModel] = Field(default_factory=dict)
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return None if value is None else parse_bytes(value)
+
+    def model_settings(self, name: str) -> ModelServeConfig:
+        """The settings for model ``name``: its own entry, else the defaults."""
+        entry = self.models.get(name)
+        if entry is None:
+            return self.defaults
+        return ModelServeConfig(**entry.model_dump(exclude={"ref", "traffic"}))
+
+
+def load_config(path: Path) -> ServeConfig:
+    """Read a serve TOML file; errors name the key that is wrong."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: invalid TOML ({exc})") from None
+    data: dict[str, Any] = dict(raw.pop("server", {}))
+    defaults = raw.pop("defaults", {})
+    models = raw.pop("models", {})
+    if raw:
+        raise InvalidInput(
+            f"{path}: unknown section(s) {', '.join(sorted(raw))}; use server, defaults, models"
+        )
+    merged = {name: {"ref": name, **defaults, **entry} for name, entry in models.items()}
+    try:
+        return ServeConfig.model_validate({**data, "defaults": defaults, "models": merged})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None

@@ -1,0 +1,112 @@
+"""HTTP edge helpers: JSON responses, bounded body reads, and the one error -> status table."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelport.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    InvalidModel,
+    MissingDependency,
+    ModelportError,
+    NotFound,
+    StorageError,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    UnsupportedFormat,
+    VerificationFailed,
+)
+
+__all__ = ["PayloadTooLarge", "error_response", "json_response", "read_body", "status_of"]
+
+STATUS: dict[type[ModelportError], int] = {
+    InvalidInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    UnsupportedFormat: 400,
+    InvalidModel: 500,
+    VerificationFailed: 500,
+    MissingDependency: 500,
+    StorageError: 507,
+    Unavailable: 503,
+    Timeout: 504,
+}
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body over the server's limit (413)."""
+
+    code = "payload_too_large"
+
+
+STATUS[PayloadTooLarge] = 413
+
+
+def status_of(error: ModelportError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: ModelportError) -> Response:
+    status = status_of(error)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return json_response({"error": error.message}, status, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them where it can.
+
+    gzip/deflate bodies (``Content-Encoding``, as tritonclient sends them) are inflated with
+    the same limit on the result.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        return _inflate(body, encoding, limit)
+    if encoding not in ("", "identity"):
+        raise InvalidInput(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    return body
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"request body is not valid {encoding}: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body is over the {limit}-byte limit")
+    return data

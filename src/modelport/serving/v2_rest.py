@@ -1,0 +1,279 @@
+"""Open Inference Protocol (KServe V2) over REST, with the binary tensor data and model
+repository extensions. Translates wire <-> ``Tensors`` and calls the ``ModelManager``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport import __version__
+from modelport.errors import InvalidInput
+from modelport.serving.deployment import Deployment, State
+from modelport.serving.http import json_response, read_body
+from modelport.serving.manager import ModelManager
+from modelport.serving.v2_codec import (
+    array_from_data,
+    array_from_raw,
+    check_shape,
+    data_for_json,
+    raw_bytes,
+)
+from modelport.types import DataType, Tensors
+
+__all__ = ["routes"]
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+_HEADER_LENGTH = "inference-header-content-length"
+_PLATFORMS = {"onnx": "onnxruntime_onnx"}
+
+
+def routes(manager: ModelManager, max_body: int) -> list[Route]:
+    """The V2 routes, bound to one manager."""
+
+    async def server_metadata(_: Request) -> Response:
+        return json_response(
+            {"name": "modelport", "version": __version__, "extensions": EXTENSIONS}
+        )
+
+    async def live(_: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(_: Request) -> Response:
+        return Response(status_code=200 if manager.ready() else 400)
+
+    async def model_ready(request: Request) -> Response:
+        deployment = await manager.deployment(
+            request.path_params["name"], request.path_params.get("version")
+        )
+        served = manager.served(deployment.name)
+        is_ready = served.enabled and deployment.state is State.READY
+        return Response(status_code=200 if is_ready else 400)
+
+    async def model_metadata(request: Request) -> Response:
+        deployment = await manager.deployment(
+            request.path_params["name"], request.path_params.get("version")
+        )
+        return json_response(metadata(manager, deployment))
+
+    async def model_config(request: Request) -> Response:
+        deployment = await manager.deployment(
+            request.path_params["name"], request.path_params.get("version")
+        )
+        return json_response(triton_config(deployment))
+
+    async def infer(request: Request) -> Response:
+        body = await read_body(request, max_body)
+        header_length = request.headers.get(_HEADER_LENGTH)
+        document, binary = _split_body(body, header_length)
+        inputs, outputs, binary_outputs = _parse_request(document, binary)
+        name = request.path_params["name"]
+        result, deployment = await manager.infer(
+            name, request.path_params.get("version"), inputs, outputs, "rest_v2"
+        )
+        return _response(document, deployment, result, binary_outputs)
+
+    async def repository_index(request: Request) -> Response:
+        body = await read_body(request, 1 << 20)
+        only_ready = bool(_json_object(body).get("ready", False)) if body.strip() else False
+        rows = [row for row in manager.index() if not only_ready or row["state"] == "READY"]
+        return json_response(rows)
+
+    async def repository_load(request: Request) -> Response:
+        await manager.load(request.path_params["name"])
+        return json_response({})
+
+    async def repository_unload(request: Request) -> Response:
+        await manager.unload(request.path_params["name"])
+        return json_response({})
+
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    return [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route(model, model_metadata),
+        Route(version, model_metadata),
+        Route(f"{model}/ready", model_ready),
+        Route(f"{version}/ready", model_ready),
+        Route(f"{model}/config", model_config),
+        Route(f"{version}/config", model_config),
+        Route(f"{model}/infer", infer, methods=["POST"]),
+        Route(f"{version}/infer", infer, methods=["POST"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
+    ]
+
+
+def metadata(manager: ModelManager, deployment: Deployment) -> dict[str, Any]:
+    served = manager.served(deployment.name)
+    signature = deployment.signature
+    return {
+        "name": deployment.name,
+        "versions": [str(v) for v in sorted(served.deployments)],
+        "platform": _PLATFORMS.get(deployment.record.format, deployment.record.format),
+        "inputs": [_spec(s.name, s.datatype, s.shape) for s in signature.inputs],
+        "outputs": [_spec(s.name, s.datatype, s.shape) for s in signature.outputs],
+    }
+
+
+def _spec(name: str, datatype: DataType, shape: tuple[int, ...] | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": datatype.value,
+        "shape": list(shape) if shape is not None else [-1],
+    }
+
+
+def triton_config(deployment: Deployment) -> dict[str, Any]:
+    """A Triton-style model configuration, for clients that ask for it."""
+    config = deployment.config
+
+    def tensor(spec: Any) -> dict[str, Any]:
+        return {
+            "name": spec.name,
+            "data_type": f"TYPE_{_TRITON_TYPES[spec.datatype]}",
+            "dims": list(spec.shape or [-1]),
+        }
+
+    return {
+        "name": deployment.name,
+        "platform": _PLATFORMS.get(deployment.record.format, deployment.record.format),
+        "max_batch_size": 0,
+        "input": [tensor(s) for s in deployment.signature.inputs],
+        "output": [tensor(s) for s in deployment.signature.outputs],
+        "instance_group": [{"count": config.instances, "kind": "KIND_CPU"}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
+            "preferred_batch_size": config.preferred_batch_sizes,
+        },
+        "parameters": {"modelport_max_batch_size": {"string_value": str(config.max_batch_size)}},
+    }
+
+
+_TRITON_TYPES = {d: d.value if d is not DataType.BYTES else "STRING" for d in DataType}
+
+
+def _json_object(body: bytes | memoryview) -> dict[str, Any]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return document
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    if header_length is None:
+        return _json_object(body), memoryview(b"")
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {header_length!r} is not a length within the "
+            f"{len(body)}-byte body"
+        )
+    cut = int(header_length)
+    view = memoryview(body)
+    return _json_object(view[:cut]), view[cut:]
+
+
+def _parse_request(
+    document: dict[str, Any], binary: memoryview
+) -> tuple[Tensors, list[str] | None, set[str] | bool]:
+    items = document.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("request has no 'inputs' list")
+    inputs: Tensors = {}
+    offset = 0
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("each input must be an object with a 'name'")
+        name = item["name"]
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears twice")
+        datatype = DataType.parse(str(item.get("datatype")))
+        shape = check_shape(name, item.get("shape"))
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {name!r}: binary_data_size {size!r} runs past the "
+                    f"{len(binary)} bytes of binary data sent"
+                )
+            inputs[name] = array_from_raw(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            inputs[name] = array_from_data(name, datatype, shape, item["data"])
+        else:
+            raise InvalidInput(f"input {name!r} has neither 'data' nor binary_data_size")
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
+        )
+    return inputs, *_requested_outputs(document)
+
+
+def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[str] | bool]:
+    parameters = document.get("parameters") or {}
+    all_binary = bool(parameters.get("binary_data_output", False))
+    requested = document.get("outputs")
+    if not requested:
+        return None, all_binary
+    if not isinstance(requested, list):
+        raise InvalidInput("'outputs' must be a list")
+    names = []
+    binary: set[str] = set()
+    for item in requested:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("each requested output must be an object with a 'name'")
+        names.append(item["name"])
+        wants_binary = (item.get("parameters") or {}).get("binary_data", all_binary)
+        if wants_binary:
+            binary.add(item["name"])
+    return names, binary
+
+
+def _response(
+    document: dict[str, Any], deployment: Deployment, outputs: Tensors, binary: set[str] | bool
+) -> Response:
+    described = []
+    chunks = []
+    for name, array in outputs.items():
+        datatype = DataType.from_numpy(array.dtype)
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype.value,
+            "shape": list(array.shape),
+        }
+        if binary is True or (isinstance(binary, set) and name in binary):
+            chunk = raw_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = data_for_json(array)
+        described.append(entry)
+    response: dict[str, Any] = {
+        "model_name": deployment.name,
+        "model_version": str(deployment.version),
+        "outputs": described,
+    }
+    if "id" in document:
+        response["id"] = document["id"]
+    passed = {
+        k: v for k, v in (document.get("parameters") or {}).items() if k != "binary_data_output"
+    }
+    if passed:
+        response["parameters"] = passed
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *chunks]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
