@@ -166,3 +166,24 @@ def make_iris_onnx(
         options={id(classifier): {"zipmap": zipmap}},
     )
     return save_model(model, path)
+
+
+def make_slow_model(path: Path, *, width: int = 512, depth: int = 16) -> Path:
+    """Input ``x`` FP32 ``[batch, width]`` through ``depth`` MatMuls: cost grows with rows.
+
+    Output ``y`` is ``x @ I @ I ...`` (identity weights), so results stay checkable.
+    """
+    eye = np.eye(width, dtype=np.float32)
+    nodes = []
+    previous = "x"
+    for layer in range(depth):
+        out = "y" if layer == depth - 1 else f"h{layer}"
+        nodes.append(helper.make_node("MatMul", [previous, f"w{layer}"], [out]))
+        previous = out
+    return make_graph_model(
+        path,
+        nodes,
+        [tensor("x", TensorProto.FLOAT, ["batch", width])],
+        [tensor("y", TensorProto.FLOAT, ["batch", width])],
+        initializers=[numpy_helper.from_array(eye, f"w{layer}") for layer in range(depth)],
+    )

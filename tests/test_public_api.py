@@ -9,6 +9,7 @@ def test_public_names() -> None:
     assert modelport.__all__ == [
         "Conflict",
         "DataType",
+        "Forbidden",
         "InvalidInput",
         "InvalidModel",
         "InvalidName",
@@ -27,6 +28,9 @@ def test_public_names() -> None:
         "StorageError",
         "TensorSpec",
         "Tensors",
+        "Timeout",
+        "Unauthorized",
+        "Unavailable",
         "UnsupportedFormat",
         "VerificationFailed",
         "__version__",

@@ -3,6 +3,7 @@
 from modelport.config import Settings
 from modelport.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     InvalidModel,
     InvalidName,
@@ -10,6 +11,9 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     StorageError,
+    Timeout,
+    Unauthorized,
+    Unavailable,
     UnsupportedFormat,
     VerificationFailed,
 )
@@ -22,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Conflict",
     "DataType",
+    "Forbidden",
     "InvalidInput",
     "InvalidModel",
     "InvalidName",
@@ -40,6 +45,9 @@ __all__ = [
     "StorageError",
     "TensorSpec",
     "Tensors",
+    "Timeout",
+    "Unauthorized",
+    "Unavailable",
     "UnsupportedFormat",
     "VerificationFailed",
     "__version__",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -109,9 +110,8 @@ class Batcher:
         if self._closed:
             raise Unavailable("the model is being unloaded; retry")
         if len(self._queue) >= self.config.max_queue_size:
-            raise Unavailable(
-                f"overloaded: {len(self._queue)} requests already queued for this model; retry later"
-            )
+            waiting = len(self._queue)
+            raise Unavailable(f"overloaded: {waiting} requests queued for this model; retry later")
         wait = self.config.timeout_ms / 1000 if timeout is None else timeout
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
@@ -200,37 +200,21 @@ class Batcher:
         return rows
 
     async def _run(self, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         queue_seconds = [started - p.enqueued for p in batch]
-        wanted = _union_outputs(batch)
         try:
+            results = await self._execute(batch)
+        except (_Unsplittable, InvalidInput) as exc:
             if len(batch) == 1:
-                results = [
-                    await loop.run_in_executor(
-                        self._executor, self._predict, batch[0].inputs, wanted
-                    )
-                ]
-            else:
-                merged = {
-                    name: np.concatenate([p.inputs[name] for p in batch])
-                    for name in batch[0].inputs
-                }
-                outputs = await loop.run_in_executor(self._executor, self._predict, merged, wanted)
-                results = _split(outputs, [p.rows for p in batch])
-        except _Unsplittable as exc:
-            log.warning("%s; batching turned off for this model", exc)
-            self.batchable = False
+                _fail(batch[0], exc)
+                return
+            if isinstance(exc, _Unsplittable):
+                log.warning("%s; batching turned off for this model", exc)
+                self.batchable = False
+            # One request's values broke the batch, or the model cannot batch after all:
+            # run each alone so only the culprit fails.
             for pending in batch:
                 await self._run([pending])
-            return
-        except InvalidInput as exc:
-            if len(batch) > 1:
-                # One request's values broke the batch: run each alone so only it fails.
-                for pending in batch:
-                    await self._run([pending])
-                return
-            _fail(batch[0], exc)
             return
         except ModelportError as exc:
             for pending in batch:
@@ -247,6 +231,17 @@ class Batcher:
                 pending.future.set_result(_select(result, pending.outputs))
         if self._on_batch is not None:
             self._on_batch(BatchStats(len(batch), queue_seconds, compute))
+
+    async def _execute(self, batch: list[_Pending]) -> list[Tensors]:
+        loop = asyncio.get_running_loop()
+        wanted = _union_outputs(batch)
+        if len(batch) == 1:
+            return [
+                await loop.run_in_executor(self._executor, self._predict, batch[0].inputs, wanted)
+            ]
+        merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+        outputs = await loop.run_in_executor(self._executor, self._predict, merged, wanted)
+        return _split(outputs, [p.rows for p in batch])
 
     def _predict(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
         return self.model.predict(inputs, outputs)
@@ -303,10 +298,10 @@ def _split(outputs: Tensors, rows: list[int]) -> list[Tensors]:
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != total:
             raise _Unsplittable(f"output {name!r} of shape {array.shape} has no batch dimension")
-    bounds = np.cumsum([0, *rows])
+    bounds = np.cumsum([0, *rows]).tolist()
     return [
         {name: array[start:end] for name, array in outputs.items()}
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        for start, end in itertools.pairwise(bounds)
     ]
 
 

@@ -36,8 +36,10 @@ from modelport.types import ModelRef
 
 __all__ = ["ModelServeConfig", "ServeConfig", "load_config", "parse_bytes"]
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
-          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}  # fmt: skip
+_UNITS = {"": 1, "b": 1}
+for _power, _prefix in enumerate("kmgt", start=1):
+    _UNITS[_prefix] = _UNITS[_prefix + "b"] = 1000**_power
+    _UNITS[_prefix + "ib"] = 1024**_power
 
 
 def parse_bytes(value: str | int) -> int:
@@ -100,7 +102,7 @@ class ServeConfig(BaseModel):
     memory_budget: int | None = Field(None, gt=0)
     watch_interval: float | None = Field(None, gt=0, description="Seconds between alias checks.")
     drain_seconds: float = Field(30.0, ge=0)
-    defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)  # type: ignore[arg-type]
+    defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)
     models: dict[str, ServedModel] = Field(default_factory=dict)
 
     @field_validator("memory_budget", mode="before")

@@ -74,7 +74,8 @@ def array_from_raw(
         items = _split_bytes(name, raw)
         if len(items) != expected:
             raise InvalidInput(
-                f"input {name!r}: shape {list(shape)} needs {expected} elements, raw data has {len(items)}"
+                f"input {name!r}: shape {list(shape)} needs {expected} elements, "
+                f"raw data has {len(items)}"
             )
         array = np.empty(expected, dtype=object)
         array[:] = items
