@@ -80,6 +80,9 @@ class Batcher:
         self._closed = False
         self._busy = 0
         self._arrived = asyncio.Event()
+        # Moving average of what one small request costs; None until measured.
+        self._small_cost: float | None = None
+        self._inline_limit = config.inline_below_us / 1e6
         specs = model.signature.inputs
         self.batchable = config.max_batch_size > 0 and all(
             spec.shape is not None and len(spec.shape) >= 1 and spec.shape[0] < 0 for spec in specs
@@ -109,6 +112,14 @@ class Batcher:
         """
         if self._closed:
             raise Unavailable("the model is being unloaded; retry")
+        if (
+            self._small_cost is not None
+            and self._small_cost < self._inline_limit
+            and not self._queue
+            and not self._busy
+            and _is_small(inputs)
+        ):
+            return self._run_inline(inputs, outputs)
         if len(self._queue) >= self.config.max_queue_size:
             waiting = len(self._queue)
             raise Unavailable(f"overloaded: {waiting} requests queued for this model; retry later")
@@ -132,6 +143,25 @@ class Batcher:
                 return await future
         except TimeoutError:
             raise Timeout(f"no result within {wait * 1000:.0f} ms") from None
+
+    def _run_inline(self, inputs: Tensors, outputs: Sequence[str] | None) -> Tensors:
+        started = time.monotonic()
+        try:
+            result = self.model.predict(inputs, list(outputs) if outputs else None)
+        except ModelportError:
+            raise
+        except Exception as exc:
+            log.exception("inference failed")
+            raise Unavailable(f"inference failed: {type(exc).__name__}") from exc
+        compute = time.monotonic() - started
+        self._measure(compute)
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(1, [0.0], compute))
+        return result
+
+    def _measure(self, seconds: float) -> None:
+        previous = self._small_cost
+        self._small_cost = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -203,7 +233,7 @@ class Batcher:
         started = time.monotonic()
         queue_seconds = [started - p.enqueued for p in batch]
         try:
-            results = await self._execute(batch)
+            timed = await self._execute(batch)
         except (_Unsplittable, InvalidInput) as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)
@@ -225,26 +255,33 @@ class Batcher:
             for pending in batch:
                 _fail(pending, Unavailable(f"inference failed: {type(exc).__name__}"))
             return
-        compute = time.monotonic() - started
+        results, compute = timed
+        if len(batch) == 1 and _is_small(batch[0].inputs):
+            self._measure(compute)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(_select(result, pending.outputs))
         if self._on_batch is not None:
             self._on_batch(BatchStats(len(batch), queue_seconds, compute))
 
-    async def _execute(self, batch: list[_Pending]) -> list[Tensors]:
+    async def _execute(self, batch: list[_Pending]) -> tuple[list[Tensors], float]:
+        """Outputs per request, and the seconds the runtime itself took (no hand-off)."""
         loop = asyncio.get_running_loop()
         wanted = _union_outputs(batch)
         if len(batch) == 1:
-            return [
-                await loop.run_in_executor(self._executor, self._predict, batch[0].inputs, wanted)
-            ]
+            inputs = batch[0].inputs
+            outputs, seconds = await loop.run_in_executor(
+                self._executor, self._predict, inputs, wanted
+            )
+            return [outputs], seconds
         merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
-        outputs = await loop.run_in_executor(self._executor, self._predict, merged, wanted)
-        return _split(outputs, [p.rows for p in batch])
+        outputs, seconds = await loop.run_in_executor(self._executor, self._predict, merged, wanted)
+        return _split(outputs, [p.rows for p in batch]), seconds
 
-    def _predict(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
-        return self.model.predict(inputs, outputs)
+    def _predict(self, inputs: Tensors, outputs: list[str] | None) -> tuple[Tensors, float]:
+        started = time.monotonic()
+        result = self.model.predict(inputs, outputs)
+        return result, time.monotonic() - started
 
     def _report_depth(self) -> None:
         if self._on_depth is not None:
@@ -265,6 +302,13 @@ class Batcher:
             _fail(pending, Unavailable("the model was unloaded before this request ran; retry"))
         self._queue.clear()
         self._executor.shutdown(wait=False)
+
+
+_SMALL_BYTES = 64 * 1024
+
+
+def _is_small(inputs: Tensors) -> bool:
+    return sum(array.nbytes for array in inputs.values()) <= _SMALL_BYTES
 
 
 class _Unsplittable(Exception):

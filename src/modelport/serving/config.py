@@ -72,6 +72,12 @@ class ModelServeConfig(BaseModel):
     timeout_ms: float = Field(30_000, gt=0, description="Per-request deadline, queue included.")
     cache_size: int = Field(0, ge=0, description="Response cache entries; 0 turns it off.")
     warmup: bool = True
+    inline_below_us: float = Field(
+        150.0,
+        ge=0,
+        description="Run a small request on the event loop when the model's measured cost is "
+        "below this: a thread hand-off would cost more than the inference. 0 turns it off.",
+    )
 
 
 class ServedModel(ModelServeConfig):

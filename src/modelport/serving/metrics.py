@@ -1,76 +1,199 @@
-"""Prometheus metrics of one server, in a registry of its own (nothing registered at import)."""
+"""Prometheus metrics of one server, in a registry of its own (nothing registered at import).
+
+The hot path records into plain Python counters and bucket lists — no locks: every
+observation happens on the server's event loop — and prometheus-client renders them at
+scrape time through a custom collector. prometheus-client's own Histogram takes a lock and
+costs about 6 µs per observation; four of them per request were a tenth of a tiny model's
+whole request cost.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
+import bisect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
+from prometheus_client.registry import Collector
 
 __all__ = ["ServingMetrics"]
 
-_LATENCY_BUCKETS = (
-    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+LATENCY_BUCKETS = (
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+    10.0, 30.0,
 )  # fmt: skip
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-class ServingMetrics:
-    """Every series ``/metrics`` exposes. Label children are cached by callers on hot paths."""
+class Value:
+    """A counter or gauge value (event loop only)."""
+
+    __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        ProcessCollector(registry=r)
-        self.requests = Counter(
-            "modelport_requests", "Inference requests by model, version, protocol and outcome.",
-            ["model", "version", "protocol", "outcome"], registry=r,
-        )  # fmt: skip
-        self.request_seconds = Histogram(
-            "modelport_request_duration_seconds", "Inference request latency inside the server.",
-            ["model", "version", "protocol"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_seconds = Histogram(
-            "modelport_queue_duration_seconds", "Time a request waited for a batch slot.",
-            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.compute_seconds = Histogram(
-            "modelport_compute_duration_seconds", "Time the runtime spent on one batch.",
-            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "modelport_batch_size", "Requests merged into one runtime call.",
-            ["model", "version"], buckets=_BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_depth = Gauge(
-            "modelport_queue_depth", "Requests waiting for a batch slot.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
-        self.cache = Counter(
-            "modelport_cache", "Response cache look-ups by result (hit or miss).",
-            ["model", "version", "result"], registry=r,
-        )  # fmt: skip
-        self.load_seconds = Gauge(
-            "modelport_model_load_seconds", "How long the last load (with warm-up) took.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
-        self.model_memory = Gauge(
-            "modelport_model_memory_bytes", "Resident memory a loaded model added to the process.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
-        self.models_loaded = Gauge(
-            "modelport_models_loaded", "Model versions loaded and ready.", registry=r
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class Buckets:
+    """A histogram's counts per bucket and sum (event loop only)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class Family:
+    """One metric name with its label children."""
+
+    def __init__(
+        self, kind: str, name: str, doc: str, labels: Sequence[str], bounds: Sequence[float] = ()
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.doc = doc
+        self.label_names = tuple(labels)
+        self.bounds = bounds
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str, **named: str) -> Any:
+        key = values or tuple(named[n] for n in self.label_names)
+        child = self.children.get(key)
+        if child is None:
+            child = self.children[key] = (
+                Buckets(self.bounds) if self.kind == "histogram" else Value()
+            )
+        return child
+
+    def metric(self) -> Metric:
+        if self.kind == "histogram":
+            family = HistogramMetricFamily(self.name, self.doc, labels=self.label_names)
+            for key, child in self.children.items():
+                cumulative, buckets = 0, []
+                for bound, count in zip((*self.bounds, float("inf")), child.counts, strict=True):
+                    cumulative += count
+                    buckets.append((_bound_text(bound), cumulative))
+                family.add_metric(list(key), buckets, child.total)
+            return family
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        metric = cls(self.name, self.doc, labels=self.label_names)
+        for key, child in self.children.items():
+            metric.add_metric(list(key), child.value)
+        return metric
+
+
+def _bound_text(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class ServingMetrics(Collector):
+    """Every series ``/metrics`` exposes."""
+
+    def __init__(self) -> None:
+        self.families: list[Family] = []
+        add = self._add
+        self.requests = add(
+            "counter",
+            "modelport_requests",
+            "Inference requests by model, version, protocol and outcome.",
+            ["model", "version", "protocol", "outcome"],
         )
-        self.unloads = Counter(
-            "modelport_model_unloads", "Model versions unloaded, by reason.", ["reason"], registry=r
+        self.request_seconds = add(
+            "histogram",
+            "modelport_request_duration_seconds",
+            "Inference request latency inside the server.",
+            ["model", "version", "protocol"],
+            LATENCY_BUCKETS,
         )
-        self.in_flight = Gauge(
-            "modelport_requests_in_flight", "Inference requests being handled.", registry=r
+        self.queue_seconds = add(
+            "histogram",
+            "modelport_queue_duration_seconds",
+            "Time a request waited for a batch slot.",
+            ["model", "version"],
+            LATENCY_BUCKETS,
         )
+        self.compute_seconds = add(
+            "histogram",
+            "modelport_compute_duration_seconds",
+            "Time the runtime spent on one batch.",
+            ["model", "version"],
+            LATENCY_BUCKETS,
+        )
+        self.batch_size = add(
+            "histogram",
+            "modelport_batch_size",
+            "Requests merged into one runtime call.",
+            ["model", "version"],
+            BATCH_BUCKETS,
+        )
+        self.queue_depth = add(
+            "gauge",
+            "modelport_queue_depth",
+            "Requests waiting for a batch slot.",
+            ["model", "version"],
+        )
+        self.cache = add(
+            "counter",
+            "modelport_cache",
+            "Response cache look-ups by result (hit or miss).",
+            ["model", "version", "result"],
+        )
+        self.load_seconds = add(
+            "gauge",
+            "modelport_model_load_seconds",
+            "How long the last load (with warm-up) took.",
+            ["model", "version"],
+        )
+        self.model_memory = add(
+            "gauge",
+            "modelport_model_memory_bytes",
+            "Resident memory a loaded model added to the process.",
+            ["model", "version"],
+        )
+        self.unloads = add(
+            "counter", "modelport_model_unloads", "Model versions unloaded, by reason.", ["reason"]
+        )
+        self.models_loaded = add(
+            "gauge", "modelport_models_loaded", "Model versions loaded and ready.", []
+        ).labels()
+        self.in_flight = add(
+            "gauge", "modelport_requests_in_flight", "Inference requests being handled.", []
+        ).labels()
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(self)
+
+    def _add(
+        self, kind: str, name: str, doc: str, labels: Sequence[str], bounds: Sequence[float] = ()
+    ) -> Family:
+        family = Family(kind, name, doc, labels, bounds)
+        self.families.append(family)
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.metric()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from modelport.errors import InvalidInput
 from modelport.registry import Registry
@@ -91,9 +95,27 @@ async def serve(
     server = uvicorn.Server(server_config)
     announce = asyncio.get_running_loop().create_task(_announce(server, manager, config))
     try:
-        await server.serve()
+        with _exit_zero_on_sigterm(server):
+            await server.serve()
     finally:
         announce.cancel()
+
+
+@contextlib.contextmanager
+def _exit_zero_on_sigterm(server: Any) -> Iterator[None]:
+    """A drained server exits 0 on SIGTERM.
+
+    uvicorn re-raises SIGTERM after its graceful shutdown, to the handler that was there
+    before it; with the default one the process would end "killed by SIGTERM" (143).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, server.handle_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def _announce(server: object, manager: ModelManager, config: ServeConfig) -> None:
