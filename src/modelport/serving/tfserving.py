@@ -3,8 +3,9 @@
 Routes (each under ``/v1/models/NAME``, ``.../versions/N`` or ``.../labels/LABEL``; a label
 is a registry alias, resolved on every request so a moved alias is followed at once):
 
-- ``GET``: model status, ``{"model_version_status": [...]}``. Without a version or label it
-  lists every version this server knows of the model.
+- ``GET``: model status, ``{"model_version_status": [...]}``: AVAILABLE when loaded, START
+  until first use loads it, END when unloaded or failed (with the reason). Without a version
+  or label it lists every version this server knows of the model.
 - ``GET .../metadata``: the signature as TF's ``SignatureDefMap`` under ``serving_default``.
 - ``POST ...:predict``: the row format ``{"instances": [...]}`` answered with
   ``{"predictions": [...]}``, or the columnar format ``{"inputs": ...}`` answered with
@@ -33,7 +34,7 @@ from modelport.serving.deployment import Deployment, State
 from modelport.serving.http import json_response, read_body
 from modelport.serving.manager import ModelManager
 from modelport.tensorio import array_from_json
-from modelport.types import DataType, Signature, Tensors
+from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = ["routes"]
 
@@ -73,6 +74,8 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
         return await manager.deployment(params["name"], params.get("version"))
 
     async def status(request: Request) -> Response:
+        if any(":" in value for value in request.path_params.values()):
+            return await unsupported(request)  # a GET of NAME:predict; names hold no ':'
         served = manager.served(request.path_params["name"])
         if "version" in request.path_params or "label" in request.path_params:
             deployments = [await addressed(request)]
@@ -83,16 +86,9 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
 
     async def metadata(request: Request) -> Response:
         deployment = await addressed(request)
-        return json_response(
-            {
-                "model_spec": {
-                    "name": deployment.name,
-                    "signature_name": "",
-                    "version": str(deployment.version),
-                },
-                "metadata": {"signature_def": _signature_def_map(deployment.signature)},
-            }
-        )
+        spec = {"name": deployment.name, "signature_name": "", "version": str(deployment.version)}
+        signature_def = _signature_def_map(deployment.signature)
+        return json_response({"model_spec": spec, "metadata": {"signature_def": signature_def}})
 
     async def predict(request: Request) -> Response:
         deployment = await addressed(request)
@@ -140,7 +136,7 @@ def _status(deployment: Deployment, enabled: bool) -> dict[str, Any]:
 
 
 def _signature_def_map(signature: Signature) -> dict[str, Any]:
-    def tensors(specs: Any) -> dict[str, Any]:
+    def tensors(specs: tuple[TensorSpec, ...]) -> dict[str, Any]:
         return {
             spec.name: {
                 "dtype": _TF_DTYPES[spec.datatype],
@@ -224,7 +220,7 @@ def _is_named(value: Any) -> bool:
     return isinstance(value, dict) and not (len(value) == 1 and "b64" in value)
 
 
-def _only_input(signature: Signature) -> Any:
+def _only_input(signature: Signature) -> TensorSpec:
     if len(signature.inputs) != 1:
         names = ", ".join(repr(s.name) for s in signature.inputs)
         raise InvalidInput(
@@ -281,7 +277,8 @@ def _split(value: Any) -> list[Any]:
 def _value(name: str, array: npt.NDArray[Any]) -> Any:
     """A JSON-ready value: numeric arrays go to orjson as they are (no Python lists)."""
     if array.dtype.kind not in "OSU":
-        return np.ascontiguousarray(array)
+        # orjson writes C-contiguous arrays of one or more dimensions, not 0-d ones.
+        return np.ascontiguousarray(array) if array.ndim else array.item()
     as_b64 = name.endswith("_bytes")
     texts = np.frompyfunc(lambda item: _text(item, as_b64), 1, 1)(array)
     return np.asarray(texts, dtype=object).tolist()

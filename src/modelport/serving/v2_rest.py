@@ -66,11 +66,12 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
         return json_response(triton_config(deployment))
 
     async def infer(request: Request) -> Response:
+        name = request.path_params["name"]
+        manager.served(name)  # an unknown model is a 404 whatever the body says
         body = await read_body(request, max_body)
         header_length = request.headers.get(_HEADER_LENGTH)
         document, binary = _split_body(body, header_length)
         inputs, outputs, binary_outputs = _parse_request(document, binary)
-        name = request.path_params["name"]
         result, deployment = await manager.infer(
             name, request.path_params.get("version"), inputs, outputs, "rest_v2"
         )
