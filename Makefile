@@ -34,3 +34,19 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# gRPC stubs for the Open Inference Protocol (proto/grpc_predict_v2.proto). The fix-ups: the
+# service module imports its messages from this package, and the messages live in a private
+# descriptor pool, because tritonclient registers the same `inference.*` names in the default
+# pool and one process may import both.
+GENERATED := src/modelport/_generated
+
+.PHONY: grpc
+grpc: venv
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(GENERATED) \
+		--grpc_python_out=$(GENERATED) --pyi_out=$(GENERATED) proto/grpc_predict_v2.proto
+	$(BIN)/python -c "import pathlib, sys; \
+		fix = lambda p, a, b: p.write_text(p.read_text().replace(a, b, 1) if a in p.read_text() else sys.exit(f'{p}: {a!r} not found')); \
+		d = pathlib.Path('$(GENERATED)'); \
+		fix(d / 'grpc_predict_v2_pb2.py', '_descriptor_pool.Default()', '_descriptor_pool.DescriptorPool()'); \
+		fix(d / 'grpc_predict_v2_pb2_grpc.py', 'import grpc_predict_v2_pb2 as', 'from . import grpc_predict_v2_pb2 as')"

@@ -22,6 +22,7 @@ def test_public_names() -> None:
         "ModelVersion",
         "ModelportError",
         "NotFound",
+        "Overloaded",
         "Registry",
         "Settings",
         "Signature",

@@ -216,7 +216,9 @@ def test_max_models_unloads_the_least_recently_used(home: Path, tmp_path: Path) 
         assert states() == {"iris": "READY", "add": "UNAVAILABLE"}
         assert httpx.post(f"{base}/v2/models/add/infer", json=add_body).status_code == 200
         metrics = httpx.get(f"{base}/metrics").text
-        assert 'modelport_model_unloads_total{reason="evicted"} 3.0' in metrics, [l for l in metrics.splitlines() if "unloads" in l]
+        assert 'modelport_model_unloads_total{reason="evicted"} 3.0' in metrics, [
+            line for line in metrics.splitlines() if "unloads" in line
+        ]
         assert "modelport_models_loaded 1.0" in metrics
 
 

@@ -13,7 +13,8 @@ them once, by class, to its own status codes::
     ├── VerificationFailed         verification    7   stored bytes do not match the manifest
     ├── MissingDependency          missing_dep     8   an optional extra is not installed
     ├── StorageError               storage         9   the disk or database refused a write
-    ├── Unavailable                unavailable     10  not ready, overloaded, shutting down
+    ├── Unavailable                unavailable     10  not ready, unloaded, shutting down
+    │   └── Overloaded             overloaded      10  queue full or too many in flight: back off
     ├── Timeout                    timeout         11  a deadline passed
     ├── Unauthorized               unauthorized    12  no or bad credentials
     └── Forbidden                  forbidden       13  credentials lack the right
@@ -34,6 +35,7 @@ __all__ = [
     "MissingDependency",
     "ModelportError",
     "NotFound",
+    "Overloaded",
     "StorageError",
     "Timeout",
     "Unauthorized",
@@ -114,6 +116,12 @@ class Unavailable(ModelportError):
     """The service cannot take the request now (not ready, overloaded, draining)."""
 
     code = "unavailable"
+
+
+class Overloaded(Unavailable):
+    """Too much work queued or in flight: retry later (HTTP 503, gRPC RESOURCE_EXHAUSTED)."""
+
+    code = "overloaded"
 
 
 class Timeout(ModelportError):

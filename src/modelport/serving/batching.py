@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.errors import InvalidInput, ModelportError, Timeout, Unavailable
+from modelport.errors import InvalidInput, ModelportError, Overloaded, Timeout, Unavailable
 from modelport.runtimes import LoadedModel
 from modelport.serving.config import ModelServeConfig
 from modelport.types import Tensors
@@ -122,7 +122,7 @@ class Batcher:
             return self._run_inline(inputs, outputs)
         if len(self._queue) >= self.config.max_queue_size:
             waiting = len(self._queue)
-            raise Unavailable(f"overloaded: {waiting} requests queued for this model; retry later")
+            raise Overloaded(f"overloaded: {waiting} requests queued for this model; retry later")
         wait = self.config.timeout_ms / 1000 if timeout is None else timeout
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()

@@ -33,7 +33,7 @@ STATUS: dict[type[ModelportError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
-    UnsupportedFormat: 400,
+    UnsupportedFormat: 501,
     InvalidModel: 500,
     VerificationFailed: 500,
     MissingDependency: 500,

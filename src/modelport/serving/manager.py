@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelport.errors import InvalidInput, ModelportError, NotFound, Unavailable
+from modelport.errors import InvalidInput, ModelportError, NotFound, Overloaded, Unavailable
 from modelport.registry import ModelVersion, Registry
 from modelport.serving.cache import request_digest
 from modelport.serving.config import ModelServeConfig, ServeConfig
@@ -161,7 +161,7 @@ class ModelManager:
         deployment = await self.deployment(name, version)
         if self.in_flight >= self.config.max_concurrency:
             deployment.count(protocol, "unavailable", 0.0)
-            raise Unavailable(f"overloaded: {self.in_flight} requests in flight; retry later")
+            raise Overloaded(f"overloaded: {self.in_flight} requests in flight; retry later")
         self.in_flight += 1
         self._gauge_in_flight.inc()
         deployment.in_flight += 1

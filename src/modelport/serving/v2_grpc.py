@@ -28,15 +28,17 @@ from modelport.errors import (
     InvalidInput,
     ModelportError,
     NotFound,
+    Overloaded,
     Timeout,
     Unauthorized,
     Unavailable,
+    UnsupportedFormat,
 )
 from modelport.serving.config import ServeConfig
 from modelport.serving.deployment import State
 from modelport.serving.manager import ModelManager
 from modelport.serving.v2_codec import array_from_raw, check_shape, raw_bytes
-from modelport.serving.v2_rest import EXTENSIONS, metadata, triton_config
+from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
 from modelport.types import DataType, Tensors
 
 __all__ = ["STATUS", "InferenceServicer", "start_grpc_server", "status_of"]
@@ -50,6 +52,8 @@ STATUS: dict[type[ModelportError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnsupportedFormat: grpc.StatusCode.UNIMPLEMENTED,
     Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,
@@ -62,8 +66,6 @@ def status_of(error: ModelportError) -> grpc.StatusCode:
     A full queue or too many requests in flight is RESOURCE_EXHAUSTED, not UNAVAILABLE, so
     that clients can tell "back off" from "not there".
     """
-    if isinstance(error, Unavailable) and error.message.startswith("overloaded"):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
     for cls in type(error).__mro__:
         if cls in STATUS:
             return STATUS[cls]
@@ -147,7 +149,7 @@ class InferenceServicer:
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
         rows = [r for r in self.manager.index() if not request.ready or r["state"] == "READY"]
         return pb.RepositoryIndexResponse(
-            models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+            models=[_message(pb.RepositoryIndexResponse.ModelIndex, row) for row in rows]
         )
 
     @_edge
@@ -158,7 +160,8 @@ class InferenceServicer:
 
     @_edge
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
-        _refuse_parameters(request, "unload")
+        # tritonclient always sends unload_dependents; modelport models have no dependents.
+        _refuse_parameters(request, "unload", accepted={"unload_dependents"})
         await self.manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -200,19 +203,13 @@ async def start_grpc_server(manager: ModelManager, config: ServeConfig) -> grpc.
 
 # Which typed field holds each datatype's data; FP16 has none and travels raw only.
 _CONTENTS: dict[DataType, str] = {
-    DataType.BOOL: "bool_contents",
-    DataType.UINT8: "uint_contents",
-    DataType.UINT16: "uint_contents",
-    DataType.UINT32: "uint_contents",
-    DataType.UINT64: "uint64_contents",
-    DataType.INT8: "int_contents",
-    DataType.INT16: "int_contents",
-    DataType.INT32: "int_contents",
-    DataType.INT64: "int64_contents",
-    DataType.FP32: "fp32_contents",
-    DataType.FP64: "fp64_contents",
-    DataType.BYTES: "bytes_contents",
-}
+    DataType.BOOL: "bool_contents", DataType.BYTES: "bytes_contents",
+    DataType.UINT8: "uint_contents", DataType.UINT16: "uint_contents",
+    DataType.UINT32: "uint_contents", DataType.UINT64: "uint64_contents",
+    DataType.INT8: "int_contents", DataType.INT16: "int_contents",
+    DataType.INT32: "int_contents", DataType.INT64: "int64_contents",
+    DataType.FP32: "fp32_contents", DataType.FP64: "fp64_contents",
+}  # fmt: skip
 
 
 def _inputs(request: Any) -> Tensors:
@@ -300,9 +297,10 @@ def _message(cls: Any, fields: dict[str, Any]) -> Any:
     return cls(**{key: value for key, value in fields.items() if key in known})
 
 
-def _refuse_parameters(request: Any, action: str) -> None:
-    if request.parameters:
-        given = ", ".join(sorted(request.parameters))
+def _refuse_parameters(request: Any, action: str, accepted: set[str] | None = None) -> None:
+    unknown = set(request.parameters) - (accepted or set())
+    if unknown:
+        given = ", ".join(sorted(unknown))
         raise InvalidInput(
             f"{action} parameters ({given}) are not supported: modelport {action}s models "
             "from its registry as they were pushed"

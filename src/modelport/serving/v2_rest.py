@@ -22,13 +22,12 @@ from modelport.serving.v2_codec import (
     data_for_json,
     raw_bytes,
 )
+from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
 from modelport.types import DataType, Tensors
 
 __all__ = ["routes"]
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
 _HEADER_LENGTH = "inference-header-content-length"
-_PLATFORMS = {"onnx": "onnxruntime_onnx"}
 
 
 def routes(manager: ModelManager, max_body: int) -> list[Route]:
@@ -109,55 +108,6 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
     ]
-
-
-def metadata(manager: ModelManager, deployment: Deployment) -> dict[str, Any]:
-    served = manager.served(deployment.name)
-    signature = deployment.signature
-    return {
-        "name": deployment.name,
-        "versions": [str(v) for v in sorted(served.deployments)],
-        "platform": _PLATFORMS.get(deployment.record.format, deployment.record.format),
-        "inputs": [_spec(s.name, s.datatype, s.shape) for s in signature.inputs],
-        "outputs": [_spec(s.name, s.datatype, s.shape) for s in signature.outputs],
-    }
-
-
-def _spec(name: str, datatype: DataType, shape: tuple[int, ...] | None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "datatype": datatype.value,
-        "shape": list(shape) if shape is not None else [-1],
-    }
-
-
-def triton_config(deployment: Deployment) -> dict[str, Any]:
-    """A Triton-style model configuration, for clients that ask for it."""
-    config = deployment.config
-
-    def tensor(spec: Any) -> dict[str, Any]:
-        return {
-            "name": spec.name,
-            "data_type": f"TYPE_{_TRITON_TYPES[spec.datatype]}",
-            "dims": list(spec.shape or [-1]),
-        }
-
-    return {
-        "name": deployment.name,
-        "platform": _PLATFORMS.get(deployment.record.format, deployment.record.format),
-        "max_batch_size": 0,
-        "input": [tensor(s) for s in deployment.signature.inputs],
-        "output": [tensor(s) for s in deployment.signature.outputs],
-        "instance_group": [{"count": config.instances, "kind": "KIND_CPU"}],
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
-            "preferred_batch_size": config.preferred_batch_sizes,
-        },
-        "parameters": {"modelport_max_batch_size": {"string_value": str(config.max_batch_size)}},
-    }
-
-
-_TRITON_TYPES = {d: d.value if d is not DataType.BYTES else "STRING" for d in DataType}
 
 
 def _json_object(body: bytes | memoryview) -> dict[str, Any]:

@@ -1,0 +1,69 @@
+"""What both Open Inference Protocol front-ends (REST and gRPC) say about the server and its
+models: one description, two encodings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelport.serving.deployment import Deployment
+from modelport.serving.manager import ModelManager
+from modelport.types import DataType
+
+__all__ = ["EXTENSIONS", "metadata", "platform", "triton_config"]
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+_PLATFORMS = {"onnx": "onnxruntime_onnx"}
+
+
+def platform(deployment: Deployment) -> str:
+    """Triton's platform name for the format where there is one (``onnxruntime_onnx``)."""
+    return _PLATFORMS.get(deployment.record.format, deployment.record.format)
+
+
+def metadata(manager: ModelManager, deployment: Deployment) -> dict[str, Any]:
+    served = manager.served(deployment.name)
+    signature = deployment.signature
+    return {
+        "name": deployment.name,
+        "versions": [str(v) for v in sorted(served.deployments)],
+        "platform": platform(deployment),
+        "inputs": [_spec(s.name, s.datatype, s.shape) for s in signature.inputs],
+        "outputs": [_spec(s.name, s.datatype, s.shape) for s in signature.outputs],
+    }
+
+
+def _spec(name: str, datatype: DataType, shape: tuple[int, ...] | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": datatype.value,
+        "shape": list(shape) if shape is not None else [-1],
+    }
+
+
+def triton_config(deployment: Deployment) -> dict[str, Any]:
+    """A Triton-style model configuration, for clients that ask for it."""
+    config = deployment.config
+
+    def tensor(spec: Any) -> dict[str, Any]:
+        return {
+            "name": spec.name,
+            "data_type": f"TYPE_{_TRITON_TYPES[spec.datatype]}",
+            "dims": list(spec.shape or [-1]),
+        }
+
+    return {
+        "name": deployment.name,
+        "platform": platform(deployment),
+        "max_batch_size": 0,
+        "input": [tensor(s) for s in deployment.signature.inputs],
+        "output": [tensor(s) for s in deployment.signature.outputs],
+        "instance_group": [{"count": config.instances, "kind": "KIND_CPU"}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
+            "preferred_batch_size": config.preferred_batch_sizes,
+        },
+        "parameters": {"modelport_max_batch_size": {"string_value": str(config.max_batch_size)}},
+    }
+
+
+_TRITON_TYPES = {d: d.value if d is not DataType.BYTES else "STRING" for d in DataType}
