@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from onnx import TensorProto
-from tritonclient.utils import InferenceServerException
 
 from tests.onnx_models import iris_data, make_identity_model, make_iris_onnx, make_slow_model
 from tests.serving_fixtures import Server, predict_in_process, push, running_server
@@ -167,7 +166,9 @@ def test_every_datatype_through_tritonclient(server: Server, datatype: str, bina
     assert got.shape == data.shape
     if datatype == "BYTES":
         # JSON carries BYTES as text, and tritonclient hands text back as str
-        as_bytes = [[v if isinstance(v, bytes) else v.encode() for v in row] for row in got.tolist()]
+        as_bytes = [
+            [v if isinstance(v, bytes) else v.encode() for v in row] for row in got.tolist()
+        ]
         assert as_bytes == data.tolist()
     else:
         np.testing.assert_array_equal(got, data)
