@@ -147,7 +147,9 @@ def test_watch_follows_a_moved_alias(home: Path, tmp_path: Path) -> None:
     iris = make_iris_onnx(tmp_path / "iris.onnx", zipmap=False)
     push(home, iris, "iris", "production")
     push(home, iris, "iris")
-    with running_server(home, ["iris@production"], ["--watch", "0.2", "--no-grpc"]) as server:
+    with running_server(
+        home, ["iris@production"], ["--watch", "--watch-interval", "0.2", "--no-grpc"]
+    ) as server:
         url = f"{server.http_url}/v2/models/iris/infer"
         assert httpx.post(url, json=IRIS).json()["model_version"] == "1"
         subprocess.run(
@@ -323,3 +325,17 @@ def test_bad_config_file_is_a_clear_error(home: Path, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "models.iris.max_batch_size" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_busy_port_is_one_clear_error(home: Path, tmp_path: Path) -> None:
+    push(home, make_iris_onnx(tmp_path / "iris.onnx", zipmap=False), "iris")
+    with running_server(home, ["iris"], ["--no-grpc"]) as server:
+        port = server.http_url.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [CLI, "serve", "iris", "--http-port", port, "--no-grpc"],
+            env=cli_env(home), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 10
+        assert result.stderr.startswith(f"error: cannot listen for REST on 127.0.0.1:{port}")
+        assert "Traceback" not in result.stderr
+        assert httpx.get(f"{server.http_url}/v2/health/ready").status_code == 200

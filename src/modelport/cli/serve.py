@@ -32,11 +32,12 @@ def serve(
         str | None, typer.Option("--aliased", help="Serve every model that has this alias.")
     ] = None,
     watch: Annotated[
-        float | None,
-        typer.Option(
-            "--watch", help="Follow moved aliases, checking every N seconds (zero-downtime swap)."
-        ),
-    ] = None,
+        bool,
+        typer.Option("--watch", help="Follow aliases that move in the registry (zero-downtime)."),
+    ] = False,
+    watch_interval: Annotated[
+        float, typer.Option("--watch-interval", help="Seconds between alias checks with --watch.")
+    ] = 2.0,
     max_models: Annotated[
         int | None, typer.Option("--max-models", help="Most models loaded at once (LRU).")
     ] = None,
@@ -81,7 +82,7 @@ def serve(
         "host": host,
         "http_port": http_port,
         "grpc_port": grpc_port,
-        "watch_interval": watch,
+        "watch_interval": watch_interval if watch else None,
         "max_models": max_models,
         "memory_budget": parse_bytes(memory_budget) if memory_budget else None,
         "max_request_bytes": parse_bytes(max_request_size) if max_request_size else None,

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from modelport.errors import InvalidInput
+from modelport.errors import InvalidInput, Unavailable
 from modelport.registry import Registry
 from modelport.serving.app import create_app
 from modelport.serving.config import ServeConfig
@@ -56,14 +57,18 @@ async def serve(
     import uvicorn
 
     manager = await build_manager(registry, config, refs, aliased)
+    # Bind both ports before anything starts, so a busy port is one clear error, not a
+    # half-started server.
+    http_socket = _bind(config.host, config.http_port)
     grpc_server = None
+    if config.grpc_port is not None:
+        from modelport.serving.v2_grpc import start_grpc_server
 
-    async def start_grpc() -> None:
-        nonlocal grpc_server
-        if config.grpc_port is not None:
-            from modelport.serving.v2_grpc import start_grpc_server
-
+        try:
             grpc_server = await start_grpc_server(manager, config)
+        except BaseException:
+            http_socket.close()
+            raise
 
     async def stop_grpc() -> None:
         if grpc_server is not None:
@@ -80,7 +85,7 @@ async def serve(
         if watcher is not None:
             watcher.cancel()
 
-    app = create_app(manager, on_start=[start_grpc, start_watch], on_stop=[stop_watch, stop_grpc])
+    app = create_app(manager, on_start=[start_watch], on_stop=[stop_watch, stop_grpc])
     server_config = uvicorn.Config(
         app,
         host=config.host,
@@ -96,9 +101,27 @@ async def serve(
     announce = asyncio.get_running_loop().create_task(_announce(server, manager, config))
     try:
         with _exit_zero_on_sigterm(server):
-            await server.serve()
+            await server.serve(sockets=[http_socket])
     finally:
         announce.cancel()
+        http_socket.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(
+            f"cannot listen for REST on {host}:{port}: {exc.strerror}; choose another port "
+            "with --http-port"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 @contextlib.contextmanager
