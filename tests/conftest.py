@@ -13,6 +13,7 @@ import pytest
 
 from modelport import Registry, Settings
 from tests.onnx_models import make_iris_onnx
+from tests.postgres import make_postgres_database  # noqa: F401  (a fixture)
 
 CLI = str(Path(sys.executable).parent / "modelport")
 
@@ -28,9 +29,23 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The metadata DB of a test that runs once per backend.
+
+    SQLite is the default file under ``home``; PostgreSQL is a fresh database, also set as
+    MODELPORT_DB_URL so that the CLI and other processes the test starts use it too.
+    """
+    if request.param == "sqlite":
+        return Settings(home=home).resolved_db_url()
+    url: str = request.getfixturevalue("make_postgres_database")()
+    monkeypatch.setenv("MODELPORT_DB_URL", url)
+    return url
+
+
 @pytest.fixture
-def registry(home: Path) -> Iterator[Registry]:
-    with Registry(Settings(home=home)) as reg:
+def registry(home: Path, db_url: str) -> Iterator[Registry]:
+    with Registry(Settings(home=home, db_url=db_url)) as reg:
         yield reg
 
 

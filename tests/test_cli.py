@@ -13,7 +13,8 @@ from tests.onnx_models import iris_classifier, iris_data, make_add_model
 
 
 @pytest.fixture
-def pushed(home: Path, iris_onnx: Path) -> Path:
+def pushed(home: Path, db_url: str, iris_onnx: Path) -> Path:
+    """``home`` with iris@1 pushed, once per backend (the CLI reads MODELPORT_DB_URL)."""
     result = run_cli(
         "push", iris_onnx, "--name", "iris", "--alias", "production",
         "--tag", "team=vision", "--description", "Iris classifier",
@@ -115,6 +116,7 @@ def test_predict_from_json_npz_and_npy(pushed: Path, tmp_path: Path) -> None:
         ("{}", "error: missing input 'input' (FP32 [-1, 4])"),
     ],
 )
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # checks input; no DB part
 def test_predict_refuses_bad_input_in_one_line(pushed: Path, payload: str, message: str) -> None:
     result = run_cli("predict", "iris", "--input", payload)
     assert result.returncode == 2
@@ -186,6 +188,7 @@ def test_rm_refuses_aliased_version_unless_forced(pushed: Path, iris_onnx: Path)
         (["verify"], 2, "error: name a version to verify"),
     ],
 )
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # checks input; no DB part
 def test_errors_are_one_line_with_an_exit_code(
     pushed: Path, tmp_path: Path, args: list[str], code: int, message: str
 ) -> None:

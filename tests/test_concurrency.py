@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modelport import Registry, Settings
+from modelport import NotFound, Registry, Settings
 from tests.conftest import CLI, run_cli
 from tests.onnx_models import make_matmul_model
 
@@ -28,6 +30,8 @@ with Registry(Settings(home=home)) as registry:
 """
 
 
+# The pushing processes find the DB through MODELPORT_DB_URL, which db_url sets.
+@pytest.mark.usefixtures("db_url")
 def test_concurrent_pushes_all_succeed_with_distinct_versions(home: Path, iris_onnx: Path) -> None:
     workers, each = 4, 5
     start = time.time() + 2.0  # every process has opened the (new) DB by then
@@ -58,6 +62,7 @@ def test_concurrent_pushes_all_succeed_with_distinct_versions(home: Path, iris_o
         assert pushed == {(str(w), str(i)) for w in range(workers) for i in range(each)}
 
 
+@pytest.mark.usefixtures("db_url")
 def test_two_cli_pushes_at_once_on_a_fresh_home(home: Path, iris_onnx: Path) -> None:
     procs = [
         subprocess.Popen(
@@ -70,6 +75,41 @@ def test_two_cli_pushes_at_once_on_a_fresh_home(home: Path, iris_onnx: Path) -> 
         assert proc.returncode == 0, err
     versions = run_cli("ls", "iris", "--json")
     assert '"version": 1' in versions.stdout and '"version": 2' in versions.stdout
+
+
+def test_concurrent_metric_merges_and_alias_moves_lose_nothing(
+    registry: Registry, iris_onnx: Path
+) -> None:
+    registry.push(iris_onnx, "iris")
+    registry.push(iris_onnx, "iris")
+
+    def write(i: int) -> None:
+        registry.set_metrics("iris@1", {f"m{i}": i})
+        registry.set_alias(f"iris@{1 + i % 2}", "production")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(40)))  # re-raises any worker's error
+    assert registry.get("iris@1").metrics == {f"m{i}": i for i in range(40)}
+    assert registry.get("iris@production").version in (1, 2)
+
+
+def test_readers_see_whole_versions_while_others_delete(
+    registry: Registry, iris_onnx: Path
+) -> None:
+    def push_and_delete() -> None:
+        for _ in range(40):
+            registry.delete(registry.push(iris_onnx, "churn").ref)
+
+    reads = 0
+    with ThreadPoolExecutor(1) as pool:
+        writer = pool.submit(push_and_delete)
+        while not writer.done():
+            with contextlib.suppress(NotFound):  # between the first push and the model
+                for version in registry.list_versions("churn"):
+                    assert version.files, f"{version.ref} was read without its files"
+                    reads += 1
+        writer.result()
+    assert reads > 0
 
 
 def _big_model(directory: Path, megabytes: int) -> Path:
@@ -142,6 +182,7 @@ def test_kills_at_any_moment_leave_all_or_nothing(home: Path, tmp_path: Path) ->
         assert list((home / "artifacts" / "staging").iterdir()) == []
 
 
+@pytest.mark.usefixtures("db_url")
 def test_readers_never_see_a_half_written_version(home: Path, iris_onnx: Path) -> None:
     start = time.time() + 1.5
     writer = subprocess.Popen(

@@ -28,10 +28,9 @@ def test_head_constant_matches_the_migration_scripts() -> None:
     assert {rev.revision for rev in scripts.walk_revisions()} == set(db._KNOWN_REVISIONS)
 
 
-def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db.open_database(url).dispose()
-    engine = create_engine(url)
+def test_migrations_build_the_declared_schema(db_url: str) -> None:
+    db.open_database(db_url).dispose()
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
@@ -47,20 +46,37 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_a_database_from_a_newer_modelport_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db.open_database(url).dispose()
-    engine = create_engine(url)
+def test_a_database_from_a_newer_modelport_is_refused(db_url: str) -> None:
+    db.open_database(db_url).dispose()
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
     with pytest.raises(StorageError, match="revision '9999'.*upgrade modelport"):
-        db.open_database(url)
+        db.open_database(db_url)
 
 
-def test_registry_reopens_with_its_data(tmp_path: Path, iris_onnx: Path) -> None:
-    settings = Settings(home=tmp_path)
+def test_opening_again_leaves_a_migrated_database_as_it_is(db_url: str) -> None:
+    for _ in range(2):
+        db.open_database(db_url).dispose()
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            (db.HEAD_REVISION,)
+        ]
+    engine.dispose()
+
+
+def test_registry_reopens_with_its_data(home: Path, db_url: str, iris_onnx: Path) -> None:
+    settings = Settings(home=home, db_url=db_url)
     with Registry(settings) as registry:
         registry.push(iris_onnx, "iris", aliases=["production"])
     with Registry(settings) as registry:
         assert registry.get("iris@production").version == 1
+
+
+def test_bad_database_urls_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="cannot use the database URL 'nosuchdb://x'"):
+        db.open_database("nosuchdb://x")
+    with pytest.raises(StorageError, match="cannot use the database URL"):
+        db.open_database("not a url")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,11 @@ def test_push_records_everything(registry: Registry, iris_onnx: Path) -> None:
     assert version.signature.inputs[0].shape == (-1, 4)
     assert not version.trust_pickle
     assert version.lineage == Lineage()
+    assert version.created_at.tzinfo is UTC
+    assert abs(datetime.now(UTC) - version.created_at) < timedelta(minutes=5)
+    (summary,) = registry.list_models()
+    assert summary.created_at.tzinfo is UTC and summary.updated_at == version.created_at
+    assert version.to_dict()["created_at"].endswith("+00:00")
 
 
 def test_versions_count_up_and_refs_resolve(registry: Registry, iris_onnx: Path) -> None:
@@ -259,6 +265,7 @@ def test_tampering_is_detected_on_verify_and_load(
         registry.load("iris@1", verify="never")  # the damaged bytes no longer parse
 
 
+@pytest.mark.usefixtures("db_url")  # in MODELPORT_DB_URL, which Settings reads
 def test_first_load_verifies_once_per_process(home: Path, iris_onnx: Path) -> None:
     with Registry(Settings(home=home, verify="first-load")) as registry:
         version = registry.push(iris_onnx, "iris")

@@ -66,7 +66,7 @@ def test_full_queue_gets_fast_503_and_health_stays_up(home: Path, tmp_path: Path
         last_success = max(t for t, status, _ in finished if status == 200)
         assert first_refusal < last_success
         metrics = httpx.get(f"{server.http_url}/metrics").text
-        assert 'outcome="unavailable"' in metrics
+        assert 'outcome="overloaded"' in metrics
 
 
 def test_deadline_gives_504(home: Path, tmp_path: Path) -> None:

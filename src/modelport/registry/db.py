@@ -7,9 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from modelport.errors import StorageError
 
@@ -20,6 +20,7 @@ __all__ = ["HEAD_REVISION", "open_database", "read_transaction", "write_transact
 HEAD_REVISION = "0001"
 _KNOWN_REVISIONS = ("0001",)
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_WRITE_LOCK = 7263301  # PostgreSQL advisory lock key held by every write transaction
 
 
 def open_database(url: str) -> Engine:
@@ -31,16 +32,28 @@ def open_database(url: str) -> Engine:
     Raises:
         StorageError: the database cannot be opened, or was made by a newer modelport.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(url, parsed.database)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        parsed = make_url(url)
+        if parsed.drivername == "postgresql":
+            # The plain scheme means psycopg2 to SQLAlchemy; psycopg 3 is the driver we ship.
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(parsed.render_as_string(hide_password=False), parsed.database)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise StorageError(
+            f"cannot use the database URL {url!r}: {exc}; for PostgreSQL install "
+            "'modelport[postgres]' and use postgresql://user:password@host/dbname"
+        ) from None
     try:
         _migrate(engine)
     except SQLAlchemyError as exc:
         engine.dispose()
         raise StorageError(f"cannot open the registry database {parsed!r}: {exc}") from exc
+    except StorageError:
+        engine.dispose()  # an engine that is not handed out must not keep its connections
+        raise
     return engine
 
 
@@ -72,29 +85,37 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that intends to write: serialised against other writers."""
+    """A transaction that intends to write: serialised against other writers.
+
+    SQLite's BEGIN IMMEDIATE does that; on PostgreSQL a transaction-level advisory lock
+    does, so that a writer's read-then-write (the next version number, an alias move, a
+    metrics merge) never interleaves with another writer's.
+    """
     with engine.connect() as connection:
         connection.execution_options(write=True)
         with connection.begin():
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK})
             yield connection
 
 
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A read-only snapshot: never blocks writers."""
-    with engine.connect() as connection, connection.begin():
-        yield connection
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            # PostgreSQL's default, READ COMMITTED, takes a new snapshot for every statement.
+            connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            yield connection
 
 
 def _current_revision(connection: Connection) -> str | None:
-    try:
-        row = connection.execute(text("SELECT version_num FROM alembic_version")).first()
-    except OperationalError:
+    # Ask before selecting: on PostgreSQL a failed SELECT would abort the caller's
+    # transaction, and with it the advisory lock that serialises writers.
+    if not inspect(connection).has_table("alembic_version"):
         return None
-    except SQLAlchemyError:
-        # PostgreSQL aborts the transaction on a missing table; start again clean.
-        connection.rollback()
-        return None
+    row = connection.execute(text("SELECT version_num FROM alembic_version")).first()
     return None if row is None else str(row[0])
 
 
@@ -110,8 +131,6 @@ def _migrate(engine: Engine) -> None:
             "modelport does not know; upgrade modelport to open it"
         )
     with write_transaction(engine) as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(7263301)"))
         # Another process may have migrated while we waited for the write lock.
         if _current_revision(connection) == HEAD_REVISION:
             return

@@ -19,8 +19,9 @@ __all__ = ["list_models", "load_versions", "model_id", "resolve"]
 
 
 def utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time we store is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """``value`` in UTC: every time we store is UTC, but SQLite hands it back naive and
+    PostgreSQL in the session's time zone."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _did_you_mean(name: str, candidates: Sequence[str]) -> str:

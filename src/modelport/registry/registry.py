@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.config import Settings, VerifyPolicy, load_settings
 from modelport.errors import Conflict, InvalidInput, StorageError, Unavailable, VerificationFailed
@@ -116,56 +116,48 @@ class Registry:
         aliases: list[str],
     ) -> int:
         now = datetime.now(UTC)
-        for attempt in range(3):
-            try:
-                with write_transaction(self.engine) as conn:
-                    mid = self._ensure_model(conn, name, row["description"], now)
+        try:
+            with write_transaction(self.engine) as conn:
+                mid = self._ensure_model(conn, name, row["description"], now)
+                conn.execute(
+                    update(ModelRow)
+                    .where(ModelRow.id == mid)
+                    .values(last_version=ModelRow.last_version + 1)
+                )
+                number = int(
                     conn.execute(
-                        update(ModelRow)
-                        .where(ModelRow.id == mid)
-                        .values(last_version=ModelRow.last_version + 1)
-                    )
-                    number = int(
-                        conn.execute(
-                            select(ModelRow.last_version).where(ModelRow.id == mid)
-                        ).scalar_one()
-                    )
-                    parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
-                    vid = conn.execute(
-                        insert(VersionRow)
-                        .values(
-                            model_id=mid, number=number, created_at=now, parent_id=parent_id, **row
-                        )
-                        .returning(VersionRow.id)
+                        select(ModelRow.last_version).where(ModelRow.id == mid)
                     ).scalar_one()
-                    if entries:
-                        conn.execute(
-                            insert(FileRow),
-                            [
-                                {
-                                    "version_id": vid,
-                                    "path": e.path,
-                                    "digest": e.digest,
-                                    "size": e.size,
-                                }
-                                for e in entries
-                            ],
-                        )
-                    if tags:
-                        conn.execute(
-                            insert(TagRow),
-                            [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
-                        )
-                    for alias in aliases:
-                        _point_alias(conn, mid, alias, vid)
-                    return number
-            except IntegrityError:
-                # Two first pushes of one new model raced on PostgreSQL; the loser retries.
-                if attempt == 2:
-                    raise
-            except SQLAlchemyError as exc:
-                raise StorageError(f"the registry database refused the new version: {exc}") from exc
-        raise AssertionError("unreachable")
+                )
+                parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
+                vid = conn.execute(
+                    insert(VersionRow)
+                    .values(model_id=mid, number=number, created_at=now, parent_id=parent_id, **row)
+                    .returning(VersionRow.id)
+                ).scalar_one()
+                if entries:
+                    conn.execute(
+                        insert(FileRow),
+                        [
+                            {
+                                "version_id": vid,
+                                "path": e.path,
+                                "digest": e.digest,
+                                "size": e.size,
+                            }
+                            for e in entries
+                        ],
+                    )
+                if tags:
+                    conn.execute(
+                        insert(TagRow),
+                        [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
+                    )
+                for alias in aliases:
+                    _point_alias(conn, mid, alias, vid)
+                return number
+        except SQLAlchemyError as exc:
+            raise StorageError(f"the registry database refused the new version: {exc}") from exc
 
     @staticmethod
     def _ensure_model(conn: Connection, name: str, description: str, now: datetime) -> int:
