@@ -54,3 +54,18 @@ def test_readme_blocks_run(tmp_path: Path) -> None:
     )
     assert '"ref": "iris@2"' in final.stdout and '"ref": "iris@3"' in final.stdout
     assert '"ref": "iris@1"' not in final.stdout
+
+
+def test_readme_serve_config_parses(tmp_path: Path) -> None:
+    from modelport.serving.config import load_config
+
+    (toml,) = [body for lang, body in BLOCK.findall(README.read_text()) if lang == "toml"]
+    path = tmp_path / "serve.toml"
+    path.write_text(toml)
+    config = load_config(path)
+    assert config.max_models == 4
+    assert config.memory_budget == 8 * 2**30
+    assert config.models["iris"].instances == 2
+    assert config.model_settings("iris").cache_size == 10000
+    assert config.models["resnet"].traffic == {2: 90, 3: 10}
+    assert config.model_settings("resnet").max_batch_size == 32

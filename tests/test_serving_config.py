@@ -1,0 +1,70 @@
+"""The serve TOML file and size strings: what is accepted, and how errors read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelport import InvalidInput
+from modelport.serving.config import ServeConfig, load_config, parse_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8GiB", 8 * 2**30),
+        ("512MB", 512 * 10**6),
+        ("1e9", 10**9),
+        ("100", 100),
+        ("1.5 KiB", 1536),
+        (42, 42),
+    ],
+)
+def test_sizes(text: str | int, expected: int) -> None:
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "8 parsecs", "", "GiB"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(InvalidInput, match="is not a size"):
+        parse_bytes(text)
+
+
+def _load(tmp_path: Path, text: str) -> ServeConfig:
+    path = tmp_path / "serve.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_defaults_apply_to_every_model_unless_overridden(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        '[defaults]\ninstances = 2\n\n[models.a]\n\n[models.b]\ninstances = 3\nref = "b@prod"\n',
+    )
+    assert config.model_settings("a").instances == 2
+    assert config.model_settings("b").instances == 3
+    assert config.models["a"].ref == "a"
+    assert config.models["b"].ref == "b@prod"
+    assert config.model_settings("unlisted") == config.defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server\n", "invalid TOML"),
+        ("[servers]\n", "unknown section"),
+        ("[server]\nhttp_prot = 1\n", "http_prot: Extra inputs are not permitted"),
+        ("[models.a]\ninstances = 0\n", "models.a.instances"),
+        ('[models.a]\nref = "../x"\n', "path separator"),
+        ('[server]\nmemory_budget = "lots"\n', "is not a size"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        _load(tmp_path, text)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
