@@ -215,3 +215,39 @@ def test_gc_reports(pushed: Path) -> None:
     result = run_cli("gc")
     assert result.returncode == 0
     assert "1 interrupted push(es)" in result.stdout
+
+
+def test_push_with_declared_signature_and_example(
+    home: Path, iris_onnx: Path, tmp_path: Path
+) -> None:
+    signature = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        ],
+    }
+    (tmp_path / "sig.json").write_text(json.dumps(signature))
+    pushed = run_cli(
+        "push", iris_onnx, "--name", "iris", "--signature", tmp_path / "sig.json", "--json"
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["signature"] == signature
+    assert json.loads(pushed.stdout)["metadata"]["ir_version"] > 0
+
+    wrong = {**signature, "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    refused = run_cli("push", iris_onnx, "--name", "iris", "--signature", tmp_path / "wrong.json")
+    assert refused.returncode == 2
+    assert refused.stderr == "error: --signature must list the model's own inputs: 'input'\n"
+
+    (tmp_path / "bad.json").write_text('{"inputs": [{"name": "x"}]}')
+    bad = run_cli("push", iris_onnx, "--name", "iris", "--signature", tmp_path / "bad.json")
+    assert bad.returncode == 2
+    assert "each tensor needs a name, a datatype and a shape" in bad.stderr
+
+    np.savez(tmp_path / "example.npz", input=np.zeros((1, 4), np.float32))
+    with_example = run_cli(
+        "push", iris_onnx, "--name", "iris", "--example", tmp_path / "example.npz"
+    )
+    assert with_example.returncode == 0, with_example.stderr

@@ -80,3 +80,32 @@ def test_bad_database_urls_are_clear_errors(tmp_path: Path) -> None:
         db.open_database("nosuchdb://x")
     with pytest.raises(StorageError, match="cannot use the database URL"):
         db.open_database("not a url")
+
+
+def test_a_registry_made_at_the_first_schema_opens_with_its_data(
+    tmp_path: Path, iris_onnx: Path
+) -> None:
+    """Upgrade path: a DB left at revision 0001 (with a version in it) opens and keeps it."""
+    from alembic import command
+
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'registry.db'}")
+    with Registry(settings) as registry:
+        registry.push(iris_onnx, "iris", aliases=["production"], tags={"team": "vision"})
+    engine = create_engine(settings.resolved_db_url())
+    with engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        )
+        columns = {c["name"] for c in inspect(connection).get_columns("versions")}
+        assert "metadata" not in columns
+    engine.dispose()
+    with Registry(settings) as registry:
+        version = registry.get("iris@production")
+        assert version.tags == {"team": "vision"}
+        assert version.metadata == {}  # filled in by the migration's default
+        assert registry.verify("iris@1") == []
+        assert registry.push(iris_onnx, "iris").metadata["ir_version"] > 0

@@ -21,7 +21,7 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from modelport.runtimes import LoadedModel, LoadOptions, default_runtimes
+from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.types import DataType, TensorSpec
 from tests.onnx_models import (
@@ -83,7 +83,7 @@ def iris_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_iris_with_zipmap_matches_scikit_learn(iris_dir: Path) -> None:
-    info = RUNTIME.inspect(iris_dir / "zipmap.onnx")
+    info = RUNTIME.inspect(iris_dir / "zipmap.onnx", PushOptions())
     assert info.signature.inputs == (TensorSpec("input", DataType.FP32, (-1, 4)),)
     assert info.signature.outputs == (
         TensorSpec("output_label", DataType.INT64, (-1,)),
@@ -103,7 +103,7 @@ def test_iris_with_zipmap_matches_scikit_learn(iris_dir: Path) -> None:
 
 
 def test_iris_without_zipmap_matches_scikit_learn(iris_dir: Path) -> None:
-    info = RUNTIME.inspect(iris_dir / "plain.onnx")
+    info = RUNTIME.inspect(iris_dir / "plain.onnx", PushOptions())
     assert info.signature.outputs == (
         TensorSpec("label", DataType.INT64, (-1,)),
         TensorSpec("probabilities", DataType.FP32, (-1, 3)),
@@ -120,7 +120,7 @@ def test_iris_without_zipmap_matches_scikit_learn(iris_dir: Path) -> None:
 
 
 def test_iris_with_class_names_gives_bytes_labels_and_sorted_columns(iris_dir: Path) -> None:
-    info = RUNTIME.inspect(iris_dir / "names.onnx")
+    info = RUNTIME.inspect(iris_dir / "names.onnx", PushOptions())
     assert info.signature.outputs[0] == TensorSpec("output_label", DataType.BYTES, (-1,))
     features, _ = iris_data()
     classifier = iris_classifier(string_labels=True)
@@ -149,7 +149,7 @@ def test_every_supported_element_type_round_trips(tmp_path: Path) -> None:
     path = make_identity_model(
         tmp_path / "identity.onnx", {name: spec[0] for name, spec in ELEMENT_TYPES.items()}
     )
-    signature = RUNTIME.inspect(path).signature
+    signature = RUNTIME.inspect(path, PushOptions()).signature
     for name, (_, datatype, _) in ELEMENT_TYPES.items():
         assert signature.input(name) == TensorSpec(name, datatype, (-1, 2))
     assert [spec.name for spec in signature.outputs] == [f"{name}_out" for name in ELEMENT_TYPES]
@@ -240,7 +240,7 @@ def test_dimensions_fixed_named_and_unnamed(tmp_path: Path) -> None:
             tensor("scalar_out", TensorProto.FLOAT, []),
         ],
     )
-    signature = RUNTIME.inspect(path).signature
+    signature = RUNTIME.inspect(path, PushOptions()).signature
     assert signature.inputs == (
         TensorSpec("fixed", DataType.FP32, (2, 3)),
         TensorSpec("named", DataType.INT64, (-1, -1, 5)),
@@ -268,7 +268,7 @@ def test_a_tensor_without_shape_takes_any_rank(tmp_path: Path) -> None:
     )
     # onnxruntime runs such a graph, but the ONNX checker requires shapes on the main graph.
     with pytest.raises(InvalidModel, match="'shape'"):
-        RUNTIME.inspect(path)
+        RUNTIME.inspect(path, PushOptions())
     model = load(path)
     assert model.signature.inputs == (TensorSpec("x", DataType.FP32, None),)
     assert model.predict({"x": np.ones((2, 1, 2), np.float32)})["y"].shape == (2, 1, 2)
@@ -286,7 +286,9 @@ def test_initializers_listed_as_inputs_are_not_inputs(tmp_path: Path) -> None:
         [tensor("y", TensorProto.FLOAT, ["batch", 3])],
         initializers=[weights],
     )
-    assert RUNTIME.inspect(path).signature.inputs == (TensorSpec("x", DataType.FP32, (-1, 4)),)
+    assert RUNTIME.inspect(path, PushOptions()).signature.inputs == (
+        TensorSpec("x", DataType.FP32, (-1, 4)),
+    )
     result = load(path).predict({"x": np.ones((1, 4), np.float32)})
     np.testing.assert_array_equal(result["y"], np.ones((1, 4), np.float32) @ WEIGHTS)
 
@@ -353,14 +355,14 @@ def test_sequence_input_is_unsupported(tmp_path: Path) -> None:
         [tensor("count", TensorProto.INT64, [])],
     )
     with pytest.raises(UnsupportedFormat, match=r"input 'items' is a sequence\(tensor\(FLOAT\)\)"):
-        RUNTIME.inspect(path)
+        RUNTIME.inspect(path, PushOptions())
 
 
 # --- corrupt, truncated and invalid files -----------------------------------------------------
 
 
 def _run(action: str, path: Path) -> object:
-    return RUNTIME.inspect(path) if action == "inspect" else load(path)
+    return RUNTIME.inspect(path, PushOptions()) if action == "inspect" else load(path)
 
 
 @pytest.mark.parametrize("action", ["inspect", "load"])
@@ -395,7 +397,7 @@ def test_a_graph_the_checker_rejects_is_invalid(tmp_path: Path, action: str) -> 
 
 def test_external_data_is_listed_and_travels_with_the_model(tmp_path: Path) -> None:
     path = make_matmul_model(tmp_path / "a" / "matmul.onnx", WEIGHTS, external_data="weights.bin")
-    info = RUNTIME.inspect(path)
+    info = RUNTIME.inspect(path, PushOptions())
     assert info.files.root == path.parent
     assert info.files.entry == "matmul.onnx"
     assert info.files.paths == ("matmul.onnx", "weights.bin")
@@ -415,7 +417,7 @@ def test_external_data_in_a_subdirectory(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "weights.bin").rename(tmp_path / "data" / "weights.bin")
     set_external_location(path, "data/./weights.bin")
-    assert RUNTIME.inspect(path).files.paths == ("m.onnx", "data/weights.bin")
+    assert RUNTIME.inspect(path, PushOptions()).files.paths == ("m.onnx", "data/weights.bin")
     result = load(path).predict({"x": np.ones((1, 4), np.float32)})
     np.testing.assert_allclose(result["y"], np.ones((1, 4), np.float32) @ WEIGHTS)
 
@@ -480,7 +482,7 @@ def test_a_model_directory_is_kept_whole(tmp_path: Path) -> None:
     (root / "docs" / "card.md").write_text("a card")
     (root / ".hidden").write_text("kept")
 
-    info = RUNTIME.inspect(root)
+    info = RUNTIME.inspect(root, PushOptions())
 
     assert info.files.root == root
     assert info.files.entry == "matmul.onnx"
@@ -494,11 +496,11 @@ def test_a_directory_needs_exactly_one_model(tmp_path: Path) -> None:
     make_add_model(tmp_path / "two" / "b.onnx")
     (tmp_path / "none").mkdir()
     with pytest.raises(InvalidModel, match=r"exactly one .* found a.onnx, b.onnx"):
-        RUNTIME.inspect(tmp_path / "two")
+        RUNTIME.inspect(tmp_path / "two", PushOptions())
     with pytest.raises(InvalidModel, match=r"found none"):
         load(tmp_path / "none")
     with pytest.raises(InvalidModel, match="does not exist"):
-        RUNTIME.inspect(tmp_path / "missing")
+        RUNTIME.inspect(tmp_path / "missing", PushOptions())
 
 
 @pytest.mark.parametrize("target", ["file", "directory"])
@@ -514,9 +516,9 @@ def test_symlinks_out_of_a_model_directory_are_refused(tmp_path: Path, target: s
     (root / "sub" / "link").symlink_to(secret)
     (root / "inner").symlink_to(root / "model.onnx")
     with pytest.raises(InvalidModel, match=r"sub/link is a symlink pointing outside"):
-        RUNTIME.inspect(root)
+        RUNTIME.inspect(root, PushOptions())
     (root / "sub" / "link").unlink()
-    assert RUNTIME.inspect(root).files.paths == ("inner", "model.onnx")
+    assert RUNTIME.inspect(root, PushOptions()).files.paths == ("inner", "model.onnx")
 
 
 # --- loading options, lifecycle, threads ------------------------------------------------------
@@ -570,7 +572,7 @@ def test_missing_onnxruntime_says_what_to_install(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes the import fail
     with pytest.raises(MissingDependency, match="pip install modelport"):
         load(path)
-    assert RUNTIME.inspect(path).signature.output_names() == ["sum", "product"]
+    assert RUNTIME.inspect(path, PushOptions()).signature.output_names() == ["sum", "product"]
 
 
 def test_concurrent_predictions(iris_dir: Path) -> None:

@@ -19,7 +19,14 @@ import numpy.typing as npt
 from modelport.errors import InvalidInput
 from modelport.types import DataType, Signature, Tensors
 
-__all__ = ["array_from_json", "read_tensors", "tensors_from_json", "tensors_to_json"]
+__all__ = [
+    "array_from_json",
+    "read_signature",
+    "read_tensors",
+    "read_untyped_tensors",
+    "tensors_from_json",
+    "tensors_to_json",
+]
 
 
 def array_from_json(value: Any, datatype: DataType, name: str) -> npt.NDArray[Any]:
@@ -136,3 +143,58 @@ def _to_text(item: Any) -> Any:
     if isinstance(item, bytes):
         return item.decode("utf-8", errors="backslashreplace")
     return item
+
+
+def read_signature(path: Path) -> Signature:
+    """A signature from a JSON file.
+
+    The file reads ``{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}``.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or not data.get("inputs"):
+        raise InvalidInput(f'{path}: expected {{"inputs": [...], "outputs": [...]}}')
+    try:
+        return Signature.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"{path}: each tensor needs a name, a datatype and a shape ({exc})"
+        ) from None
+
+
+def read_untyped_tensors(path: Path) -> Tensors:
+    """Example tensors from a .npz (one array per input), .npy (one input) or .json file.
+
+    With no signature to type them, arrays keep the dtype the file gives; JSON numbers
+    become float32 and whole numbers int64, as a framework would read them.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        if suffix == ".npy":
+            return {"input": np.load(path, allow_pickle=False)}
+        if suffix == ".json":
+            data = _parse_json(path.read_text(), str(path))
+            if not isinstance(data, Mapping):
+                raise InvalidInput(f"{path}: expected an object of input name -> values")
+            return {name: _untyped(name, value) for name, value in data.items()}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInput(f"cannot read tensors from {path}: {exc}") from None
+    raise InvalidInput(f"{path}: unknown example file type {suffix!r}; use .npz, .npy or .json")
+
+
+def _untyped(name: str, value: Any) -> npt.NDArray[Any]:
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64) if array.dtype.kind != "b" else array
+    if array.dtype.kind == "U":
+        return array.astype(object)
+    raise InvalidInput(f"example input {name!r} is not numbers or strings")

@@ -33,7 +33,10 @@ def _registry() -> Registry:
 
 @app.command()
 def push(
-    path: Annotated[Path, typer.Argument(help="Model file or directory.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Model file or directory (Caffe: the prototxt, then the weights)."),
+    ],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
     alias: Annotated[
         list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
@@ -49,14 +52,33 @@ def push(
         bool,
         typer.Option("--trust-pickle", help="Allow formats that run code on load (pickle)."),
     ] = False,
+    example: Annotated[
+        Path | None,
+        typer.Option(
+            "--example", help="Example input (.npz/.npy/.json) for formats without a signature."
+        ),
+    ] = None,
+    signature: Annotated[
+        Path | None, typer.Option("--signature", help="JSON file with the inputs and outputs.")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="What the model does, e.g. text-classification.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Store a model file or directory as the next version of NAME."""
+    from modelport.tensorio import read_signature, read_untyped_tensors
+
     tags = parse_tags(tag or [])
+    declared = read_signature(signature) if signature else None
+    example_inputs = read_untyped_tensors(example) if example else None
     with _registry() as registry:
         version = registry.push(
-            path,
+            paths,
             name,
+            example=example_inputs,
+            signature=declared,
+            task=task,
             aliases=alias or [],
             tags=tags,
             description=description,

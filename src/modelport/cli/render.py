@@ -112,6 +112,7 @@ def version_detail(v: ModelVersion) -> None:
         ),
         "metrics": ", ".join(f"{k}={val}" for k, val in v.metrics.items()) or "-",
         "trust pickle": "yes" if v.trust_pickle else "no",
+        "runtime": ", ".join(f"{k}={val}" for k, val in v.metadata.items()) or "-",
     }
     for key, value in facts.items():
         out.print(f"  {key:<13}{value}", markup=False)

@@ -17,8 +17,8 @@ __all__ = ["HEAD_REVISION", "open_database", "read_transaction", "write_transact
 
 # The newest migration in migrations/versions; a test keeps the two in step. Checking it
 # against the DB without importing Alembic keeps every CLI start fast.
-HEAD_REVISION = "0001"
-_KNOWN_REVISIONS = ("0001",)
+HEAD_REVISION = "0002"
+_KNOWN_REVISIONS = ("0001", "0002")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _WRITE_LOCK = 7263301  # PostgreSQL advisory lock key held by every write transaction
 

@@ -138,6 +138,7 @@ def load_versions(connection: Connection, version_ids: Sequence[int]) -> list[Mo
                 parameters=dict(version.parameters or {}),
             ),
             files=tuple(sorted(files[version.id], key=lambda e: e.path)),
+            metadata=dict(version.metadata or {}),
         )
     return [records[vid] for vid in version_ids if vid in records]
 

@@ -42,6 +42,8 @@ class ModelVersion:
     metrics: dict[str, Any]
     lineage: Lineage
     files: tuple[FileEntry, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What the format's runtime recorded at push (opset, producer, task, ...)."""
 
     @property
     def ref(self) -> str:
@@ -63,6 +65,7 @@ class ModelVersion:
             "metrics": self.metrics,
             "lineage": self.lineage.to_dict(),
             "signature": self.signature.to_dict(),
+            "metadata": self.metadata,
             "files": [{"path": f.path, "sha256": f.digest, "size": f.size} for f in self.files],
         }
 

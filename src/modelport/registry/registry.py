@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from modelport.registry.db import open_database, read_transaction, write_transac
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.schema import AliasRow, FileRow, ModelRow, TagRow, VersionRow
 from modelport.registry.store import FileEntry, GcReport, LocalStore, hash_file, manifest_key
-from modelport.runtimes import LoadedModel, LoadOptions, RuntimeTable, default_runtimes
-from modelport.types import ModelRef, parse_tags, validate_alias, validate_name
+from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, RuntimeTable, default_runtimes
+from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
 
 __all__ = ["Registry"]
 
@@ -54,7 +55,7 @@ class Registry:
 
     def push(
         self,
-        path: str | Path,
+        path: str | Path | Sequence[str | Path],
         name: str,
         *,
         aliases: Iterable[str] = (),
@@ -64,8 +65,15 @@ class Registry:
         trust_pickle: bool = False,
         lineage: Lineage | None = None,
         metrics: Mapping[str, Any] | None = None,
+        example: Tensors | None = None,
+        signature: Signature | None = None,
+        task: str | None = None,
     ) -> ModelVersion:
         """Store the model at ``path`` as the next version of ``name``.
+
+        ``path`` may be a list when a format spreads over named files (Caffe's prototxt and
+        weights): the first is the model, the rest go to the runtime as companions.
+        ``example``/``signature`` describe formats that do not record their own inputs.
 
         The model is validated and its signature read before anything is stored; files are
         hashed while copied and published in one transaction, so a failure or a kill at any
@@ -79,9 +87,20 @@ class Registry:
         alias_list = [validate_alias(a) for a in aliases]
         tag_map = _tags(tags)
         metric_map = _json_dict(metrics, "metrics")
-        source = Path(path).expanduser()
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        if not paths:
+            raise InvalidInput("push needs the path of a model file or directory")
+        source, *companions = (Path(p).expanduser() for p in paths)
+        options = PushOptions(
+            example=example,
+            signature=signature,
+            trust_pickle=trust_pickle,
+            task=task,
+            companions=tuple(companions),
+        )
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
-        info = runtime.inspect(source)
+        info = runtime.inspect(source, options)
+        runtime_metadata = _json_dict(info.metadata, "runtime metadata")
         with self.store.shared_lock(), self.store.staging() as stage:
             entries = [stage.add(info.files.root / rel, rel) for rel in info.files.paths]
             stage.publish()
@@ -97,6 +116,7 @@ class Registry:
                     "metrics": metric_map,
                     "operation": lineage.operation if lineage else None,
                     "parameters": _json_dict(lineage.parameters if lineage else None, "lineage"),
+                    "runtime_metadata": runtime_metadata,
                 },
                 parent=lineage.parent if lineage else None,
                 entries=entries,
@@ -300,7 +320,11 @@ class Registry:
         if policy == "always" or (policy == "first-load" and key not in self._verified):
             _verify_checkout(directory, record)
             self._verified.add(key)
-        return runtime.load(directory / record.entry, options or LoadOptions())
+        given = options or LoadOptions()
+        recorded = dataclasses.replace(
+            given, metadata={**record.metadata, **given.metadata}, trust_pickle=record.trust_pickle
+        )
+        return runtime.load(directory / record.entry, recorded)
 
 
 def _verify_checkout(directory: Path, record: ModelVersion) -> None:

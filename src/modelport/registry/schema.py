@@ -69,6 +69,10 @@ class VersionRow(Base):
     )
     operation: Mapped[str | None] = mapped_column(String(64), nullable=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # "metadata" is reserved on declarative classes; the column keeps the plain name.
+    runtime_metadata: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSON, default=dict, server_default="{}"
+    )
 
 
 class FileRow(Base):

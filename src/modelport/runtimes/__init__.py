@@ -9,6 +9,7 @@ from modelport.runtimes.base import (
     LoadOptions,
     ModelFiles,
     ModelInfo,
+    PushOptions,
     Runtime,
     RuntimeTable,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "LoadedModel",
     "ModelFiles",
     "ModelInfo",
+    "PushOptions",
     "Runtime",
     "RuntimeTable",
     "default_runtimes",

@@ -7,15 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from modelport.errors import InvalidModel, ModelportError, UnsupportedFormat
+from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
 from modelport.types import Signature, Tensors
 
 __all__ = [
     "LoadOptions",
     "LoadedModel",
     "ModelFiles",
+    "PushOptions",
     "Runtime",
     "RuntimeTable",
+    "declared_signature",
 ]
 
 
@@ -33,11 +35,46 @@ class ModelFiles:
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What a runtime learns from inspecting a model without loading it for inference."""
+    """What a runtime learns from inspecting a model without loading it for inference.
+
+    ``metadata`` is stored with the version and handed back to ``load`` (as
+    ``LoadOptions.metadata``): whatever the runtime needs to load the files again (a task
+    name, a framework version, class labels).
+    """
 
     files: ModelFiles
     signature: Signature
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    """What the user said at push time beyond the model's path."""
+
+    example: Tensors | None = None
+    """An example input, for formats that do not record their signature (``--example``)."""
+    signature: Signature | None = None
+    """An explicit signature (``--signature sig.json``); wins over what the model records."""
+    trust_pickle: bool = False
+    """The user accepts formats that run code when loaded (``--trust-pickle``)."""
+    task: str | None = None
+    """What the model does, for formats that serve several tasks (``--task``)."""
+    companions: tuple[Path, ...] = ()
+    """Further files named on the command line (e.g. Caffe weights after the prototxt)."""
+
+
+def declared_signature(options: PushOptions, format_name: str) -> Signature:
+    """The signature the user gave, for formats that cannot tell their own.
+
+    Raises:
+        InvalidInput: neither ``--signature`` nor ``--example`` was given.
+    """
+    if options.signature is not None:
+        return options.signature
+    raise InvalidInput(
+        f"a {format_name} model does not record its inputs and outputs; give an example input "
+        "with --example x.npz, or the signature with --signature sig.json"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +87,10 @@ class LoadOptions:
     """Threads across independent operators; 0 lets the runtime choose."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Format-specific options, passed through untouched."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What ``inspect`` recorded about the model at push time."""
+    trust_pickle: bool = False
+    """The version was pushed with ``--trust-pickle``."""
 
 
 @runtime_checkable
@@ -80,7 +121,7 @@ class Runtime(Protocol):
         """Whether ``path`` (file or directory) looks like this format. Cheap; never loads."""
         ...
 
-    def inspect(self, path: Path) -> ModelInfo:
+    def inspect(self, path: Path, options: PushOptions) -> ModelInfo:
         """Validate the model at ``path`` and describe its files and signature.
 
         Raises:

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import LoadOptions, ModelInfo
+from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
 from modelport.runtimes.onnx_inspection import (
     entry_file,
     external_data_files,
@@ -54,14 +54,21 @@ class OnnxRuntime:
         except OSError:
             return False
 
-    def inspect(self, path: Path) -> ModelInfo:
+    def inspect(self, path: Path, options: PushOptions) -> ModelInfo:
         """Validate the model at ``path`` and describe it; see ``inspect_model``.
+
+        An explicit ``--signature`` must name the model's own inputs and outputs; it may
+        narrow dynamic dimensions.
 
         Raises:
             InvalidModel: the model is missing, corrupt, truncated or unsafe.
             UnsupportedFormat: an input or output of a type modelport cannot serve.
         """
-        return inspect_model(path)
+        info = inspect_model(path)
+        if options.signature is None:
+            return info
+        _check_declared(options.signature, info.signature)
+        return ModelInfo(info.files, options.signature, info.metadata)
 
     def load(self, path: Path, options: LoadOptions) -> OnnxModel:
         """Load the model whose entry file (or directory holding one) is ``path``, on CPU.
@@ -239,3 +246,13 @@ def _from_result(value: Any) -> npt.NDArray[Any]:
 
 def _encode(item: str) -> bytes:
     return item.encode("utf-8")
+
+
+def _check_declared(declared: Signature, actual: Signature) -> None:
+    for kind, mine, theirs in (
+        ("input", declared.inputs, actual.inputs),
+        ("output", declared.outputs, actual.outputs),
+    ):
+        if sorted(s.name for s in mine) != sorted(s.name for s in theirs):
+            names = ", ".join(repr(s.name) for s in theirs)
+            raise InvalidInput(f"--signature must list the model's own {kind}s: {names}")
