@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from modelport import Registry, Settings, StorageError
 from modelport.registry import db
-from modelport.registry.schema import Base
+from modelport.registry.schema import metadata
 
 
 def _scripts() -> ScriptDirectory:
@@ -32,7 +32,7 @@ def test_migrations_build_the_declared_schema(db_url: str) -> None:
     db.open_database(db_url).dispose()
     engine = create_engine(db_url)
     with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(connection), metadata)
     engine.dispose()
     assert diff == []
 

@@ -55,3 +55,20 @@ def test_package_is_typed() -> None:
     from pathlib import Path
 
     assert (Path(modelport.__file__).parent / "py.typed").exists()
+
+
+def test_cli_start_imports_no_framework() -> None:
+    """`modelport ls` must start fast: numpy, the SQLAlchemy ORM, onnx, rich and the serving
+    stack stay unimported until a command needs them (a regression shows here, not as a timing)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, modelport.cli.main; "
+        "print(sorted(m for m in ('numpy', 'sqlalchemy.orm', 'onnx', 'onnxruntime', 'rich', "
+        "'uvicorn', 'grpc', 'starlette', 'alembic') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

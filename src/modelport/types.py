@@ -1,5 +1,6 @@
 """Core types carried by every arrow of the model flow: datatypes, tensor specs, signatures,
-model references. Depends on numpy only."""
+model references. Depends on numpy only, and imports it on first use: commands that only
+read the registry (``modelport ls``) start ~0.1 s faster without it."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from functools import cache
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from modelport.errors import InvalidInput, InvalidName
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "DataType",
@@ -23,7 +26,7 @@ __all__ = [
     "validate_name",
 ]
 
-Tensors = dict[str, npt.NDArray[Any]]
+Tensors: TypeAlias = "dict[str, npt.NDArray[Any]]"
 """What runtimes take and give: tensor name -> numpy array."""
 
 
@@ -47,12 +50,12 @@ class DataType(enum.StrEnum):
     @property
     def numpy(self) -> np.dtype[Any]:
         """The numpy dtype that holds this datatype (BYTES is held as ``object`` of bytes)."""
-        return _TO_NUMPY[self]
+        return _to_numpy()[self]
 
     @property
     def itemsize(self) -> int:
         """Bytes per element in the raw (binary) wire encoding; 0 for variable-size BYTES."""
-        return 0 if self is DataType.BYTES else _TO_NUMPY[self].itemsize
+        return 0 if self is DataType.BYTES else _to_numpy()[self].itemsize
 
     @classmethod
     def parse(cls, name: str) -> DataType:
@@ -66,33 +69,43 @@ class DataType(enum.StrEnum):
     @classmethod
     def from_numpy(cls, dtype: npt.DTypeLike) -> DataType:
         """The datatype for a numpy dtype; strings and objects map to BYTES."""
+        import numpy as np
+
         resolved = np.dtype(dtype)
         if resolved.kind in "OSU":
             return cls.BYTES
         try:
-            return _FROM_NUMPY[resolved]
+            return _from_numpy()[resolved]
         except KeyError:
             raise InvalidInput(f"numpy dtype {resolved} has no inference datatype") from None
 
 
-_TO_NUMPY: dict[DataType, np.dtype[Any]] = {
-    DataType.BOOL: np.dtype(np.bool_),
-    DataType.UINT8: np.dtype(np.uint8),
-    DataType.UINT16: np.dtype(np.uint16),
-    DataType.UINT32: np.dtype(np.uint32),
-    DataType.UINT64: np.dtype(np.uint64),
-    DataType.INT8: np.dtype(np.int8),
-    DataType.INT16: np.dtype(np.int16),
-    DataType.INT32: np.dtype(np.int32),
-    DataType.INT64: np.dtype(np.int64),
-    DataType.FP16: np.dtype(np.float16),
-    DataType.FP32: np.dtype(np.float32),
-    DataType.FP64: np.dtype(np.float64),
-    DataType.BYTES: np.dtype(np.object_),
-}
-_FROM_NUMPY: dict[np.dtype[Any], DataType] = {
-    dtype: datatype for datatype, dtype in _TO_NUMPY.items() if datatype is not DataType.BYTES
-}
+@cache
+def _to_numpy() -> dict[DataType, np.dtype[Any]]:
+    import numpy as np
+
+    return {
+        DataType.BOOL: np.dtype(np.bool_),
+        DataType.UINT8: np.dtype(np.uint8),
+        DataType.UINT16: np.dtype(np.uint16),
+        DataType.UINT32: np.dtype(np.uint32),
+        DataType.UINT64: np.dtype(np.uint64),
+        DataType.INT8: np.dtype(np.int8),
+        DataType.INT16: np.dtype(np.int16),
+        DataType.INT32: np.dtype(np.int32),
+        DataType.INT64: np.dtype(np.int64),
+        DataType.FP16: np.dtype(np.float16),
+        DataType.FP32: np.dtype(np.float32),
+        DataType.FP64: np.dtype(np.float64),
+        DataType.BYTES: np.dtype(np.object_),
+    }
+
+
+@cache
+def _from_numpy() -> dict[np.dtype[Any], DataType]:
+    return {
+        dtype: datatype for datatype, dtype in _to_numpy().items() if datatype is not DataType.BYTES
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, func, select
 
 from modelport.errors import NotFound
+from modelport.registry import schema
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
-from modelport.registry.schema import AliasRow, FileRow, ModelRow, TagRow, VersionRow
 from modelport.registry.store import FileEntry
 from modelport.types import ModelRef, Signature
 
@@ -31,9 +31,11 @@ def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
 
 def model_id(connection: Connection, name: str) -> int:
     """The id of model ``name``; ``NotFound`` with close matches otherwise."""
-    found = connection.execute(select(ModelRow.id).where(ModelRow.name == name)).scalar()
+    found = connection.execute(
+        select(schema.models.c.id).where(schema.models.c.name == name)
+    ).scalar()
     if found is None:
-        names = list(connection.execute(select(ModelRow.name)).scalars())
+        names = list(connection.execute(select(schema.models.c.name)).scalars())
         raise NotFound(f"no model named {name!r}{_did_you_mean(name, names)}")
     return int(found)
 
@@ -43,16 +45,22 @@ def resolve(connection: Connection, ref: ModelRef) -> tuple[int, int]:
     mid = model_id(connection, ref.name)
     numbers = dict(
         connection.execute(
-            select(VersionRow.number, VersionRow.id).where(VersionRow.model_id == mid)
+            select(schema.versions.c.number, schema.versions.c.id).where(
+                schema.versions.c.model_id == mid
+            )
         ).all()
     )
     if ref.alias is not None:
         row = connection.execute(
-            select(AliasRow.version_id).where(AliasRow.model_id == mid, AliasRow.name == ref.alias)
+            select(schema.aliases.c.version_id).where(
+                schema.aliases.c.model_id == mid, schema.aliases.c.name == ref.alias
+            )
         ).scalar()
         if row is None:
             aliases = list(
-                connection.execute(select(AliasRow.name).where(AliasRow.model_id == mid)).scalars()
+                connection.execute(
+                    select(schema.aliases.c.name).where(schema.aliases.c.model_id == mid)
+                ).scalars()
             )
             known = (
                 f"; its aliases are {', '.join(sorted(aliases))}" if aliases else "; it has none"
@@ -85,36 +93,41 @@ def load_versions(connection: Connection, version_ids: Sequence[int]) -> list[Mo
     if not version_ids:
         return []
     rows = connection.execute(
-        select(*VersionRow.__table__.columns, ModelRow.name.label("model_name"))
-        .join(ModelRow, ModelRow.id == VersionRow.model_id)
-        .where(VersionRow.id.in_(version_ids))
+        select(*schema.versions.c, schema.models.c.name.label("model_name"))
+        .join(schema.models, schema.models.c.id == schema.versions.c.model_id)
+        .where(schema.versions.c.id.in_(version_ids))
     ).all()
     files: dict[int, list[FileEntry]] = defaultdict(list)
     for vid, path, digest, size in connection.execute(
-        select(FileRow.version_id, FileRow.path, FileRow.digest, FileRow.size).where(
-            FileRow.version_id.in_(version_ids)
-        )
+        select(
+            schema.files.c.version_id,
+            schema.files.c.path,
+            schema.files.c.digest,
+            schema.files.c.size,
+        ).where(schema.files.c.version_id.in_(version_ids))
     ).all():
         files[vid].append(FileEntry(path, digest, size))
     tags: dict[int, dict[str, str]] = defaultdict(dict)
     for vid, key, value in connection.execute(
-        select(TagRow.version_id, TagRow.key, TagRow.value).where(
-            TagRow.version_id.in_(version_ids)
+        select(schema.tags.c.version_id, schema.tags.c.key, schema.tags.c.value).where(
+            schema.tags.c.version_id.in_(version_ids)
         )
     ).all():
         tags[vid][key] = value
     aliases: dict[int, list[str]] = defaultdict(list)
     for vid, name in connection.execute(
-        select(AliasRow.version_id, AliasRow.name).where(AliasRow.version_id.in_(version_ids))
+        select(schema.aliases.c.version_id, schema.aliases.c.name).where(
+            schema.aliases.c.version_id.in_(version_ids)
+        )
     ).all():
         aliases[vid].append(name)
     parent_ids = {row.parent_id for row in rows if row.parent_id is not None}
     parents: dict[int, str] = {}
     if parent_ids:
         for vid, number, name in connection.execute(
-            select(VersionRow.id, VersionRow.number, ModelRow.name)
-            .join(ModelRow, ModelRow.id == VersionRow.model_id)
-            .where(VersionRow.id.in_(parent_ids))
+            select(schema.versions.c.id, schema.versions.c.number, schema.models.c.name)
+            .join(schema.models, schema.models.c.id == schema.versions.c.model_id)
+            .where(schema.versions.c.id.in_(parent_ids))
         ).all():
             parents[vid] = f"{name}@{number}"
     records = {}
@@ -147,38 +160,39 @@ def list_models(connection: Connection, name_prefix: str | None = None) -> list[
     """Every model with its newest version's facts, sorted by name, in four queries."""
     counts = (
         select(
-            VersionRow.model_id,
+            schema.versions.c.model_id,
             func.count().label("n"),
-            func.max(VersionRow.number).label("latest"),
+            func.max(schema.versions.c.number).label("latest"),
         )
-        .group_by(VersionRow.model_id)
+        .group_by(schema.versions.c.model_id)
         .subquery()
     )
     query = (
         select(
-            ModelRow.id,
-            ModelRow.name,
-            ModelRow.description,
-            ModelRow.created_at,
+            schema.models.c.id,
+            schema.models.c.name,
+            schema.models.c.description,
+            schema.models.c.created_at,
             counts.c.n,
             counts.c.latest,
-            VersionRow.format,
-            VersionRow.size,
-            VersionRow.created_at.label("updated_at"),
+            schema.versions.c.format,
+            schema.versions.c.size,
+            schema.versions.c.created_at.label("updated_at"),
         )
-        .outerjoin(counts, counts.c.model_id == ModelRow.id)
+        .outerjoin(counts, counts.c.model_id == schema.models.c.id)
         .outerjoin(
-            VersionRow,
-            (VersionRow.model_id == ModelRow.id) & (VersionRow.number == counts.c.latest),
+            schema.versions,
+            (schema.versions.c.model_id == schema.models.c.id)
+            & (schema.versions.c.number == counts.c.latest),
         )
-        .order_by(ModelRow.name)
+        .order_by(schema.models.c.name)
     )
     if name_prefix:
-        query = query.where(ModelRow.name.startswith(name_prefix, autoescape=True))
+        query = query.where(schema.models.c.name.startswith(name_prefix, autoescape=True))
     aliases: dict[int, dict[str, int]] = defaultdict(dict)
     for mid, alias, number in connection.execute(
-        select(AliasRow.model_id, AliasRow.name, VersionRow.number).join(
-            VersionRow, VersionRow.id == AliasRow.version_id
+        select(schema.aliases.c.model_id, schema.aliases.c.name, schema.versions.c.number).join(
+            schema.versions, schema.versions.c.id == schema.aliases.c.version_id
         )
     ).all():
         aliases[mid][alias] = number
@@ -203,7 +217,9 @@ def list_models(connection: Connection, name_prefix: str | None = None) -> list[
 def version_ids_of(connection: Connection, mid: int) -> list[int]:
     return list(
         connection.execute(
-            select(VersionRow.id).where(VersionRow.model_id == mid).order_by(VersionRow.number)
+            select(schema.versions.c.id)
+            .where(schema.versions.c.model_id == mid)
+            .order_by(schema.versions.c.number)
         ).scalars()
     )
 
@@ -211,9 +227,14 @@ def version_ids_of(connection: Connection, mid: int) -> list[int]:
 def all_manifests(connection: Connection) -> dict[int, list[FileEntry]]:
     manifests: dict[int, list[FileEntry]] = defaultdict(list)
     for vid, path, digest, size in connection.execute(
-        select(FileRow.version_id, FileRow.path, FileRow.digest, FileRow.size)
+        select(
+            schema.files.c.version_id,
+            schema.files.c.path,
+            schema.files.c.digest,
+            schema.files.c.size,
+        )
     ).all():
         manifests[vid].append(FileEntry(path, digest, size))
-    for vid in connection.execute(select(VersionRow.id)).scalars():
+    for vid in connection.execute(select(schema.versions.c.id)).scalars():
         manifests.setdefault(vid, [])
     return manifests

@@ -15,10 +15,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.config import Settings, VerifyPolicy, load_settings
 from modelport.errors import Conflict, InvalidInput, StorageError, Unavailable, VerificationFailed
-from modelport.registry import queries
+from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
-from modelport.registry.schema import AliasRow, FileRow, ModelRow, TagRow, VersionRow
 from modelport.registry.store import FileEntry, GcReport, LocalStore, hash_file, manifest_key
 from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, RuntimeTable, default_runtimes
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
@@ -116,7 +115,7 @@ class Registry:
                     "metrics": metric_map,
                     "operation": lineage.operation if lineage else None,
                     "parameters": _json_dict(lineage.parameters if lineage else None, "lineage"),
-                    "runtime_metadata": runtime_metadata,
+                    "metadata": runtime_metadata,
                 },
                 parent=lineage.parent if lineage else None,
                 entries=entries,
@@ -140,24 +139,24 @@ class Registry:
             with write_transaction(self.engine) as conn:
                 mid = self._ensure_model(conn, name, row["description"], now)
                 conn.execute(
-                    update(ModelRow)
-                    .where(ModelRow.id == mid)
-                    .values(last_version=ModelRow.last_version + 1)
+                    update(schema.models)
+                    .where(schema.models.c.id == mid)
+                    .values(last_version=schema.models.c.last_version + 1)
                 )
                 number = int(
                     conn.execute(
-                        select(ModelRow.last_version).where(ModelRow.id == mid)
+                        select(schema.models.c.last_version).where(schema.models.c.id == mid)
                     ).scalar_one()
                 )
                 parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
                 vid = conn.execute(
-                    insert(VersionRow)
+                    insert(schema.versions)
                     .values(model_id=mid, number=number, created_at=now, parent_id=parent_id, **row)
-                    .returning(VersionRow.id)
+                    .returning(schema.versions.c.id)
                 ).scalar_one()
                 if entries:
                     conn.execute(
-                        insert(FileRow),
+                        insert(schema.files),
                         [
                             {
                                 "version_id": vid,
@@ -170,7 +169,7 @@ class Registry:
                     )
                 if tags:
                     conn.execute(
-                        insert(TagRow),
+                        insert(schema.tags),
                         [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
                     )
                 for alias in aliases:
@@ -182,19 +181,23 @@ class Registry:
     @staticmethod
     def _ensure_model(conn: Connection, name: str, description: str, now: datetime) -> int:
         found = conn.execute(
-            select(ModelRow.id, ModelRow.description).where(ModelRow.name == name)
+            select(schema.models.c.id, schema.models.c.description).where(
+                schema.models.c.name == name
+            )
         ).first()
         if found is None:
             return int(
                 conn.execute(
-                    insert(ModelRow)
+                    insert(schema.models)
                     .values(name=name, description=description, created_at=now, last_version=0)
-                    .returning(ModelRow.id)
+                    .returning(schema.models.c.id)
                 ).scalar_one()
             )
         if description and not found.description:
             conn.execute(
-                update(ModelRow).where(ModelRow.id == found.id).values(description=description)
+                update(schema.models)
+                .where(schema.models.c.id == found.id)
+                .values(description=description)
             )
         return int(found.id)
 
@@ -213,7 +216,11 @@ class Registry:
             mid, _ = queries.resolve(
                 conn, ModelRef(validate_name(name), alias=validate_alias(alias))
             )
-            conn.execute(delete(AliasRow).where(AliasRow.model_id == mid, AliasRow.name == alias))
+            conn.execute(
+                delete(schema.aliases).where(
+                    schema.aliases.c.model_id == mid, schema.aliases.c.name == alias
+                )
+            )
 
     def set_metrics(self, ref: ModelRef | str, metrics: Mapping[str, Any]) -> ModelVersion:
         """Merge ``metrics`` into the version's metrics (evaluation jobs use this)."""
@@ -222,10 +229,12 @@ class Registry:
         with write_transaction(self.engine) as conn:
             _, vid = queries.resolve(conn, target)
             current = conn.execute(
-                select(VersionRow.metrics).where(VersionRow.id == vid)
+                select(schema.versions.c.metrics).where(schema.versions.c.id == vid)
             ).scalar_one()
             conn.execute(
-                update(VersionRow).where(VersionRow.id == vid).values(metrics={**current, **new})
+                update(schema.versions)
+                .where(schema.versions.c.id == vid)
+                .values(metrics={**current, **new})
             )
         return self.get(target)
 
@@ -244,8 +253,8 @@ class Registry:
                     f"{record.ref} is what alias {', '.join(record.aliases)} points at; move the "
                     "alias first (modelport alias) or pass --force"
                 )
-            conn.execute(delete(AliasRow).where(AliasRow.version_id == vid))
-            conn.execute(delete(VersionRow).where(VersionRow.id == vid))
+            conn.execute(delete(schema.aliases).where(schema.aliases.c.version_id == vid))
+            conn.execute(delete(schema.versions).where(schema.versions.c.id == vid))
         self._sweep()
         return record
 
@@ -257,9 +266,9 @@ class Registry:
             aliased = [r.ref for r in records if r.aliases]
             if aliased and not force:
                 raise Conflict(f"model {name!r} has aliases on {', '.join(aliased)}; pass --force")
-            conn.execute(delete(AliasRow).where(AliasRow.model_id == mid))
-            conn.execute(delete(VersionRow).where(VersionRow.model_id == mid))
-            conn.execute(delete(ModelRow).where(ModelRow.id == mid))
+            conn.execute(delete(schema.aliases).where(schema.aliases.c.model_id == mid))
+            conn.execute(delete(schema.versions).where(schema.versions.c.model_id == mid))
+            conn.execute(delete(schema.models).where(schema.models.c.id == mid))
         self._sweep()
         return records
 
@@ -340,8 +349,14 @@ def _verify_checkout(directory: Path, record: ModelVersion) -> None:
 
 
 def _point_alias(conn: Connection, model_id: int, alias: str, version_id: int) -> None:
-    conn.execute(delete(AliasRow).where(AliasRow.model_id == model_id, AliasRow.name == alias))
-    conn.execute(insert(AliasRow).values(model_id=model_id, name=alias, version_id=version_id))
+    conn.execute(
+        delete(schema.aliases).where(
+            schema.aliases.c.model_id == model_id, schema.aliases.c.name == alias
+        )
+    )
+    conn.execute(
+        insert(schema.aliases).values(model_id=model_id, name=alias, version_id=version_id)
+    )
 
 
 def _tags(tags: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
