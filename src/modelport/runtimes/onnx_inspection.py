@@ -59,11 +59,12 @@ def inspect_model(path: Path) -> ModelInfo:
         UnsupportedFormat: an input or output of a type modelport cannot serve.
     """
     entry = entry_file(path)
-    model = read_model(entry)
+    model, data = read_model_bytes(entry)
     external = external_data_files(model, entry)
     try:
-        # The checker resolves external data against the model's path, not the cwd.
-        onnx.checker.check_model(str(entry) if external else model)
+        # The checker resolves external data against the model's path, not the cwd; without
+        # external data it checks the bytes already read instead of re-serialising the proto.
+        onnx.checker.check_model(str(entry) if external else data)
     except (onnx.checker.ValidationError, ValueError) as exc:
         message = f"{entry.name} is not a valid ONNX model: {short_message(exc)}"
         raise InvalidModel(message) from exc
@@ -100,15 +101,23 @@ def entry_file(path: Path) -> Path:
 
 
 def read_model(entry: Path) -> Any:
-    """Parse ``entry`` as a ``ModelProto``, leaving external data unread.
+    """Parse ``entry`` as a ``ModelProto``, leaving external data unread."""
+    return read_model_bytes(entry)[0]
+
+
+def read_model_bytes(entry: Path) -> tuple[Any, bytes]:
+    """Parse ``entry`` as a ``ModelProto`` and keep the bytes it was parsed from.
+
+    The checker takes the same bytes, so a big model is read once and never re-serialised.
 
     Raises:
         InvalidModel: the file is empty, unreadable, truncated or not an ONNX protobuf.
     """
     try:
-        if entry.stat().st_size == 0:
+        data = entry.read_bytes()
+        if not data:
             raise InvalidModel(f"{entry.name} is an empty file, not an ONNX model")
-        return onnx.load(str(entry), load_external_data=False)
+        return onnx.load_model_from_string(data), data
     except OSError as exc:
         raise InvalidModel(f"{entry.name} could not be read: {exc.strerror or exc}") from exc
     except InvalidModel:
