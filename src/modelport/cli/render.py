@@ -57,41 +57,56 @@ def when(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
-def models_table(models: Sequence[ModelSummary]) -> None:
-    from rich.table import Table
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Aligned columns on stdout.
 
-    table = Table("NAME", "LATEST", "VERSIONS", "FORMAT", "SIZE", "ALIASES", "UPDATED", box=None)
-    for m in models:
-        aliases = ", ".join(f"{a}→{n}" for a, n in m.aliases.items())
-        table.add_row(
+    Plain text on purpose: rich takes about a second to lay out a thousand rows, and a
+    registry listing is exactly the table that grows that long.
+    """
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (headers, *rows)
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def models_table(models: Sequence[ModelSummary]) -> None:
+    if not models:
+        sys.stdout.write("no models yet; add one with `modelport push`\n")
+        return
+    rows = [
+        (
             m.name,
             str(m.latest or "-"),
             str(m.versions),
             m.latest_format or "-",
             human_size(m.latest_size),
-            aliases,
+            ", ".join(f"{a}→{n}" for a, n in m.aliases.items()),
             when(m.updated_at),
         )
-    out = console()
-    out.print(table) if models else out.print("no models yet; add one with `modelport push`")
+        for m in models
+    ]
+    table(("NAME", "LATEST", "VERSIONS", "FORMAT", "SIZE", "ALIASES", "UPDATED"), rows)
 
 
 def versions_table(versions: Sequence[ModelVersion]) -> None:
-    from rich.table import Table
-
-    table = Table("VERSION", "FORMAT", "SIZE", "ALIASES", "TAGS", "CREATED", "LINEAGE", box=None)
-    for v in versions:
-        lineage = f"{v.lineage.operation} from {v.lineage.parent}" if v.lineage.operation else ""
-        table.add_row(
+    rows = [
+        (
             str(v.version),
             v.format,
             human_size(v.size),
             ", ".join(v.aliases),
             ", ".join(f"{k}={val}" for k, val in v.tags.items()),
             when(v.created_at),
-            lineage,
+            f"{v.lineage.operation} from {v.lineage.parent}" if v.lineage.operation else "",
         )
-    console().print(table)
+        for v in versions
+    ]
+    table(("VERSION", "FORMAT", "SIZE", "ALIASES", "TAGS", "CREATED", "LINEAGE"), rows)
 
 
 def version_detail(v: ModelVersion) -> None:
