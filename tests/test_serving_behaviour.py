@@ -78,7 +78,10 @@ def test_deadline_gives_504(home: Path, tmp_path: Path) -> None:
             f"{server.http_url}/v2/models/slow/infer", json=_slow_body(512), timeout=60
         )
         assert response.status_code == 504
-        assert "no result within 1 ms" in response.json()["error"]
+        assert response.json()["error"] in (
+            "no result within 1 ms",
+            "the request expired while queued",
+        )
 
 
 def test_body_limit_gives_413(home: Path, tmp_path: Path) -> None:

@@ -50,7 +50,11 @@ def push(
     ] = None,
     trust_pickle: Annotated[
         bool,
-        typer.Option("--trust-pickle", help="Allow formats that run code on load (pickle)."),
+        typer.Option(
+            "--trust-pickle",
+            help="Accept formats that can run code from the file "
+            "(pickle/joblib, TorchScript, torch.export).",
+        ),
     ] = False,
     example: Annotated[
         Path | None,

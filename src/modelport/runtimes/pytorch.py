@@ -5,10 +5,11 @@ Safety: both loaders run code from the file, so both formats need ``--trust-pick
 malicious pickle data; its own unpickler rebuilds TorchScript types only, but the archive's
 ``code/`` is a program that runs at load (``__setstate__``) and on every call, with every
 registered operator at hand, including ones that read host files (``aten::from_file``).
-``torch.export.load`` (torch 2.13) ``exec``s guard code stored in the archive when
-``.module()`` builds the module, parses symbolic shapes with ``sympy.sympify`` (``eval``),
-retries sample inputs with ``torch.load(weights_only=False)``, and unpickles tensor-subclass
-weights and opaque constants; its docstring says "never load data from an untrusted source".
+``torch.export.load`` (torch 2.13) parses symbolic shapes with ``sympy.sympify`` (``eval``),
+retries sample inputs with ``torch.load(weights_only=False)``, unpickles tensor-subclass
+weights and opaque constants, and ``.module()`` compiles the archive's ``guards_code`` with
+``exec`` into a check run on every call; its docstring: "never load data from an untrusted
+source".
 Plain ``torch.save`` files are refused even with trust (see ``PICKLED_MESSAGE``). ONNX is
 the format that loads without running code from the file.
 
@@ -22,9 +23,10 @@ Threads: ``torch.set_num_threads`` is process-wide, so the first model loaded wi
 ``intra_op_threads > 0`` sets it and later ones asking for another count keep it (with a
 warning in the log). ``inter_op_threads`` is ignored: torch takes it once, before any work.
 
-Concurrency: ``predict`` may run in several threads at once. TorchScript modules and exported
-GraphModules keep no state between inference calls, ``torch.inference_mode`` is per thread,
-and torch's operators release the GIL while they compute.
+Concurrency: ``predict`` may run in several threads at once, without a lock. A TorchScript
+call runs with the GIL released (its graph executor locks its own optimisation of the first
+calls); an exported GraphModule is generated Python whose operators release the GIL. Neither
+keeps state between inference calls, and ``torch.inference_mode`` is per thread.
 """
 
 from __future__ import annotations
@@ -51,14 +53,14 @@ from modelport.runtimes.pytorch_signature import (
     PICKLED_MESSAGE,
     TORCH_DATATYPES,
     archive_kind,
-    bind_inputs,
     check_export_archive,
-    example_outputs,
-    example_spec,
+    declared_export_signature,
+    declared_script_signature,
+    example_signature,
     exported_signature,
     flatten_outputs,
+    forward_arguments,
     has_archive_magic,
-    served_input,
     short_message,
 )
 from modelport.types import Signature, Tensors
@@ -71,19 +73,19 @@ _SCRIPT_SUFFIXES = frozenset({".pt", ".pth", ".torchscript"})
 # What torch raises for inputs a model cannot take (shape and dtype mismatches, failed
 # guards of exported programs, out-of-range indices); torch.jit.Error is a RuntimeError.
 _RUN_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)
-_WHAT = {
-    "torchscript": "a TorchScript archive (torch.jit.save); name it .pt or use --format torchscript",
-    "export": "a torch.export archive (torch.export.save); name it .pt2 or use --format torch_export",
+_OTHER_KIND = {
+    "torchscript": "a TorchScript archive (torch.jit.save): name it .pt, or --format torchscript",
+    "export": "a torch.export archive (torch.export.save): name it .pt2, or --format torch_export",
 }
 
 
 class TorchScriptRuntime:
     """The ``torchscript`` format: one file written by ``torch.jit.save``.
 
-    TorchScript does not record shapes and dtypes reliably, so the signature comes from
-    ``--signature``, or from running the model once on ``--example``: inputs are named after
-    the example's arrays, outputs ``output`` / ``output_0..n`` / a dict's keys, and the first
-    dimension of each becomes the batch (-1).
+    TorchScript does not record shapes and dtypes reliably: the signature is ``--signature``,
+    or what the model does with ``--example`` (see ``example_signature``). The version's
+    metadata keeps it (inputs in ``forward``'s order, outputs in flattening order), with
+    ``forward``'s argument names and the result's container (``output_structure``).
     """
 
     format = "torchscript"
@@ -92,48 +94,42 @@ class TorchScriptRuntime:
     def detect(self, path: Path) -> bool:
         """A ``.pt``/``.pth``/``.torchscript`` file starting like a zip or a pickle."""
         try:
-            return (
-                path.is_file()
-                and path.suffix.lower() in _SCRIPT_SUFFIXES
-                and has_archive_magic(path)
-            )
+            suffix = path.suffix.lower()
+            return path.is_file() and suffix in _SCRIPT_SUFFIXES and has_archive_magic(path)
         except OSError:
             return False
 
     def inspect(self, path: Path, options: PushOptions) -> ModelInfo:
-        """Check the archive, load it (trusted only) and describe it.
+        """Check the archive, load it (only when trusted) and describe it.
 
         Raises:
-            InvalidModel: not a TorchScript archive, broken, a ``torch.save`` file, or
-                pushed without ``--trust-pickle``.
+            InvalidModel: broken, a ``torch.save`` file, or no ``--trust-pickle``.
             InvalidInput: no ``--example`` or ``--signature``, or one that does not fit.
             MissingDependency: PyTorch is not installed.
-            UnsupportedFormat: an output that is not a tensor or of a dtype not served.
+            UnsupportedFormat: arguments or results that are not tensors of a served dtype.
         """
         _expect(path, "torchscript")
         if options.signature is None and options.example is None:
             declared_signature(options, "TorchScript")
         torch = _trusted_torch(path, options.trust_pickle, "torch.jit.load")
         module = _load_script(torch, path)
-        arguments, required = _arguments(module)
+        arguments, required = forward_arguments(module)
         if options.signature is not None:
-            signature = _bind_declared(options.signature, arguments, required)
+            signature = declared_script_signature(options.signature, arguments, required)
+            structure = "declared"
         else:
-            signature = _run_example(torch, module, options.example or {}, arguments, required)
+            example = options.example or {}
+            signature, structure = example_signature(torch, module, example, arguments, required)
         metadata = {
             "torch_version": str(torch.__version__),
             "arguments": arguments,
+            "output_structure": structure,
             "signature": signature.to_dict(),
         }
         return ModelInfo(ModelFiles(path.parent, path.name, (path.name,)), signature, metadata)
 
     def load(self, path: Path, options: LoadOptions) -> TorchModel:
-        """Load with ``torch.jit.load(map_location="cpu")`` in eval mode.
-
-        Raises:
-            InvalidModel, MissingDependency: as for ``inspect``; also when no signature was
-                recorded at push time.
-        """
+        """``torch.jit.load(path, map_location="cpu")`` in eval mode; errors as ``inspect``."""
         _expect(path, "torchscript")
         torch = _trusted_torch(path, options.trust_pickle, "torch.jit.load")
         recorded = options.metadata.get("signature")
@@ -143,7 +139,7 @@ class TorchScriptRuntime:
                 "with --example x.npz or --signature sig.json"
             )
         signature = Signature.from_dict(recorded)
-        _THREADS.apply(torch, options)
+        _set_threads(torch, options)
         module = _load_script(torch, path)
         order = [spec.name for spec in signature.inputs]
         return TorchModel(torch, lambda tensors: module(*tensors), signature, order)
@@ -152,50 +148,49 @@ class TorchScriptRuntime:
 class TorchExportRuntime:
     """The ``torch_export`` format: a ``.pt2`` file written by ``torch.export.save``.
 
-    The program records its signature: dtypes and shapes from its FakeTensors, dimensions
-    made dynamic with ``torch.export.Dim`` as -1, inputs named after ``forward``'s arguments,
-    outputs ``output`` / ``output_0..n`` / a dict's keys.
+    The program records its signature (see ``exported_signature``); an explicit
+    ``--signature`` must keep its names and dtypes and may narrow dynamic dimensions.
     """
 
     format = "torch_export"
     extra = "torch"
 
     def detect(self, path: Path) -> bool:
-        """Any ``.pt2`` file; whether it is a sound archive is ``inspect``'s to say."""
+        """Any ``.pt2`` file; whether it is a sound archive is for ``inspect`` to say."""
         try:
             return path.is_file() and path.suffix.lower() == ".pt2"
         except OSError:
             return False
 
     def inspect(self, path: Path, options: PushOptions) -> ModelInfo:
-        """Check the archive, load it (trusted only) and read its signature.
-
-        An explicit ``--signature`` must name the program's own inputs and outputs, with
-        their dtypes; it may narrow dynamic dimensions.
+        """Check the archive, load it (only when trusted) and read its signature.
 
         Raises:
-            InvalidModel: not a torch.export archive, broken, or pushed without
-                ``--trust-pickle``.
+            InvalidModel: broken, not a torch.export archive, or no ``--trust-pickle``.
             InvalidInput: a ``--signature`` that does not match the program.
             MissingDependency: PyTorch is not installed.
             UnsupportedFormat: an AOTInductor package, or inputs/outputs not served.
         """
         torch, program, _ = _open_program(path, options.trust_pickle)
-        described = exported_signature(program)
-        signature = described
+        signature = exported_signature(program)
         if options.signature is not None:
-            signature = _check_declared(options.signature, described)
-        metadata = {"torch_version": str(torch.__version__), "signature": signature.to_dict()}
+            signature = declared_export_signature(options.signature, signature)
+        tree = program.call_spec.out_spec
+        metadata = {
+            "torch_version": str(torch.__version__),
+            "output_structure": "tensor" if tree.is_leaf() else tree.type.__name__,
+            "signature": signature.to_dict(),
+        }
         return ModelInfo(ModelFiles(path.parent, path.name, (path.name,)), signature, metadata)
 
     def load(self, path: Path, options: LoadOptions) -> TorchModel:
-        """Load with ``torch.export.load(path).module()``; errors as for ``inspect``."""
+        """``torch.export.load(path).module()``; errors as for ``inspect``."""
         torch, program, module = _open_program(path, options.trust_pickle)
         described = exported_signature(program)
         recorded = options.metadata.get("signature")
         signature = Signature.from_dict(recorded) if isinstance(recorded, dict) else described
         tree = program.call_spec.in_spec
-        _THREADS.apply(torch, options)
+        _set_threads(torch, options)
 
         def call(tensors: list[Any]) -> Any:
             args, kwargs = tree.unflatten(tensors)
@@ -236,7 +231,7 @@ class TorchModel:
         Raises:
             InvalidInput: inputs that do not match the signature, unknown output names, or
                 values the model rejects while running.
-            InvalidModel: the model gave a result that does not fit its signature.
+            InvalidModel: a result that does not fit the signature.
             Unavailable: the model was closed.
         """
         self._signature.validate(inputs)
@@ -253,14 +248,13 @@ class TorchModel:
             message = f"the model could not run on these inputs: {short_message(exc)}"
             raise InvalidInput(message) from exc
         leaves = list(flatten_outputs(result))
-        if len(leaves) != len(self._output_names) or not all(
-            isinstance(leaf, torch.Tensor) for leaf in leaves
-        ):
+        expected = self._output_names
+        if len(leaves) != len(expected) or not all(isinstance(t, torch.Tensor) for t in leaves):
             raise InvalidModel(
                 f"the model gave {len(leaves)} value(s) where its signature lists "
-                f"{len(self._output_names)} tensor(s): {', '.join(self._output_names)}"
+                f"{len(expected)} tensor(s): {', '.join(expected)}"
             )
-        by_name = dict(zip(self._output_names, leaves, strict=True))
+        by_name = dict(zip(expected, leaves, strict=True))
         return {name: self._to_numpy(by_name[name], self._output_dtypes[name]) for name in names}
 
     def close(self) -> None:
@@ -268,12 +262,11 @@ class TorchModel:
         self._call = None
 
     def _requested(self, outputs: list[str] | None) -> list[str]:
-        known = self._output_names
         if not outputs:
-            return known
+            return self._output_names
         for name in outputs:
-            if name not in known:
-                valid = ", ".join(repr(output) for output in known)
+            if name not in self._output_names:
+                valid = ", ".join(repr(output) for output in self._output_names)
                 raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
         return list(dict.fromkeys(outputs))
 
@@ -284,38 +277,33 @@ class TorchModel:
         return array if array.dtype == dtype else array.astype(dtype)
 
 
-class _ThreadSetting:
-    """PyTorch's intra-op thread count, which is one per process: the first request wins."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._chosen = 0
-
-    def apply(self, torch: Any, options: LoadOptions) -> None:
-        for field, value in (
-            ("intra_op_threads", options.intra_op_threads),
-            ("inter_op_threads", options.inter_op_threads),
-        ):
-            if value < 0:
-                raise InvalidInput(f"{field} must be 0 (the runtime chooses) or more, not {value}")
-        wanted = options.intra_op_threads
-        with self._lock:
-            if wanted == 0 or wanted == self._chosen:
-                return
-            if self._chosen:
-                log.warning(
-                    "PyTorch's intra-op threads are set per process and already %d; "
-                    "a model asked for %d and runs with %d",
-                    self._chosen,
-                    wanted,
-                    self._chosen,
-                )
-                return
-            torch.set_num_threads(wanted)
-            self._chosen = wanted
+_threads_lock = threading.Lock()
+_threads_chosen: dict[str, int] = {}  # "intra": the count this process set, once
 
 
-_THREADS = _ThreadSetting()
+def _set_threads(torch: Any, options: LoadOptions) -> None:
+    for field, value in (
+        ("intra_op_threads", options.intra_op_threads),
+        ("inter_op_threads", options.inter_op_threads),
+    ):
+        if value < 0:
+            raise InvalidInput(f"{field} must be 0 (the runtime chooses) or more, not {value}")
+    wanted = options.intra_op_threads
+    with _threads_lock:
+        chosen = _threads_chosen.get("intra", 0)
+        if wanted in (0, chosen):
+            return
+        if chosen:
+            log.warning(
+                "PyTorch's intra-op thread count is one per process and already %d; a model "
+                "asking for %d runs with %d",
+                chosen,
+                wanted,
+                chosen,
+            )
+            return
+        torch.set_num_threads(wanted)
+        _threads_chosen["intra"] = wanted
 
 
 def _import_torch() -> Any:
@@ -333,7 +321,7 @@ def _expect(path: Path, wanted: str) -> None:
     if kind == "pickle":
         raise InvalidModel(PICKLED_MESSAGE.format(name=path.name))
     if kind != wanted:
-        raise InvalidModel(f"{path.name} is {_WHAT[kind]}")
+        raise InvalidModel(f"{path.name} is {_OTHER_KIND[kind]}")
 
 
 def _trusted_torch(path: Path, trusted: bool, loader: str) -> Any:
@@ -348,69 +336,19 @@ def _trusted_torch(path: Path, trusted: bool, loader: str) -> Any:
 
 def _load_script(torch: Any, path: Path) -> Any:
     try:
-        # TorchScript is deprecated in torch 2.13 and every load says so; the user cannot act
-        # on it here. catch_warnings swaps the process's filters: a warning another thread
-        # raises meanwhile may be hidden, which is the lesser evil for a load.
+        # TorchScript is deprecated in torch 2.13 and every load warns; whoever pushed the
+        # file cannot act on that here. catch_warnings swaps the process's filters, so a
+        # warning raised by another thread meanwhile may go unseen: the lesser evil.
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message=r"`torch\.jit\.load` is", category=DeprecationWarning
             )
             module = torch.jit.load(str(path), map_location="cpu")
-        forward = module.forward
+        module.forward.schema  # noqa: B018  (a module with no forward fails here, not later)
     except Exception as exc:  # torch's errors for damaged archives share no narrower base
         message = f"{path.name} could not be loaded as TorchScript: {short_message(exc)}"
         raise InvalidModel(message) from exc
-    if not callable(forward):
-        raise InvalidModel(f"{path.name}: the TorchScript module has no forward method")
     return module.eval()
-
-
-def _arguments(module: Any) -> tuple[list[str], int]:
-    """``forward``'s tensor arguments, in order, and how many of them are required."""
-    names: list[str] = []
-    required = 0
-    for argument in list(module.forward.schema.arguments)[1:]:  # [0] is self
-        kind = str(argument.type)
-        optional = bool(argument.has_default_value())
-        if kind not in ("Tensor", "Optional[Tensor]") or argument.kwarg_only:
-            if optional:
-                break
-            raise InvalidInput(
-                f"forward's argument {argument.name!r} is {kind}; modelport passes tensors only"
-            )
-        names.append(str(argument.name))
-        required = required if optional else len(names)
-    return names, required
-
-
-def _run_example(
-    torch: Any, module: Any, example: Tensors, arguments: list[str], required: int
-) -> Signature:
-    for name, array in example.items():
-        served_input(name, array, "example input")
-    order = bind_inputs(list(example), arguments, required)
-    tensors = [torch.from_numpy(_shareable(example[name])) for name in order]
-    try:
-        with torch.inference_mode():
-            result = module(*tensors)
-    except _RUN_ERRORS as exc:
-        message = f"the model could not run on the example: {short_message(exc)}"
-        raise InvalidInput(message) from exc
-    outputs = example_outputs(result, lambda value: isinstance(value, torch.Tensor)).outputs
-    inputs = tuple(
-        example_spec(name, tensor, "input") for name, tensor in zip(order, tensors, strict=True)
-    )
-    return Signature(inputs, outputs)
-
-
-def _bind_declared(declared: Signature, arguments: list[str], required: int) -> Signature:
-    for spec in (*declared.inputs, *declared.outputs):
-        if spec.datatype not in TORCH_DATATYPES.values():
-            raise InvalidInput(f"--signature: {spec.name!r} is {spec.datatype.value}, "
-                               "which PyTorch models are not served with")  # fmt: skip
-    order = bind_inputs([spec.name for spec in declared.inputs], arguments, required)
-    by_name = {spec.name: spec for spec in declared.inputs}
-    return Signature(tuple(by_name[name] for name in order), declared.outputs)
 
 
 def _open_program(path: Path, trusted: bool) -> tuple[Any, Any, Any]:
@@ -418,24 +356,14 @@ def _open_program(path: Path, trusted: bool) -> tuple[Any, Any, Any]:
     check_export_archive(path)
     torch = _trusted_torch(path, trusted, "torch.export.load")
     try:
-        program = torch.export.load(str(path))
+        # Through a file object, a file named other than .pt2 (--format) loads without a warning.
+        with path.open("rb") as file:
+            program = torch.export.load(file)
         module = program.module()
     except Exception as exc:  # torch's errors for damaged archives share no narrower base
         message = f"{path.name} could not be loaded as an exported program: {short_message(exc)}"
         raise InvalidModel(message) from exc
     return torch, program, module
-
-
-def _check_declared(declared: Signature, actual: Signature) -> Signature:
-    for kind, mine, theirs in (
-        ("input", declared.inputs, actual.inputs),
-        ("output", declared.outputs, actual.outputs),
-    ):
-        own = {spec.name: spec.datatype for spec in theirs}
-        if {spec.name: spec.datatype for spec in mine} != own:
-            listed = ", ".join(f"{name!r} ({datatype.value})" for name, datatype in own.items())
-            raise InvalidInput(f"--signature must list the program's own {kind}s: {listed}")
-    return declared
 
 
 def _shareable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
-from modelport.types import DataType, Signature, TensorSpec, Tensors
+from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = [
     "TORCH_DATATYPES",
@@ -186,11 +186,14 @@ def exported_signature(program: Any) -> Signature:
                 )
             specs[role].append(_spec(name, value, role))
     tree = program.call_spec.out_spec
-    flat_dict = tree.type is dict and all(child.is_leaf() for child in tree.children_specs)
+    flat_dict = tree.type is dict and all(child.is_leaf() for child in tree.children())
     kind = "tensor" if tree.is_leaf() else "dict" if flat_dict else "sequence"
     names = _output_names(kind, tree.context if flat_dict else [], len(specs["output"]))
-    outputs = [TensorSpec(n, s.datatype, s.shape) for n, s in zip(names, specs["output"])]
-    return Signature(inputs=tuple(specs["input"]), outputs=tuple(outputs))
+    outputs = zip(names, specs["output"], strict=True)
+    return Signature(
+        inputs=tuple(specs["input"]),
+        outputs=tuple(TensorSpec(name, spec.datatype, spec.shape) for name, spec in outputs),
+    )
 
 
 def forward_arguments(module: Any) -> tuple[list[str], int]:
@@ -234,8 +237,9 @@ def _bind(names: Sequence[str], arguments: Sequence[str], required: int) -> list
 
 def example_signature(
     torch: Any, module: Any, example: Tensors, arguments: list[str], required: int
-) -> Signature:
-    """Run ``module`` once on ``example`` and describe what went in and came out.
+) -> tuple[Signature, str]:
+    """Run ``module`` once on ``example``; describe what went in and came out, and the
+    result's container (``tensor``, ``tuple``, ``list``, ``dict``).
 
     Inputs keep the example's names, in ``forward``'s order; outputs are named ``output``,
     ``output_0..n`` or a flat dict's keys; the first dimension of each is the batch (-1).
@@ -266,13 +270,16 @@ def example_signature(
     flat_dict = isinstance(result, dict) and len(leaves) == len(result)
     kind = "tensor" if isinstance(result, torch.Tensor) else "dict" if flat_dict else "sequence"
     names = _output_names(kind, list(result) if flat_dict else [], len(leaves))
-    return Signature(
-        inputs=tuple(_spec(n, t, "input", batch=True) for n, t in zip(order, tensors)),
-        outputs=tuple(_spec(n, t, "output", batch=True) for n, t in zip(names, leaves)),
+    signature = Signature(
+        tuple(_spec(n, t, "input", batch=True) for n, t in zip(order, tensors, strict=True)),
+        tuple(_spec(n, t, "output", batch=True) for n, t in zip(names, leaves, strict=True)),
     )
+    return signature, "tensor" if kind == "tensor" else type(result).__name__
 
 
-def declared_script_signature(declared: Signature, arguments: list[str], required: int) -> Signature:
+def declared_script_signature(
+    declared: Signature, arguments: list[str], required: int
+) -> Signature:
     """A ``--signature`` for a TorchScript model, its inputs put in ``forward``'s order."""
     for spec in (*declared.inputs, *declared.outputs):
         if spec.datatype not in _SERVED:
