@@ -32,9 +32,51 @@ def _onnx() -> Runtime:
     return OnnxRuntime()
 
 
+def _skops() -> Runtime:
+    from modelport.runtimes.scikit_learn import SkopsRuntime
+
+    return SkopsRuntime()
+
+
+def _sklearn_pickle() -> Runtime:
+    from modelport.runtimes.scikit_learn import PickleRuntime
+
+    return PickleRuntime()
+
+
+def _xgboost() -> Runtime:
+    from modelport.runtimes.gradient_boosting import XGBoostRuntime
+
+    return XGBoostRuntime()
+
+
+def _lightgbm() -> Runtime:
+    from modelport.runtimes.gradient_boosting import LightGBMRuntime
+
+    return LightGBMRuntime()
+
+
+def _torchscript() -> Runtime:
+    from modelport.runtimes.pytorch import TorchScriptRuntime
+
+    return TorchScriptRuntime()
+
+
+def _torch_export() -> Runtime:
+    from modelport.runtimes.pytorch import TorchExportRuntime
+
+    return TorchExportRuntime()
+
+
 @cache
 def default_runtimes() -> RuntimeTable:
     """The table of built-in runtimes. Framework modules are imported on first use only."""
     table = RuntimeTable()
     table.register("onnx", _onnx)
+    table.register("skops", _skops)
+    table.register("sklearn_pickle", _sklearn_pickle)
+    table.register("xgboost", _xgboost)
+    table.register("lightgbm", _lightgbm)
+    table.register("torchscript", _torchscript)
+    table.register("torch_export", _torch_export)
     return table

@@ -109,6 +109,8 @@ class _Booster:
 
 
 class _BoosterRuntime:
+    """Inspecting and loading, shared by the booster formats; each opens its own files."""
+
     name = ""
     computes_in = DataType.FP32
     """The default input and ``prediction`` datatype."""

@@ -47,7 +47,12 @@ __all__ = ["PickleRuntime", "SkopsRuntime", "describe", "sklearn_model"]
 
 _PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle"})
 _NEEDS = "scikit-learn models needs scikit-learn and skops"
-_METHODS = {LABEL: "predict", PREDICTION: "predict", PROBABILITIES: "predict_proba"}
+_METHODS = {
+    LABEL: "predict",
+    PREDICTION: "predict",
+    PROBABILITIES: "predict_proba",
+    OUTPUT: "transform",
+}
 _LABEL_ESTIMATORS = frozenset({"clusterer", "outlier_detector"})
 
 
@@ -126,11 +131,14 @@ def describe(estimator: Any, options: PushOptions) -> tuple[Signature, dict[str,
     """
     sklearn = _import_sklearn()
     what = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
+    foreign = InvalidModel(f"the file holds a {what}, not a scikit-learn model")
     if not (hasattr(estimator, "predict") or hasattr(estimator, "transform")):
-        raise InvalidModel(f"the file holds a {what}, not a scikit-learn model")
+        raise foreign
     try:
         sklearn.utils.validation.check_is_fitted(estimator)
-    except (sklearn.exceptions.NotFittedError, TypeError) as exc:
+    except TypeError as exc:  # what check_is_fitted says of objects that are not estimators
+        raise foreign from exc
+    except sklearn.exceptions.NotFittedError as exc:
         raise InvalidModel(f"the {what} in the file is not fitted: {short_message(exc)}") from exc
     width = getattr(estimator, "n_features_in_", None)
     signature = resolve_signature(
@@ -174,7 +182,7 @@ def _model(estimator: Any, signature: Signature) -> TabularModel:
         data: Any = _as_strings(rows) if strings else rows
         if frame is not None:
             data = frame(data)
-        return {name: getattr(estimator, _METHODS.get(name, "transform"))(data) for name in names}
+        return {name: getattr(estimator, _METHODS[name])(data) for name in names}
 
     # scikit-learn reports values it cannot take (NaN, unknown categories, ...) as ValueError.
     return TabularModel(signature, compute, (ValueError,))
