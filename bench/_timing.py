@@ -22,8 +22,10 @@ from pathlib import Path
 __all__ = [
     "SAMPLE_HEADER",
     "BenchError",
+    "Run",
     "Samples",
     "cli_argv",
+    "load_average",
     "machine_facts",
     "markdown_table",
     "run_timed",
@@ -75,21 +77,40 @@ class Samples:
 SAMPLE_HEADER = ["what", "median s", "min s", "max s", "peak RSS MiB", "n"]
 
 
+@dataclass(frozen=True)
+class Run:
+    """One finished child process: wall seconds, peak RSS in bytes, what it printed."""
+
+    seconds: float
+    peak_rss: int
+    stdout: bytes
+
+
 def run_timed(
-    argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 600.0
-) -> tuple[float, int]:
-    """Run ``argv`` with stdout to /dev/null; return (wall seconds, peak RSS in bytes).
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 600.0,
+    capture: bool = False,
+) -> Run:
+    """Run ``argv`` with stdout to /dev/null (or captured) and time it.
+
+    The peak RSS is the child's own only if this process is small: Linux carries the
+    parent's high-water mark over fork and exec, so the scripts keep models, onnx and
+    modelport out of the measuring process and do in-process work in worker children.
 
     Raises:
         BenchError: the command exited non-zero or ran past ``timeout`` (it is killed).
     """
-    with tempfile.TemporaryFile() as errors:
+    with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as output:
         start = time.perf_counter()
-        child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        child = subprocess.Popen(
+            argv, env=env, stdout=output if capture else subprocess.DEVNULL, stderr=errors
+        )
         timer = threading.Timer(timeout, child.kill)
         timer.start()
         try:
-            # wait4 rather than wait: it gives this child's own peak RSS.
+            # wait4 rather than wait: it gives this child's own resource usage.
             _, status, usage = os.wait4(child.pid, 0)
         finally:
             timer.cancel()
@@ -99,7 +120,8 @@ def run_timed(
             errors.seek(0)
             tail = errors.read().decode(errors="replace")[-3000:]
             raise BenchError(f"{' '.join(argv)} exited with {child.returncode}:\n{tail}")
-    return wall, usage.ru_maxrss * 1024
+        output.seek(0)
+        return Run(wall, usage.ru_maxrss * 1024, output.read())
 
 
 @contextmanager
@@ -134,15 +156,50 @@ def machine_facts(work_dir: Path) -> list[tuple[str, str]]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    memory = "?"
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        kib = int(meminfo.read_text().split()[1])  # the first line is MemTotal
+        memory = f"{kib / 2**20:.1f} GiB"
     df = _command_output(["df", "-T", str(work_dir)]).splitlines()
     filesystem = " ".join(df[-1].split()[:2]) if len(df) > 1 else "?"
     return [
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("cpus", f"{os.cpu_count()} ({cpu})"),
+        ("memory", memory),
         ("python", f"{platform.python_implementation()} {platform.python_version()}"),
         ("os", f"{platform.system()} {platform.release()}"),
         ("work dir", f"{work_dir} on {filesystem}"),
+        ("packages", package_versions()),
+        (
+            "modelport tree",
+            _command_output(
+                ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"]
+            ),
+        ),
+        ("load average", load_average()),
     ]
+
+
+def package_versions() -> str:
+    """Versions of the packages whose speed shows in the numbers (read without importing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("onnx", "protobuf", "numpy", "sqlalchemy", "pydantic", "typer", "onnxruntime"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every number."""
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

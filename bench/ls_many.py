@@ -3,12 +3,14 @@
 Target (registry issue): ``modelport ls --json`` and ``modelport ls NAME --json`` answer in
 at most 0.5 s of wall time, start-up included.
 
-The registry is built through the public SDK (``Registry.push``), one tiny ONNX file pushed
-``--models`` x ``--versions`` times (content dedup stores it once), each version with a tag
-and the last one of each model with the alias ``production``, then checked. Each command is
-then run ``--reps`` times, interleaved round by round after ``--warmup`` untimed rounds,
-with stdout to /dev/null, next to the interpreter's start-up and in-process timings of the
-same queries, so the table shows where the time goes.
+The registry is built through the public SDK (``Registry.push``): one tiny ONNX file pushed
+``--models`` x ``--versions`` times (content dedup stores it once), every version with two
+tags, the first with a description, the last with the alias ``production``; then it is
+checked through the SDK and the CLI. Each command then runs ``--reps`` times, interleaved
+round by round after ``--warmup`` untimed rounds, with stdout to /dev/null, next to the
+interpreter's start-up and in-process timings of the same queries, so the table shows where
+the time goes. The measuring process imports neither onnx nor modelport (building and the
+in-process timings run in worker children), so each peak RSS is the child's own.
 
     .venv/bin/python bench/ls_many.py [--models 1000] [--versions 10] [--reps 5]
 """
@@ -16,6 +18,7 @@ same queries, so the table shows where the time goes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -24,54 +27,57 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-import onnx
-import orjson
 from _timing import (
     SAMPLE_HEADER,
     BenchError,
     Samples,
     cli_argv,
+    load_average,
     machine_facts,
     markdown_table,
     run_timed,
-    stopwatch,
 )
-from onnx import TensorProto, helper
-
-from modelport.config import Settings
-from modelport.registry import Registry
 
 TARGET_SECONDS = 0.5
-_IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
-
-
-def make_tiny_model(directory: Path) -> Path:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    directory.mkdir(parents=True)
-    path = directory / "tiny.onnx"
-    onnx.save(model, str(path))
-    return path
+_IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)$")
 
 
 def model_name(index: int) -> str:
     return f"model-{index:04d}"
 
 
-def build(home: Path, model: Path, models: int, versions: int, deadline: float) -> float:
-    """Push ``models`` x ``versions`` versions through the SDK; return the seconds taken.
+# -- workers: run in child processes, print one JSON document ---------------------------
+
+
+def build(home: Path, models: int, versions: int, timeout: float) -> dict[str, Any]:
+    """Push ``models`` x ``versions`` versions of a tiny model through the SDK, then check.
 
     Raises:
-        BenchError: the build ran past ``deadline`` (a ``time.monotonic()`` value).
+        BenchError: the build ran past ``timeout`` seconds, or the registry does not hold
+            what was pushed.
     """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelport.config import Settings
+    from modelport.registry import Registry
+
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "tiny",
+        [tensor("x", TensorProto.FLOAT, ["batch", 4])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = home.parent / "source" / "tiny.onnx"
+    model.parent.mkdir(parents=True)
+    opsets = [helper.make_opsetid("", 17)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=8), str(model))
+
     total = models * versions
-    step = max(total // 10, 1)
+    report_every = max(total // 10, 1)
     start = time.monotonic()
     done = 0
     with Registry(Settings(home=home)) as registry:
@@ -85,52 +91,75 @@ def build(home: Path, model: Path, models: int, versions: int, deadline: float) 
                     description=f"benchmark model {index}" if number == 1 else "",
                 )
                 done += 1
-                if done % step == 0 or done == total:
-                    elapsed = time.monotonic() - start
+                elapsed = time.monotonic() - start
+                if done % report_every == 0 or done == total:
                     print(
-                        f"  pushed {done}/{total} in {elapsed:.1f} s "
-                        f"({done / elapsed:.0f} pushes/s)",
+                        f"  pushed {done}/{total} in {elapsed:.1f} s ({done / elapsed:.0f}/s)",
+                        file=sys.stderr,
                         flush=True,
                     )
-                if time.monotonic() > deadline:
+                if elapsed > timeout:
                     raise BenchError(
-                        f"building the registry took too long: {done}/{total} pushes "
-                        f"in {time.monotonic() - start:.0f} s; use --models/--versions "
-                        "or raise --build-timeout"
+                        f"building took too long: {done}/{total} pushes in {elapsed:.0f} s; "
+                        "lower --models/--versions or raise --build-timeout"
                     )
-    return time.monotonic() - start
-
-
-def check_registry(home: Path, models: int, versions: int) -> None:
-    """Check through the SDK and the CLI that the registry holds what was pushed."""
-    with Registry(Settings(home=home)) as registry:
+        took = time.monotonic() - start
         summaries = registry.list_models()
         if len(summaries) != models:
             raise BenchError(f"list_models() gave {len(summaries)} models, expected {models}")
         for summary in summaries:
-            if (summary.versions, summary.latest) != (versions, versions) or summary.aliases != {
-                "production": versions
-            }:
+            expected = (versions, versions, {"production": versions})
+            if (summary.versions, summary.latest, summary.aliases) != expected:
                 raise BenchError(f"unexpected summary after the build: {summary}")
         listed = registry.list_versions(model_name(models // 2))
         if [v.version for v in listed] != list(range(1, versions + 1)):
             raise BenchError(f"list_versions() gave versions {[v.version for v in listed]}")
-    env = home_env(home)
-    shown = orjson.loads(cli_output(["ls", "--json"], env))
-    if len(shown) != models:
-        raise BenchError(f"modelport ls --json listed {len(shown)} models, expected {models}")
-    shown = orjson.loads(cli_output(["ls", model_name(models // 2), "--json"], env))
-    if len(shown) != versions:
-        raise BenchError(f"modelport ls NAME --json listed {len(shown)} versions")
+        if listed[-1].tags != {"run": f"r{versions}", "team": f"t{(models // 2) % 7}"}:
+            raise BenchError(f"unexpected tags {listed[-1].tags}")
+    return {"seconds": took, "pushes": total}
 
 
-def cli_output(args: list[str], env: dict[str, str]) -> bytes:
-    done = subprocess.run(
-        [*cli_argv(), *args], env=env, capture_output=True, check=False, timeout=300
-    )
-    if done.returncode != 0:
-        raise BenchError(f"modelport {' '.join(args)} failed: {done.stderr.decode()[-2000:]}")
-    return done.stdout
+def sdk_ls(home: Path, name: str) -> dict[str, float]:
+    """The queries behind ``ls --json`` and ``ls NAME --json``, timed in-process."""
+    import orjson
+
+    from modelport.config import Settings
+    from modelport.registry import Registry
+
+    start = time.perf_counter()
+    registry = Registry(Settings(home=home))
+    opened = time.perf_counter()
+    models = registry.list_models()
+    listed = time.perf_counter()
+    orjson.dumps([m.to_dict() for m in models], option=orjson.OPT_INDENT_2)
+    dumped = time.perf_counter()
+    versions = registry.list_versions(name)
+    orjson.dumps([v.to_dict() for v in versions], option=orjson.OPT_INDENT_2)
+    versions_done = time.perf_counter()
+    registry.close()
+    return {
+        "open": opened - start,
+        "list_models": listed - opened,
+        "to_json": dumped - listed,
+        "list_versions": versions_done - dumped,
+    }
+
+
+def worker(args: argparse.Namespace) -> int:
+    home = Path(args.paths[0])
+    if args.worker == "build":
+        result: Any = build(home, args.models, args.versions, args.build_timeout)
+    else:
+        result = sdk_ls(home, args.paths[1])
+    sys.stdout.write(json.dumps(result))
+    return 0
+
+
+# -- the measuring process --------------------------------------------------------------
+
+
+def worker_argv(kind: str, *args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", kind, *args]
 
 
 def home_env(home: Path) -> dict[str, str]:
@@ -139,39 +168,107 @@ def home_env(home: Path) -> dict[str, str]:
     return env
 
 
-def import_profile(top: int = 10) -> list[list[str]]:
-    """``python -X importtime``: the packages that cost the CLI's start-up most.
+def check_cli(home: Path, models: int, versions: int, name: str, timeout: float) -> None:
+    """What ``modelport ls --json`` prints matches what was pushed."""
+    env = home_env(home)
+    every = run_timed([*cli_argv(), "ls", "--json"], env=env, timeout=timeout, capture=True)
+    everything = json.loads(every.stdout)
+    if len(everything) != models or any(m["versions"] != versions for m in everything):
+        raise BenchError(f"modelport ls --json listed {len(everything)} models, not {models}")
+    one = run_timed([*cli_argv(), "ls", name, "--json"], env=env, timeout=timeout, capture=True)
+    if [v["version"] for v in json.loads(one.stdout)] != list(range(1, versions + 1)):
+        raise BenchError(f"modelport ls {name} --json did not list versions 1..{versions}")
 
-    Each package is charged the cumulative time of its first (outermost) import.
-    """
+
+def import_profile(top: int = 12) -> list[list[str]]:
+    """``python -X importtime``: the CLI's start-up split by package, by each module's own
+    (self) time, so the rows add up to the total."""
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import modelport.cli.main"],
         capture_output=True,
         text=True,
         check=True,
     )
-    charged: dict[str, int] = defaultdict(int)
-    total = 0
-    # Lines come innermost first; remember which packages an outer import already covers.
-    entries = []
+    own: dict[str, int] = defaultdict(int)
+    modules: dict[str, int] = defaultdict(int)
     for line in done.stderr.splitlines():
         match = _IMPORT_LINE.match(line)
         if match:
-            entries.append((len(match[3]), match[4], int(match[2])))
-    covering: list[tuple[int, str]] = []
-    for depth, name, cumulative in reversed(entries):
-        while covering and covering[-1][0] >= depth:
-            covering.pop()
-        package = name.split(".")[0]
-        if depth == 1:
-            total += cumulative
-        if all(outer != package for _, outer in covering):
-            charged[package] += cumulative
-        covering.append((depth, package))
-    rows = sorted(charged.items(), key=lambda item: -item[1])[:top]
-    return [[package, f"{micros / 1000:.0f}"] for package, micros in rows] + [
-        ["(all imports)", f"{total / 1000:.0f}"]
+            package = match[4].split(".")[0]
+            own[package] += int(match[1])
+            modules[package] += 1
+    total = sum(own.values())
+    rows = sorted(own.items(), key=lambda item: -item[1])
+    shown = [
+        [package, str(modules[package]), f"{micros / 1000:.0f}", f"{micros / total:.0%}"]
+        for package, micros in rows[:top]
     ]
+    rest = sum(micros for _, micros in rows[top:])
+    rest_modules = sum(modules[package] for package, _ in rows[top:])
+    return [
+        *shown,
+        [
+            f"({len(rows) - top} others)",
+            str(rest_modules),
+            f"{rest / 1000:.0f}",
+            f"{rest / total:.0%}",
+        ],
+        ["(all imports)", str(sum(modules.values())), f"{total / 1000:.0f}", "100%"],
+    ]
+
+
+def measure(args: argparse.Namespace, home: Path, empty: Path, name: str) -> list[Samples]:
+    cli = cli_argv()
+    commands: list[tuple[Samples, Path | None, list[str]]] = [
+        (Samples("python -c 'import modelport.cli.main'"), None, []),
+        (Samples("python -c pass  (bare interpreter)"), None, ["pass"]),
+        (Samples("modelport ls --json  (empty registry)"), empty, ["ls", "--json"]),
+        (Samples(f"modelport ls --json  ({args.models} models)"), home, ["ls", "--json"]),
+        (Samples(f"modelport ls {name} --json"), home, ["ls", name, "--json"]),
+        (Samples(f"modelport ls  ({args.models} models, rich table)"), home, ["ls"]),
+    ]
+    in_process = {
+        "open": Samples("SDK Registry(...) open"),
+        "list_models": Samples("SDK list_models()"),
+        "to_json": Samples("  ... to_dict() + orjson for ls --json"),
+        "list_versions": Samples(f"SDK list_versions({name!r}) + to_dict + orjson"),
+    }
+    rounds = args.warmup + args.reps
+    for round_number in range(rounds):
+        record = round_number >= args.warmup
+        for samples, where, cli_args in commands:
+            if where is None:
+                code = cli_args[0] if cli_args else "import modelport.cli.main"
+                argv, env = [sys.executable, "-c", code], None
+            else:
+                argv, env = [*cli, *cli_args], home_env(where)
+            done = run_timed(argv, env=env, timeout=args.timeout)
+            if record:
+                samples.add(done.seconds, done.peak_rss)
+        done = run_timed(worker_argv("sdk-ls", str(home), name), capture=True)
+        if record:
+            for key, seconds in json.loads(done.stdout).items():
+                in_process[key].add(seconds)
+        print(f"round {round_number + 1}/{rounds} done", flush=True)
+    return [s for s, _, _ in commands] + list(in_process.values())
+
+
+def report(samples: list[Samples]) -> None:
+    print()
+    print(markdown_table(SAMPLE_HEADER, [s.row() for s in samples]))
+    startup = samples[0].median
+    print(f"\ntarget: <= {TARGET_SECONDS} s wall (median)\n")
+    rows = []
+    for measured in samples[3:5]:
+        met = "met" if measured.median <= TARGET_SECONDS else "MISSED"
+        rest = measured.median - startup
+        rows.append(
+            [measured.label, f"{measured.median:.3f}", met, f"{startup:.3f}", f"{rest:.3f}"]
+        )
+    header = ["command", "median s", "target", "import start-up s", "the rest s"]
+    print(markdown_table(header, rows))
+    print("\nstart-up by package (python -X importtime, self time, one run):\n")
+    print(markdown_table(["package", "modules", "ms", "share"], import_profile()))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -185,81 +282,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="per command, seconds")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: the temp dir")
+    parser.add_argument("--worker", choices=["build", "sdk-ls"], help=argparse.SUPPRESS)
+    parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.worker:
+        return worker(args)
     with tempfile.TemporaryDirectory(prefix="modelport-bench-", dir=args.work_dir) as tmp:
         work = Path(tmp)
         for key, value in machine_facts(work):
             print(f"{key}: {value}")
-        tiny = make_tiny_model(work / "source")
         home, empty = work / "home", work / "empty-home"
-        Registry(Settings(home=empty)).close()
+        run_timed([*cli_argv(), "ls", "--json"], env=home_env(empty), timeout=args.timeout)
         total = args.models * args.versions
         print(f"building {args.models} models x {args.versions} versions through the SDK")
-        took = build(home, tiny, args.models, args.versions, time.monotonic() + args.build_timeout)
-        check_registry(home, args.models, args.versions)
+        build_argv = worker_argv(
+            "build",
+            str(home),
+            f"--models={args.models}",
+            f"--versions={args.versions}",
+            f"--build-timeout={args.build_timeout}",
+        )
+        # The build reports progress on stderr; let it through to the terminal.
+        built = subprocess.run(
+            build_argv, stdout=subprocess.PIPE, check=False, timeout=args.build_timeout + 120
+        )
+        if built.returncode != 0:
+            raise BenchError(f"building the registry failed (exit {built.returncode})")
+        took = json.loads(built.stdout)["seconds"]
+        name = model_name(args.models // 2)
+        check_cli(home, args.models, args.versions, name, args.timeout)
         db_size = (home / "registry.db").stat().st_size / 2**20
         print(
             f"built and checked: {total} pushes in {took:.1f} s "
-            f"({took / total * 1000:.1f} ms/push); registry.db {db_size:.1f} MiB"
+            f"({took / total * 1000:.1f} ms/push); registry.db {db_size:.1f} MiB",
+            flush=True,
         )
-
-        name = model_name(args.models // 2)
-        cli = cli_argv()
-        commands = [
-            (Samples("python -c 'import modelport.cli.main'"), None, []),
-            (Samples("modelport ls --json (empty registry)"), empty, ["ls", "--json"]),
-            (Samples(f"modelport ls --json ({args.models} models)"), home, ["ls", "--json"]),
-            (Samples(f"modelport ls {name} --json"), home, ["ls", name, "--json"]),
-            (Samples(f"modelport ls ({args.models} models, table)"), home, ["ls"]),
-        ]
-        sdk_open = Samples("SDK Registry(...) open")
-        sdk_list = Samples("SDK list_models() + to_dict + orjson")
-        sdk_versions = Samples(f"SDK list_versions({name!r}) + to_dict + orjson")
-        for round_number in range(args.warmup + args.reps):
-            record = round_number >= args.warmup
-            for samples, where, cli_args in commands:
-                if where is None:
-                    argv = [sys.executable, "-c", "import modelport.cli.main"]
-                    env = None
-                else:
-                    argv, env = [*cli, *cli_args], home_env(where)
-                wall, rss = run_timed(argv, env=env, timeout=args.timeout)
-                if record:
-                    samples.add(wall, rss)
-            scratch = [Samples(""), Samples(""), Samples("")]
-            with stopwatch(scratch[0]):
-                registry = Registry(Settings(home=home))
-            with stopwatch(scratch[1]):
-                orjson.dumps([m.to_dict() for m in registry.list_models()])
-            with stopwatch(scratch[2]):
-                orjson.dumps([v.to_dict() for v in registry.list_versions(name)])
-            registry.close()
-            if record:
-                for target, taken in zip((sdk_open, sdk_list, sdk_versions), scratch, strict=True):
-                    target.add(taken.seconds[0])
-            print(f"round {round_number + 1}/{args.warmup + args.reps} done", flush=True)
-
-        print()
-        rows = [s.row() for s, _, _ in commands] + [
-            s.row() for s in (sdk_open, sdk_list, sdk_versions)
-        ]
-        print(markdown_table(SAMPLE_HEADER, rows))
-        startup = commands[0][0].median
-        print(f"\ntarget: <= {TARGET_SECONDS} s wall (median)\n")
-        verdicts = []
-        for samples, _, _ in commands[2:4]:
-            met = "met" if samples.median <= TARGET_SECONDS else "MISSED"
-            share = startup / samples.median
-            verdicts.append([samples.label, f"{samples.median:.3f}", met, f"{share:.0%}"])
-        print(markdown_table(["command", "median s", "target", "import share"], verdicts))
-        print("\nstart-up by package (python -X importtime, one run, ms):\n")
-        print(markdown_table(["package", "ms"], import_profile()))
+        report(measure(args, home, empty, name))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    started = time.monotonic()
+    code = main()
+    if "--worker" not in sys.argv:
+        print(f"\nbenchmark took {time.monotonic() - started:.0f} s; load average {load_average()}")
+    sys.exit(code)
