@@ -244,6 +244,57 @@ def gc() -> None:
 app.command()(serve_command)
 
 
+@app.command()
+def convert(
+    ref: Annotated[str, typer.Argument(help="The version to convert: name@3 or name@alias.")],
+    to: Annotated[str, typer.Option("--to", help="The format to convert to.")] = "onnx",
+    opset: Annotated[
+        int | None, typer.Option("--opset", help="ONNX operator set; default: the converter's.")
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset", help="Parity inputs: .npz (one array per input) or .npy (one input)."
+        ),
+    ] = None,
+    rows: Annotated[int, typer.Option("--rows", help="Dataset rows to compare on.")] = 256,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance", help="Abs and rel tolerance of float outputs; default per datatype."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Store under this model; default: REF's.")
+    ] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert a version (e.g. to ONNX), check it computes the same, store it as a new version."""
+    from modelport.convert import convert as convert_version
+
+    with _registry() as registry:
+        report = convert_version(
+            registry, ref, to=to, opset=opset, dataset=dataset, rows=rows,
+            tolerance=tolerance, name=name, aliases=alias or [],
+        )  # fmt: skip
+    if as_json:
+        render.print_json(report.to_dict())
+        return
+    made = report.parameters
+    how = ", ".join(
+        f"{key} {made[key]}" for key in ("exporter", "opset") if made.get(key) is not None
+    )
+    render.console().print(
+        f"converted {report.source.ref} → [bold]{report.version.ref}[/bold] ({to}, "
+        f"{made['converter']} {made['converter_version']}{', ' + how if how else ''}); parity "
+        f"on {report.parity.rows} {report.parity.inputs} rows:"
+    )
+    render.table(*report.table())
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console entry point: every modelport error becomes one line on stderr and an exit code.
 

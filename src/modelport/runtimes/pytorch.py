@@ -65,7 +65,13 @@ from modelport.runtimes.pytorch_signature import (
 )
 from modelport.types import Signature, Tensors
 
-__all__ = ["TorchExportRuntime", "TorchModel", "TorchScriptRuntime"]
+__all__ = [
+    "TorchExportRuntime",
+    "TorchModel",
+    "TorchScriptRuntime",
+    "read_exported_program",
+    "read_torchscript",
+]
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +281,27 @@ class TorchModel:
             tensor = tensor.to(self._torch.float32)
         array: npt.NDArray[Any] = tensor.detach().numpy()
         return array if array.dtype == dtype else array.astype(dtype)
+
+
+def read_torchscript(path: Path, *, trusted: bool) -> Any:
+    """The ``ScriptModule`` in a ``torchscript`` file, in eval mode, for jobs that need the
+    module itself (conversion to ONNX). ``trusted`` is the version's ``trust_pickle``.
+
+    Raises:
+        InvalidModel, MissingDependency: as for ``TorchScriptRuntime.load``.
+    """
+    _expect(path, "torchscript")
+    return _load_script(_trusted_torch(path, trusted, "torch.jit.load"), path)
+
+
+def read_exported_program(path: Path, *, trusted: bool) -> Any:
+    """The ``ExportedProgram`` in a ``torch_export`` file, for jobs that need the program
+    itself (conversion to ONNX). ``trusted`` is the version's ``trust_pickle``.
+
+    Raises:
+        InvalidModel, MissingDependency, UnsupportedFormat: as for ``TorchExportRuntime.load``.
+    """
+    return _open_program(path, trusted)[1]
 
 
 _threads_lock = threading.Lock()

@@ -43,7 +43,7 @@ from modelport.runtimes.tabular import (
 )
 from modelport.types import DataType, Signature, TensorSpec
 
-__all__ = ["PickleRuntime", "SkopsRuntime", "describe", "sklearn_model"]
+__all__ = ["PickleRuntime", "SkopsRuntime", "describe", "read_estimator", "sklearn_model"]
 
 _PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle"})
 _NEEDS = "scikit-learn models needs scikit-learn and skops"
@@ -172,6 +172,20 @@ def sklearn_model(estimator: Any, options: LoadOptions) -> TabularModel:
     if recorded:
         return _model(estimator, Signature.from_dict(recorded))
     return _model(estimator, describe(estimator, PushOptions())[0])
+
+
+def read_estimator(path: Path, format_name: str, *, trusted: bool) -> Any:
+    """The fitted estimator in a ``skops`` or ``sklearn_pickle`` file, for jobs that need the
+    scikit-learn object itself (conversion to ONNX).
+
+    ``trusted`` is the version's ``trust_pickle``: what ``load`` refuses, this refuses too.
+
+    Raises:
+        MissingDependency, InvalidModel: as for ``SkopsRuntime.load`` / ``PickleRuntime.load``.
+    """
+    if format_name == "skops":
+        return _read_skops(path, trusted=trusted)[0]
+    return _read_pickle(path, trusted=trusted)
 
 
 def _model(estimator: Any, signature: Signature) -> TabularModel:
