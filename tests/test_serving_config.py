@@ -55,7 +55,7 @@ def test_defaults_apply_to_every_model_unless_overridden(tmp_path: Path) -> None
         ("[server\n", "invalid TOML"),
         ("[servers]\n", "unknown section"),
         ("[server]\nhttp_prot = 1\n", "http_prot: Extra inputs are not permitted"),
-        ("[models.a]\ninstances = 0\n", "models.a.instances"),
+        ("[models.a]\ninstances = -1\n", "models.a.instances"),
         ('[models.a]\nref = "../x"\n', "path separator"),
         ('[server]\nmemory_budget = "lots"\n', "is not a size"),
     ],
@@ -68,3 +68,16 @@ def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_default_workers_are_one_single_threaded_stream_per_core() -> None:
+    import os
+
+    from modelport.serving.config import ModelServeConfig
+
+    auto = ModelServeConfig()
+    cores = os.cpu_count() or 1
+    assert auto.worker_count() == max(1, min(4, cores))
+    assert auto.thread_count() == (1 if auto.worker_count() > 1 else 0)
+    assert ModelServeConfig(instances=1).thread_count() == 0  # the runtime picks its threads
+    assert ModelServeConfig(instances=3, threads=2).thread_count() == 2

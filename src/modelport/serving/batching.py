@@ -76,7 +76,9 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._idle: deque[asyncio.Future[None]] = deque()
         self._workers: list[asyncio.Task[None]] = []
-        self._executor = ThreadPoolExecutor(config.instances, thread_name_prefix="modelport-infer")
+        self._executor = ThreadPoolExecutor(
+            config.worker_count(), thread_name_prefix="modelport-infer"
+        )
         self._closed = False
         self._busy = 0
         self._arrived = asyncio.Event()
@@ -98,7 +100,9 @@ class Batcher:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._worker()) for _ in range(self.config.instances)]
+        self._workers = [
+            loop.create_task(self._worker()) for _ in range(self.config.worker_count())
+        ]
 
     async def submit(
         self, inputs: Tensors, outputs: Sequence[str] | None = None, timeout: float | None = None

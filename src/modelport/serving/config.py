@@ -24,6 +24,7 @@ anything per model::
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -66,8 +67,29 @@ class ModelServeConfig(BaseModel):
         "0: dispatch at once; batches still grow while every instance is busy.",
     )
     preferred_batch_sizes: list[int] = Field(default_factory=list)
-    instances: int = Field(1, ge=1, description="Batches run in parallel on this many workers.")
-    threads: int = Field(0, ge=0, description="Threads inside one inference; 0: runtime default.")
+    instances: int = Field(
+        0,
+        ge=0,
+        description="Batches run in parallel on this many workers; 0: one per CPU core (up to 4).",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="Threads inside one inference; 0: 1 when several instances run, else the "
+        "runtime's default.",
+    )
+
+    def worker_count(self) -> int:
+        """Instances to run: independent single-threaded streams keep every core busy with
+        less contention than one stream with many threads (measured: bench/RESULTS.md)."""
+        return self.instances or max(1, min(4, os.cpu_count() or 1))
+
+    def thread_count(self) -> int:
+        """Threads per inference; 0 lets the runtime choose."""
+        if self.threads:
+            return self.threads
+        return 1 if self.worker_count() > 1 else 0
+
     max_queue_size: int = Field(256, ge=1, description="Requests waiting; more get 503.")
     timeout_ms: float = Field(30_000, gt=0, description="Per-request deadline, queue included.")
     cache_size: int = Field(0, ge=0, description="Response cache entries; 0 turns it off.")
