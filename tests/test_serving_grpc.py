@@ -41,6 +41,7 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
+from modelport.serving.config import ModelServeConfig
 from modelport.serving.v2_grpc import status_of
 from tests.onnx_models import make_identity_model, make_iris_onnx
 from tests.serving_fixtures import (
@@ -193,7 +194,8 @@ def test_model_ready_metadata_and_config(client: triton.InferenceServerClient) -
     assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
     config = client.get_model_config("iris", as_json=True)["config"]
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["-1", "4"]}]
-    assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+    workers = ModelServeConfig().worker_count()  # one per core by default
+    assert config["instance_group"] == [{"count": workers, "kind": "KIND_CPU"}]
 
 
 # -- inference ------------------------------------------------------------------------------
