@@ -31,6 +31,7 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/push_vs_cp.py
 	$(BIN)/python bench/ls_many.py
+	$(BIN)/python bench/serve_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
