@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -75,3 +76,7 @@ async def _load_all(manager: ModelManager) -> None:
         await manager.load_all()
     except ModelportError as exc:
         log.error("a model failed to load: %s", exc)
+    # What exists now (framework modules, loaded models) lives as long as the server: keep
+    # it out of the collector's scans. Measured: p99 at c=32 on a busy machine fell from
+    # 64-77 ms to ~20 ms (bench/RESULTS.md).
+    gc.freeze()
