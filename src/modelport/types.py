@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -69,6 +69,11 @@ class DataType(enum.StrEnum):
     @classmethod
     def from_numpy(cls, dtype: npt.DTypeLike) -> DataType:
         """The datatype for a numpy dtype; strings and objects map to BYTES."""
+        # Fast path for the common case, an ``array.dtype``: every response encodes its
+        # outputs' datatypes through here.
+        found = _from_numpy().get(dtype) if isinstance(dtype, Hashable) else None  # type: ignore[arg-type]
+        if found is not None:
+            return found
         import numpy as np
 
         resolved = np.dtype(dtype)
