@@ -136,7 +136,11 @@ class Runtime(Protocol):
 
 
 class RuntimeTable:
-    """Runtimes by format name. Registering a format twice is an error, never an overwrite."""
+    """Runtimes by format name. Registering a format twice is an error, never an overwrite.
+
+    ``detect`` asks the runtimes in registration order, so a format that wraps others (an
+    MLflow model directory holding an ONNX file) is registered before the formats it wraps.
+    """
 
     def __init__(self) -> None:
         self._factories: dict[str, Callable[[], Runtime]] = {}
@@ -176,8 +180,8 @@ class RuntimeTable:
             raise InvalidModel(f"{path} is an empty file")
         if path.is_dir() and not any(path.iterdir()):
             raise InvalidModel(f"{path} is an empty directory")
-        for runtime in self:
-            if runtime.detect(path):
-                return runtime
+        for name in self._factories:
+            if self.get(name).detect(path):
+                return self.get(name)
         what = "directory with no model in it" if path.is_dir() else "file of no known format"
         raise UnsupportedFormat(f"{path}: {what}; supported formats: {', '.join(self.formats())}")
