@@ -3,11 +3,13 @@ cache, traffic split, deadlines, body limits and graceful shutdown — on real s
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -97,6 +99,19 @@ def test_body_limit_gives_413(home: Path, tmp_path: Path) -> None:
         assert response.status_code == 413
         assert "1024-byte limit" in response.json()["error"]
         assert httpx.post(url, json=IRIS).status_code == 200
+
+        # Chunked bodies declare no length: the limit holds while reading, and a body that
+        # arrives in many pieces under the limit is read whole.
+        def pieces(document: object, size: int) -> Iterator[bytes]:
+            raw = json.dumps(document).encode()
+            yield from (raw[i : i + size] for i in range(0, len(raw), size))
+
+        response = httpx.post(url, content=pieces(big, 100))
+        assert response.status_code == 413
+        assert "over the 1024-byte limit" in response.json()["error"]
+        response = httpx.post(url, content=pieces(IRIS, 7))
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["name"] == "label"
 
 
 def test_alias_move_swaps_versions_with_zero_failed_requests(home: Path, tmp_path: Path) -> None:

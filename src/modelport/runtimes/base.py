@@ -99,6 +99,9 @@ class LoadedModel(Protocol):
 
     ``predict`` validates its inputs against ``signature`` first, is safe to call from a
     worker thread, and releases the GIL while the framework computes.
+
+    A model may also offer ``predict_unchecked(inputs, outputs)``: the same without the
+    validation, which the server's batcher calls on batches of requests it has validated.
     """
 
     @property

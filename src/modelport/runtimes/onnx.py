@@ -132,6 +132,11 @@ class OnnxModel:
             Unavailable: the model was closed.
         """
         self._signature.validate(inputs)
+        return self.predict_unchecked(inputs, outputs)
+
+    def predict_unchecked(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
+        """``predict`` for inputs already validated against ``signature`` (the server's
+        batcher validates each request before merging them)."""
         names = self._requested(outputs)
         feed = {
             name: _to_strings(name, array) if name in self._string_inputs else array

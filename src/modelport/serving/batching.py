@@ -68,8 +68,15 @@ class Batcher:
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        prevalidated: bool = False,
     ) -> None:
         self.model = model
+        # Callers that validate each request (the manager does, before batching) spare the
+        # runtime a second check of the merged batch, where the runtime offers a way to.
+        unchecked = getattr(model, "predict_unchecked", None) if prevalidated else None
+        self._run_model: Callable[[Tensors, list[str] | None], Tensors] = (
+            unchecked or model.predict
+        )
         self.config = config
         self._on_batch = on_batch
         self._on_depth = on_depth
@@ -151,7 +158,7 @@ class Batcher:
     def _run_inline(self, inputs: Tensors, outputs: Sequence[str] | None) -> Tensors:
         started = time.monotonic()
         try:
-            result = self.model.predict(inputs, list(outputs) if outputs else None)
+            result = self._run_model(inputs, list(outputs) if outputs else None)
         except ModelportError:
             raise
         except Exception as exc:
@@ -284,7 +291,7 @@ class Batcher:
 
     def _predict(self, inputs: Tensors, outputs: list[str] | None) -> tuple[Tensors, float]:
         started = time.monotonic()
-        result = self.model.predict(inputs, outputs)
+        result = self._run_model(inputs, outputs)
         return result, time.monotonic() - started
 
     def _report_depth(self) -> None:

@@ -122,7 +122,11 @@ class Deployment:
         self.model = model
         self.memory = memory
         self.batcher = Batcher(
-            model, self.config, on_batch=self._on_batch, on_depth=self._queue_depth.set
+            model,
+            self.config,
+            on_batch=self._on_batch,
+            on_depth=self._queue_depth.set,
+            prevalidated=True,  # ModelManager.infer validates every request
         )
         self.batcher.start()
         self.state = State.READY

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from modelport.errors import (
     Conflict,
@@ -25,7 +27,15 @@ from modelport.errors import (
     VerificationFailed,
 )
 
-__all__ = ["PayloadTooLarge", "error_response", "json_response", "read_body", "status_of"]
+__all__ = [
+    "PayloadTooLarge",
+    "error_response",
+    "header_values",
+    "json_response",
+    "read_body",
+    "receive_body",
+    "status_of",
+]
 
 STATUS: dict[type[ModelportError], int] = {
     InvalidInput: 400,
@@ -82,23 +92,70 @@ async def read_body(request: Request, limit: int) -> bytes:
     gzip/deflate bodies (``Content-Encoding``, as tritonclient sends them) are inflated with
     the same limit on the result.
     """
-    declared = request.headers.get("content-length")
+    headers = request.headers
+    return await receive_body(
+        request.receive,
+        limit,
+        headers.get("content-length"),
+        headers.get("content-encoding"),
+    )
+
+
+async def receive_body(
+    receive: Receive, limit: int, declared: str | None, encoding: str | None
+) -> bytes:
+    """``read_body`` for a raw ASGI endpoint: the ``Content-Length`` and
+    ``Content-Encoding`` header values are passed in, the body read from ``receive``.
+
+    Raises:
+        PayloadTooLarge: over ``limit`` bytes, declared or read (or once inflated).
+        InvalidInput: an unsupported or corrupt encoding.
+        ClientDisconnect: the client went away before the body was complete.
+    """
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
+    body = await _receive_all(receive, limit)
+    if encoding:
+        encoding = encoding.lower()
+        if encoding in ("gzip", "deflate"):
+            return _inflate(body, encoding, limit)
+        if encoding != "identity":
+            raise InvalidInput(
+                f"Content-Encoding {encoding!r} is not supported; use gzip or deflate"
+            )
+    return body
+
+
+async def _receive_all(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):  # the common case: one message, no copy
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").lower()
-    if encoding in ("gzip", "deflate"):
-        return _inflate(body, encoding, limit)
-    if encoding not in ("", "identity"):
-        raise InvalidInput(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
-    return body
+    return b"".join(chunks)
+
+
+def header_values(raw: Iterable[tuple[bytes, bytes]], names: tuple[bytes, ...]) -> list[str | None]:
+    """The values of ``names`` (lower-case) among an ASGI scope's raw headers, in one pass."""
+    values: list[str | None] = [None] * len(names)
+    for key, value in raw:
+        if key in names:
+            values[names.index(key)] = value.decode("latin-1")
+    return values
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:

@@ -123,11 +123,12 @@ def raw_bytes(array: npt.NDArray[Any]) -> bytes:
 
 def data_for_json(array: npt.NDArray[Any]) -> Any:
     """Flat row-major data that orjson can write (numpy arrays pass through as they are)."""
-    if array.dtype == object or array.dtype.kind in "SU":
+    dtype = array.dtype
+    if dtype.kind in "OSU":
         return [
             item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
             for item in array.ravel()
         ]
-    if array.dtype == np.float16:
+    if dtype.kind == "f" and dtype.itemsize == 2:  # orjson writes no float16
         return array.astype(np.float32).ravel()
-    return np.ascontiguousarray(array).ravel()
+    return array.ravel()  # C-contiguous: a view when the array is, else a copy

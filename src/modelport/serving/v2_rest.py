@@ -9,11 +9,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from modelport import __version__
 from modelport.errors import InvalidInput
 from modelport.serving.deployment import Deployment, State
-from modelport.serving.http import json_response, read_body
+from modelport.serving.http import header_values, json_response, read_body, receive_body
 from modelport.serving.manager import ModelManager
 from modelport.serving.v2_codec import (
     array_from_data,
@@ -28,6 +29,46 @@ from modelport.types import DataType, Tensors
 __all__ = ["routes"]
 
 _HEADER_LENGTH = "inference-header-content-length"
+_INFER_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH.encode())
+_JSON_HEADERS = ((b"content-type", b"application/json"),)
+_BINARY_HEADERS = ((b"content-type", b"application/octet-stream"),)
+
+
+class InferEndpoint:
+    """``POST .../infer`` as a plain ASGI endpoint.
+
+    The hot path of the server: for a tiny model, Starlette's ``Request``/``Response``
+    objects and per-request exception wrapper cost about as much as parsing and inference
+    together (bench/RESULTS.md), so this endpoint reads ``receive`` and calls ``send``
+    itself. Routing, error responses (a ``ModelportError`` raised here goes to the app's
+    handler) and method checks stay Starlette's.
+    """
+
+    def __init__(self, manager: ModelManager, max_body: int) -> None:
+        self._manager = manager
+        self._max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = scope["path_params"]
+        name = params["name"]
+        manager = self._manager
+        manager.served(name)  # an unknown model is a 404 whatever the body says
+        declared, encoding, header_length = header_values(scope["headers"], _INFER_HEADERS)
+        body = await receive_body(receive, self._max_body, declared, encoding)
+        document, binary = _split_body(body, header_length)
+        inputs, outputs, binary_outputs = _parse_request(document, binary)
+        result, deployment = await manager.infer(
+            name, params.get("version"), inputs, outputs, "rest_v2"
+        )
+        content, headers = _response(document, deployment, result, binary_outputs)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*headers, (b"content-length", str(len(content)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
 
 
 def routes(manager: ModelManager, max_body: int) -> list[Route]:
@@ -64,18 +105,6 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
         )
         return json_response(triton_config(deployment))
 
-    async def infer(request: Request) -> Response:
-        name = request.path_params["name"]
-        manager.served(name)  # an unknown model is a 404 whatever the body says
-        body = await read_body(request, max_body)
-        header_length = request.headers.get(_HEADER_LENGTH)
-        document, binary = _split_body(body, header_length)
-        inputs, outputs, binary_outputs = _parse_request(document, binary)
-        result, deployment = await manager.infer(
-            name, request.path_params.get("version"), inputs, outputs, "rest_v2"
-        )
-        return _response(document, deployment, result, binary_outputs)
-
     async def repository_index(request: Request) -> Response:
         body = await read_body(request, 1 << 20)
         only_ready = bool(_json_object(body).get("ready", False)) if body.strip() else False
@@ -92,7 +121,11 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
 
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
+    infer = InferEndpoint(manager, max_body)
+    # The router tries routes in order: inference first, so its requests match at once.
     return [
+        Route(f"{model}/infer", infer, methods=["POST"]),
+        Route(f"{version}/infer", infer, methods=["POST"]),
         Route("/v2", server_metadata),
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
@@ -102,8 +135,6 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
         Route(f"{version}/ready", model_ready),
         Route(f"{model}/config", model_config),
         Route(f"{version}/config", model_config),
-        Route(f"{model}/infer", infer, methods=["POST"]),
-        Route(f"{version}/infer", infer, methods=["POST"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
@@ -191,7 +222,8 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[
 
 def _response(
     document: dict[str, Any], deployment: Deployment, outputs: Tensors, binary: set[str] | bool
-) -> Response:
+) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+    """The response body and its headers (all but Content-Length)."""
     described = []
     chunks = []
     for name, array in outputs.items():
@@ -201,7 +233,7 @@ def _response(
             "datatype": datatype.value,
             "shape": list(array.shape),
         }
-        if binary is True or (isinstance(binary, set) and name in binary):
+        if binary is True or (binary and name in binary):
             chunk = raw_bytes(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
@@ -215,16 +247,13 @@ def _response(
     }
     if "id" in document:
         response["id"] = document["id"]
-    passed = {
-        k: v for k, v in (document.get("parameters") or {}).items() if k != "binary_data_output"
-    }
-    if passed:
-        response["parameters"] = passed
+    parameters = document.get("parameters")
+    if parameters:
+        passed = {k: v for k, v in parameters.items() if k != "binary_data_output"}
+        if passed:
+            response["parameters"] = passed
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
-        return Response(header, media_type="application/json")
-    return Response(
-        b"".join([header, *chunks]),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+        return header, _JSON_HEADERS
+    length = (b"inference-header-content-length", str(len(header)).encode())
+    return b"".join([header, *chunks]), (*_BINARY_HEADERS, length)
