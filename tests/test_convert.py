@@ -488,16 +488,16 @@ def test_unsupported_targets_and_formats_name_what_is_supported(
         UnsupportedFormat, match=r"^cannot convert to 'tflite'; modelport converts to: onnx$"
     ):
         convert(sqlite_registry, "m@1", to="tflite")
-    keras = dataclasses.replace(record, format="keras")
+    caffe = dataclasses.replace(record, format="caffe")
     with pytest.raises(UnsupportedFormat) as caught:
-        converter_for(keras, "onnx")
+        converter_for(caffe, "onnx")
     assert str(caught.value) == (
-        "m@1: Keras and TensorFlow models convert with tf2onnx or Keras' own ONNX export, which "
-        "need TensorFlow; modelport does not convert them yet; modelport converts these "
-        f"formats to ONNX: {', '.join(supported_formats())}"
+        "m@1: there is no converter for 'caffe' models; modelport converts these formats to "
+        f"ONNX: {', '.join(supported_formats())}"
     )
     assert supported_formats() == [
-        "lightgbm", "sklearn_pickle", "skops", "torch_export", "torchscript", "xgboost"
+        "keras", "lightgbm", "sklearn_pickle", "skops", "tf_savedmodel", "torch_export",
+        "torchscript", "xgboost",
     ]  # fmt: skip
 
 

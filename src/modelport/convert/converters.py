@@ -7,7 +7,8 @@
 - ``torchscript``: ``torch.onnx.export(dynamo=False)``: the dynamo exporter refuses
   ScriptModules;
 - ``torch_export``: ``torch.onnx.export(dynamo=True)``, weights as external data;
-- Keras / TensorFlow: not yet; tf2onnx and Keras' ONNX export need TensorFlow.
+- ``keras``: Keras' own ``model.export(format="onnx")`` (tf2onnx underneath);
+- ``tf_savedmodel``: ``tf2onnx.convert.from_function`` on the ``serving_default`` signature.
 
 Each converter reads the source version's files (refusing what the runtime refuses) and
 writes ``model.onnx`` (and any external data) into an empty directory. Frameworks are
@@ -96,6 +97,18 @@ def _torch_export(source: ConversionSource) -> Exported:
     return from_exported_program(source)
 
 
+def _keras(source: ConversionSource) -> Exported:
+    from modelport.convert.tensorflow_onnx import from_keras
+
+    return from_keras(source)
+
+
+def _tf_savedmodel(source: ConversionSource) -> Exported:
+    from modelport.convert.tensorflow_onnx import from_saved_model
+
+    return from_saved_model(source)
+
+
 _CONVERTERS: dict[str, Converter] = {
     "skops": _sklearn,
     "sklearn_pickle": _sklearn,
@@ -103,12 +116,9 @@ _CONVERTERS: dict[str, Converter] = {
     "lightgbm": _lightgbm,
     "torchscript": _torchscript,
     "torch_export": _torch_export,
+    "keras": _keras,
+    "tf_savedmodel": _tf_savedmodel,
 }
-_TENSORFLOW = (
-    "Keras and TensorFlow models convert with tf2onnx or Keras' own ONNX export, which need "
-    "TensorFlow; modelport does not convert them yet"
-)
-_NOT_YET = {"keras": _TENSORFLOW, "tensorflow": _TENSORFLOW, "savedmodel": _TENSORFLOW}
 
 
 def supported_formats() -> list[str]:
@@ -132,9 +142,9 @@ def converter_for(record: ModelVersion, target: str) -> Converter:
         raise InvalidInput(f"{record.ref} is already {target.upper()}; there is nothing to convert")
     converter = _CONVERTERS.get(record.format)
     if converter is None:
-        reason = _NOT_YET.get(record.format, f"there is no converter for {record.format!r} models")
         raise UnsupportedFormat(
-            f"{record.ref}: {reason}; modelport converts these formats to ONNX: "
+            f"{record.ref}: there is no converter for {record.format!r} models; modelport "
+            "converts these formats to ONNX: "
             f"{', '.join(supported_formats())}"
         )
     return converter

@@ -101,7 +101,10 @@ class Registry:
         info = runtime.inspect(source, options)
         runtime_metadata = _json_dict(info.metadata, "runtime metadata")
         with self.store.shared_lock(), self.store.staging() as stage:
-            entries = [stage.add(info.files.root / rel, rel) for rel in info.files.paths]
+            files = info.files
+            entries = [
+                stage.add(files.sources.get(rel, files.root / rel), rel) for rel in files.paths
+            ]
             stage.publish()
             number = self._insert_version(
                 name=name,

@@ -68,10 +68,36 @@ def _torch_export() -> Runtime:
     return TorchExportRuntime()
 
 
+def _mlflow() -> Runtime:
+    from modelport.runtimes.mlflow import MLflowRuntime
+
+    return MLflowRuntime()
+
+
+def _keras() -> Runtime:
+    from modelport.runtimes.tensorflow import KerasRuntime
+
+    return KerasRuntime()
+
+
+def _tf_savedmodel() -> Runtime:
+    from modelport.runtimes.tensorflow import SavedModelRuntime
+
+    return SavedModelRuntime()
+
+
+def _caffe() -> Runtime:
+    from modelport.runtimes.caffe import CaffeRuntime
+
+    return CaffeRuntime()
+
+
 @cache
 def default_runtimes() -> RuntimeTable:
     """The table of built-in runtimes. Framework modules are imported on first use only."""
     table = RuntimeTable()
+    # Detection follows this order: MLflow directories wrap the other formats, so they come first.
+    table.register("mlflow", _mlflow)
     table.register("onnx", _onnx)
     table.register("skops", _skops)
     table.register("sklearn_pickle", _sklearn_pickle)
@@ -79,4 +105,7 @@ def default_runtimes() -> RuntimeTable:
     table.register("lightgbm", _lightgbm)
     table.register("torchscript", _torchscript)
     table.register("torch_export", _torch_export)
+    table.register("keras", _keras)
+    table.register("tf_savedmodel", _tf_savedmodel)
+    table.register("caffe", _caffe)
     return table

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -26,11 +26,14 @@ class ModelFiles:
     """The files that make up one model: ``root`` and paths relative to it.
 
     ``entry`` is the file (or ``"."`` for the directory itself) the runtime opens.
+    ``sources`` says where to read a path from when it is not ``root / path`` (files named
+    on the command line from different directories, stored side by side).
     """
 
     root: Path
     entry: str
     paths: tuple[str, ...]
+    sources: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

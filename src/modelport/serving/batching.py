@@ -74,9 +74,7 @@ class Batcher:
         # Callers that validate each request (the manager does, before batching) spare the
         # runtime a second check of the merged batch, where the runtime offers a way to.
         unchecked = getattr(model, "predict_unchecked", None) if prevalidated else None
-        self._run_model: Callable[[Tensors, list[str] | None], Tensors] = (
-            unchecked or model.predict
-        )
+        self._run_model: Callable[[Tensors, list[str] | None], Tensors] = unchecked or model.predict
         self.config = config
         self._on_batch = on_batch
         self._on_depth = on_depth
