@@ -26,6 +26,7 @@ __all__ = [
     "read_untyped_tensors",
     "tensors_from_json",
     "tensors_to_json",
+    "write_npz",
 ]
 
 
@@ -143,6 +144,20 @@ def _to_text(item: Any) -> Any:
     if isinstance(item, bytes):
         return item.decode("utf-8", errors="backslashreplace")
     return item
+
+
+def write_npz(path: Path, tensors: Tensors) -> None:
+    """Save ``tensors`` as ``.npz`` without pickle: BYTES (object) arrays become fixed-width
+    bytes (``S``), which numpy reads back without pickle (trailing NUL bytes are lost)."""
+    import numpy as np
+
+    arrays = {
+        name: np.array([_to_bytes(item) for item in array.ravel()], dtype="S").reshape(array.shape)
+        if array.dtype == object
+        else array
+        for name, array in tensors.items()
+    }
+    np.savez(path, allow_pickle=False, **arrays)
 
 
 def read_signature(path: Path) -> Signature:

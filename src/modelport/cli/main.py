@@ -167,9 +167,7 @@ def predict(
     ] = None,
 ) -> None:
     """Run one prediction in-process and print the outputs as JSON."""
-    import numpy as np
-
-    from modelport.tensorio import read_tensors, tensors_to_json
+    from modelport.tensorio import read_tensors, tensors_to_json, write_npz
 
     with _registry() as registry:
         model = registry.load(ref)
@@ -181,7 +179,7 @@ def predict(
     if output is not None:
         if output.suffix != ".npz":
             raise InvalidInput(f"--output must name a .npz file, got {output}")
-        np.savez(output, allow_pickle=False, **outputs)
+        write_npz(output, outputs)
     render.print_outputs(tensors_to_json(outputs))
 
 

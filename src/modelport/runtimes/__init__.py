@@ -92,6 +92,12 @@ def _caffe() -> Runtime:
     return CaffeRuntime()
 
 
+def _huggingface() -> Runtime:
+    from modelport.runtimes.huggingface import HuggingFaceRuntime
+
+    return HuggingFaceRuntime()
+
+
 @cache
 def default_runtimes() -> RuntimeTable:
     """The table of built-in runtimes. Framework modules are imported on first use only."""
@@ -108,4 +114,5 @@ def default_runtimes() -> RuntimeTable:
     table.register("keras", _keras)
     table.register("tf_savedmodel", _tf_savedmodel)
     table.register("caffe", _caffe)
+    table.register("huggingface", _huggingface)
     return table

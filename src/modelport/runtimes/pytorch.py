@@ -71,6 +71,7 @@ __all__ = [
     "TorchScriptRuntime",
     "read_exported_program",
     "read_torchscript",
+    "set_torch_threads",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class TorchScriptRuntime:
                 "with --example x.npz or --signature sig.json"
             )
         signature = Signature.from_dict(recorded)
-        _set_threads(torch, options)
+        set_torch_threads(torch, options)
         module = _load_script(torch, path)
         order = [spec.name for spec in signature.inputs]
         return TorchModel(torch, lambda tensors: module(*tensors), signature, order)
@@ -196,7 +197,7 @@ class TorchExportRuntime:
         recorded = options.metadata.get("signature")
         signature = Signature.from_dict(recorded) if isinstance(recorded, dict) else described
         tree = program.call_spec.in_spec
-        _set_threads(torch, options)
+        set_torch_threads(torch, options)
 
         def call(tensors: list[Any]) -> Any:
             args, kwargs = tree.unflatten(tensors)
@@ -308,7 +309,9 @@ _threads_lock = threading.Lock()
 _threads_chosen: dict[str, int] = {}  # "intra": the count this process set, once
 
 
-def _set_threads(torch: Any, options: LoadOptions) -> None:
+def set_torch_threads(torch: Any, options: LoadOptions) -> None:
+    """Apply ``options``' thread counts to torch, which holds them per process: the first
+    model that asks sets them; later different asks are logged and left as they are."""
     for field, value in (
         ("intra_op_threads", options.intra_op_threads),
         ("inter_op_threads", options.inter_op_threads),

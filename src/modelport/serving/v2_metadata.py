@@ -12,7 +12,12 @@ from modelport.types import DataType
 __all__ = ["EXTENSIONS", "metadata", "platform", "triton_config"]
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
-_PLATFORMS = {"onnx": "onnxruntime_onnx"}
+# Triton's names where Triton serves the same format; other formats report their own name.
+_PLATFORMS = {
+    "onnx": "onnxruntime_onnx",
+    "torchscript": "pytorch_libtorch",
+    "tf_savedmodel": "tensorflow_savedmodel",
+}
 
 
 def platform(deployment: Deployment) -> str:
