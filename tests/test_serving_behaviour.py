@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.onnx_models import make_add_model, make_iris_onnx, make_slow_model
@@ -84,6 +85,59 @@ def test_deadline_gives_504(home: Path, tmp_path: Path) -> None:
             "no result within 1 ms",
             "the request expired while queued",
         )
+
+
+def test_client_timeouts_are_honoured(home: Path, tmp_path: Path) -> None:
+    """Triton's clients send a ``timeout`` parameter (microseconds); gRPC calls may carry a
+    deadline. The earlier of those and the model's own timeout applies, on both protocols."""
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    push(home, make_slow_model(tmp_path / "slow.onnx", depth=32), "slow")
+    with running_server(home, ["slow"], ["--max-batch-size", "0"]) as server:
+        url = f"{server.http_url}/v2/models/slow/infer"
+        body = _slow_body(512)
+        response = httpx.post(url, json={**body, "parameters": {"timeout": 1000}}, timeout=60)
+        assert response.status_code == 504, response.text
+        for bad in (-1, "soon", 1.5):
+            response = httpx.post(url, json={**body, "parameters": {"timeout": bad}})
+            assert response.status_code == 400
+            assert "parameter 'timeout' must be a whole number of microseconds" in response.text
+        response = httpx.post(
+            url, json={**_slow_body(1), "parameters": {"timeout": 60_000_000, "tag": 7}}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["parameters"] == {"tag": 7}  # the timeout is not echoed
+
+        client = triton_grpc.InferenceServerClient(server.grpc_target)
+        request = triton_grpc.InferInput("x", [2048, 512], "FP32")
+        request.set_data_from_numpy(np.ones((2048, 512), np.float32))
+        with pytest.raises(InferenceServerException) as parameter:
+            client.infer("slow", [request], timeout=1000)
+        assert parameter.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        with pytest.raises(InferenceServerException) as deadline:
+            client.infer("slow", [request], client_timeout=0.05)
+        assert deadline.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        client.close()
+
+        def grpc_count(outcome: str) -> float:
+            metrics = httpx.get(f"{server.http_url}/metrics").text
+            labels = f'model="slow",outcome="{outcome}",protocol="grpc_v2",version="1"'
+            prefix = f"modelport_requests_total{{{labels}}} "
+            lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+            return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+        # The parameter times out in the server. At the deadline the server either times the
+        # call out itself or grpc cancels it there first, whichever comes first: never success.
+        def ended() -> float:
+            return grpc_count("timeout") + grpc_count("cancelled")
+
+        deadline_at = time.monotonic() + 10
+        while ended() < 2 and time.monotonic() < deadline_at:
+            time.sleep(0.1)
+        assert ended() == 2
+        assert grpc_count("timeout") >= 1
+        assert grpc_count("success") == 0
 
 
 def test_body_limit_gives_413(home: Path, tmp_path: Path) -> None:

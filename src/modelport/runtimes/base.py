@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -18,6 +19,8 @@ __all__ = [
     "Runtime",
     "RuntimeTable",
     "declared_signature",
+    "directory_files",
+    "requested_outputs",
 ]
 
 
@@ -78,6 +81,43 @@ def declared_signature(options: PushOptions, format_name: str) -> Signature:
         f"a {format_name} model does not record its inputs and outputs; give an example input "
         "with --example x.npz, or the signature with --signature sig.json"
     )
+
+
+def requested_outputs(known: Sequence[str], outputs: Sequence[str] | None) -> list[str]:
+    """The output names a ``predict`` call asks for: all of ``known`` when none are named,
+    else the named ones in order, each once.
+
+    Raises:
+        InvalidInput: a name the model does not give, listing those it does.
+    """
+    if not outputs:
+        return list(known)
+    for name in outputs:
+        if name not in known:
+            valid = ", ".join(repr(output) for output in known)
+            raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
+    return list(dict.fromkeys(outputs))
+
+
+def directory_files(root: Path) -> tuple[str, ...]:
+    """Every regular file under ``root``, relative (POSIX) and sorted: what a model stored as
+    a directory is made of. Symlinked directories are not descended (their targets, being
+    inside, are listed anyway).
+
+    Raises:
+        InvalidModel: a symlink that points outside ``root``.
+    """
+    real_root = root.resolve()
+    found: list[str] = []
+    for directory, subdirectories, filenames in os.walk(root):
+        for name in (*subdirectories, *filenames):
+            child = Path(directory, name)
+            if child.is_symlink() and not child.resolve().is_relative_to(real_root):
+                relative = child.relative_to(root).as_posix()
+                raise InvalidModel(f"{relative} is a symlink pointing outside the model directory")
+            if name in filenames and child.is_file():
+                found.append(child.relative_to(root).as_posix())
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import LoadOptions, ModelFiles, ModelInfo, PushOptions
+from modelport.runtimes.base import (
+    LoadOptions,
+    ModelFiles,
+    ModelInfo,
+    PushOptions,
+    requested_outputs,
+)
 from modelport.runtimes.caffe_prototxt import network_inputs, read_network
 from modelport.runtimes.caffe_signature import (
     captured_stderr,
@@ -192,13 +198,7 @@ class CaffeModel:
                 self._idle.append(net)
 
     def _requested(self, outputs: list[str] | None) -> list[str]:
-        if not outputs:
-            return self._output_names
-        for name in outputs:
-            if name not in self._output_names:
-                valid = ", ".join(repr(output) for output in self._output_names)
-                raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-        return list(dict.fromkeys(outputs))
+        return requested_outputs(self._output_names, outputs)
 
 
 _threads_lock = threading.Lock()

@@ -36,7 +36,13 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from modelport.runtimes.base import LoadOptions, ModelFiles, ModelInfo, PushOptions
+from modelport.runtimes.base import (
+    LoadOptions,
+    ModelFiles,
+    ModelInfo,
+    PushOptions,
+    requested_outputs,
+)
 from modelport.runtimes.huggingface_layout import (
     CLASSIFICATION,
     Layout,
@@ -195,13 +201,7 @@ class HuggingFaceModel:
         self._model = None
 
     def _requested(self, outputs: list[str] | None) -> list[str]:
-        if not outputs:
-            return self._output_names
-        for name in outputs:
-            if name not in self._output_names:
-                valid = ", ".join(repr(output) for output in self._output_names)
-                raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-        return list(dict.fromkeys(outputs))
+        return requested_outputs(self._output_names, outputs)
 
 
 def _check_trust(layout: Layout, trusted: bool) -> None:

@@ -21,7 +21,6 @@ The whole directory is stored; ``entry`` is the directory itself.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from modelport.runtimes.base import (
     ModelInfo,
     PushOptions,
     Runtime,
+    directory_files,
 )
 from modelport.runtimes.mlflow_pyfunc import PyfuncModel, describe_pyfunc, load_pyfunc
 from modelport.runtimes.mlflow_signature import MLMODEL, MLModel, read_mlmodel
@@ -75,7 +75,7 @@ class MLflowRuntime:
             InvalidInput: the pyfunc model records no signature and none was given.
         """
         model = read_mlmodel(path)
-        files = ModelFiles(path, ".", _directory_files(path))
+        files = ModelFiles(path, ".", directory_files(path))
         serving, entry = _serving_path(model)
         metadata: dict[str, Any] = {
             "flavors": sorted(model.flavors),
@@ -163,18 +163,3 @@ def _refuse_untrusted(model: MLModel, *, trusted: bool) -> None:
         "and loading it unpickles code from the directory; push it with --trust-pickle if "
         f"you trust where it came from, or {_SAFE_FORMATS}"
     )
-
-
-def _directory_files(root: Path) -> tuple[str, ...]:
-    """Every regular file under ``root``; a symlink leading outside is refused."""
-    real_root = root.resolve()
-    found: list[str] = []
-    for directory, subdirectories, filenames in os.walk(root):
-        for name in (*subdirectories, *filenames):
-            child = Path(directory, name)
-            if child.is_symlink() and not child.resolve().is_relative_to(real_root):
-                relative = child.relative_to(root).as_posix()
-                raise InvalidModel(f"{relative} is a symlink pointing outside the model directory")
-            if name in filenames and child.is_file():
-                found.append(child.relative_to(root).as_posix())
-    return tuple(sorted(found))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import PushOptions
+from modelport.runtimes.base import PushOptions, requested_outputs
 from modelport.runtimes.mlflow_signature import (
     PREDICTIONS,
     MLModel,
@@ -215,10 +215,4 @@ def _split(result: Any, names: list[str]) -> dict[str, Any]:
 
 
 def _requested(outputs: list[str] | None, known: list[str]) -> list[str]:
-    if not outputs:
-        return known
-    for name in outputs:
-        if name not in known:
-            valid = ", ".join(repr(output) for output in known)
-            raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-    return list(dict.fromkeys(outputs))
+    return requested_outputs(known, outputs)

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
+from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions, requested_outputs
 from modelport.runtimes.onnx_inspection import (
     entry_file,
     external_data_files,
@@ -157,14 +157,7 @@ class OnnxModel:
         self._session = None
 
     def _requested(self, outputs: list[str] | None) -> list[str]:
-        known = self._signature.output_names()
-        if not outputs:
-            return known
-        for name in outputs:
-            if name not in known:
-                valid = ", ".join(repr(output) for output in known)
-                raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-        return list(dict.fromkeys(outputs))
+        return requested_outputs(self._signature.output_names(), outputs)
 
 
 def _import_onnxruntime() -> Any:

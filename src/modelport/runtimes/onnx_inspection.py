@@ -6,7 +6,6 @@ Needs ``onnx`` only, never onnxruntime, so jobs that only describe models stay l
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -15,7 +14,7 @@ from typing import Any
 import onnx
 
 from modelport.errors import InvalidModel, UnsupportedFormat
-from modelport.runtimes.base import ModelFiles, ModelInfo
+from modelport.runtimes.base import ModelFiles, ModelInfo, directory_files
 from modelport.types import DataType, Signature, TensorSpec
 
 __all__ = [
@@ -70,7 +69,7 @@ def inspect_model(path: Path) -> ModelInfo:
         raise InvalidModel(message) from exc
     described = signature(model)
     if path.is_dir():
-        files = ModelFiles(path, entry.name, _directory_files(path))
+        files = ModelFiles(path, entry.name, directory_files(path))
     else:
         files = ModelFiles(entry.parent, entry.name, (entry.name, *external))
     return ModelInfo(files, described, _metadata(model))
@@ -192,21 +191,6 @@ def _node_tensors(node: Any) -> Iterator[Any]:
             yield from _graph_tensors(attribute.g)
         for graph in attribute.graphs:
             yield from _graph_tensors(graph)
-
-
-def _directory_files(root: Path) -> tuple[str, ...]:
-    real_root = root.resolve()
-    found: list[str] = []
-    # Symlinked directories are not descended: their targets, being inside, are listed anyway.
-    for directory, subdirectories, filenames in os.walk(root):
-        for name in (*subdirectories, *filenames):
-            child = Path(directory, name)
-            if child.is_symlink() and not child.resolve().is_relative_to(real_root):
-                relative = child.relative_to(root).as_posix()
-                raise InvalidModel(f"{relative} is a symlink pointing outside the model directory")
-            if name in filenames and child.is_file():
-                found.append(child.relative_to(root).as_posix())
-    return tuple(sorted(found))
 
 
 def signature(model: Any) -> Signature:

@@ -48,6 +48,7 @@ from modelport.runtimes.base import (
     ModelInfo,
     PushOptions,
     declared_signature,
+    requested_outputs,
 )
 from modelport.runtimes.pytorch_signature import (
     PICKLED_MESSAGE,
@@ -269,13 +270,7 @@ class TorchModel:
         self._call = None
 
     def _requested(self, outputs: list[str] | None) -> list[str]:
-        if not outputs:
-            return self._output_names
-        for name in outputs:
-            if name not in self._output_names:
-                valid = ", ".join(repr(output) for output in self._output_names)
-                raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-        return list(dict.fromkeys(outputs))
+        return requested_outputs(self._output_names, outputs)
 
     def _to_numpy(self, tensor: Any, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
         if str(tensor.dtype) not in TORCH_DATATYPES:  # e.g. bfloat16 under a declared FP32

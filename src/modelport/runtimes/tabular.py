@@ -26,7 +26,13 @@ import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import LoadOptions, ModelFiles, PushOptions, declared_signature
+from modelport.runtimes.base import (
+    LoadOptions,
+    ModelFiles,
+    PushOptions,
+    declared_signature,
+    requested_outputs,
+)
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = [
@@ -253,13 +259,7 @@ class TabularModel:
         self._compute = None
 
     def _requested(self, outputs: list[str] | None) -> list[str]:
-        if not outputs:
-            return list(self._outputs)
-        for name in outputs:
-            if name not in self._outputs:
-                valid = ", ".join(repr(output) for output in self._outputs)
-                raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-        return list(dict.fromkeys(outputs))
+        return requested_outputs(list(self._outputs), outputs)
 
 
 def dense(value: Any) -> Array:

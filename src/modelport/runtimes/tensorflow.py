@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import InvalidModel, MissingDependency, UnsupportedFormat
-from modelport.runtimes.base import LoadOptions, ModelFiles, ModelInfo, PushOptions
+from modelport.runtimes.base import LoadOptions, ModelFiles, ModelInfo, PushOptions, directory_files
 from modelport.runtimes.tensorflow_model import (
     MISSING,
     TensorFlowModel,
@@ -41,7 +41,6 @@ from modelport.runtimes.tensorflow_signature import (
     check_keras_archive,
     check_saved_model,
     keras_signature,
-    model_files,
     saved_model_signature,
     short_message,
     signature_keys,
@@ -140,7 +139,7 @@ class SavedModelRuntime:
             MissingDependency: TensorFlow is not installed.
         """
         tf, _, function = open_saved_model(path, trusted=options.trust_pickle)
-        files = ModelFiles(path, ".", model_files(path))
+        files = ModelFiles(path, ".", directory_files(path))
         metadata = {"tensorflow_version": str(tf.__version__), "signature_key": SERVING_KEY}
         return ModelInfo(files, saved_model_signature(function), metadata)
 

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import LoadOptions
+from modelport.runtimes.base import LoadOptions, requested_outputs
 from modelport.runtimes.tensorflow_signature import short_message
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
@@ -121,13 +121,7 @@ class TensorFlowModel:
         self._keep = None
 
     def _requested(self, outputs: list[str] | None) -> list[str]:
-        if not outputs:
-            return self._output_names
-        for name in outputs:
-            if name not in self._output_names:
-                valid = ", ".join(repr(output) for output in self._output_names)
-                raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-        return list(dict.fromkeys(outputs))
+        return requested_outputs(self._output_names, outputs)
 
     @staticmethod
     def _to_numpy(tensor: Any, dtype: np.dtype[Any]) -> npt.NDArray[Any]:

@@ -8,7 +8,6 @@ take TensorFlow and Keras objects (as ``Any``) that the runtime has already load
 from __future__ import annotations
 
 import json
-import os
 import re
 import zipfile
 from collections.abc import Iterable
@@ -25,7 +24,6 @@ __all__ = [
     "check_keras_archive",
     "check_saved_model",
     "keras_signature",
-    "model_files",
     "saved_model_signature",
     "short_message",
     "signature_keys",
@@ -116,25 +114,6 @@ def unsafe_ops(saved_model: Any) -> list[str]:
         for function in graph.library.function:
             found.update(node.op for node in function.node_def if node.op in UNSAFE_OPS)
     return sorted(found)
-
-
-def model_files(root: Path) -> tuple[str, ...]:
-    """Every regular file under ``root``, relative and sorted.
-
-    Raises:
-        InvalidModel: a symlink that points outside ``root``.
-    """
-    real_root = root.resolve()
-    found: list[str] = []
-    for directory, subdirectories, filenames in os.walk(root):
-        for name in (*subdirectories, *filenames):
-            child = Path(directory, name)
-            if child.is_symlink() and not child.resolve().is_relative_to(real_root):
-                relative = child.relative_to(root).as_posix()
-                raise InvalidModel(f"{relative} is a symlink pointing outside the model directory")
-            if name in filenames and child.is_file():
-                found.append(child.relative_to(root).as_posix())
-    return tuple(sorted(found))
 
 
 def _datatype(dtype: Any, role: str, name: str) -> DataType:

@@ -151,8 +151,13 @@ class ModelManager:
         inputs: Tensors,
         outputs: Sequence[str] | None,
         protocol: str,
+        *,
+        timeout: float | None = None,
     ) -> tuple[Tensors, Deployment]:
         """Validate, batch and run one request; record its metrics.
+
+        ``timeout`` (seconds) is the client's own limit (a gRPC deadline, a ``timeout``
+        request parameter); the earlier of it and the model's ``timeout_ms`` applies.
 
         Raises:
             NotFound, InvalidInput, Unavailable (overloaded, unloaded), Timeout.
@@ -172,10 +177,16 @@ class ModelManager:
             deployment.signature.validate(inputs)
             if outputs:
                 _check_outputs(deployment, outputs)
-            result = await self._run(deployment, inputs, outputs)
+            limit = deployment.config.timeout_ms / 1000
+            if timeout is not None:
+                limit = min(limit, max(timeout, 0.0))
+            result = await self._run(deployment, inputs, outputs, limit)
             return result, deployment
         except ModelportError as exc:
             outcome = exc.code
+            raise
+        except asyncio.CancelledError:  # the client went away (gRPC cancel or deadline)
+            outcome = "cancelled"
             raise
         finally:
             self.in_flight -= 1
@@ -184,21 +195,25 @@ class ModelManager:
             deployment.count(protocol, outcome, time.monotonic() - started)
 
     async def _run(
-        self, deployment: Deployment, inputs: Tensors, outputs: Sequence[str] | None
+        self,
+        deployment: Deployment,
+        inputs: Tensors,
+        outputs: Sequence[str] | None,
+        timeout: float,
     ) -> Tensors:
         batcher = deployment.batcher
         if batcher is None:
             raise Unavailable(f"{deployment.record.ref} is not loaded; retry")
         cache = deployment.cache
         if cache is None:
-            return await batcher.submit(inputs, outputs)
+            return await batcher.submit(inputs, outputs, timeout)
         key = request_digest(inputs, outputs)
         hit = cache.get(key)
         if hit is not None:
             deployment.cache_hits.inc()
             return hit
         deployment.cache_misses.inc()
-        result = await batcher.submit(inputs, outputs)
+        result = await batcher.submit(inputs, outputs, timeout)
         cache.put(key, result)
         return result
 

@@ -132,13 +132,19 @@ class InferenceServicer:
         inputs = _inputs(request)
         outputs = _requested_outputs(request)
         result, deployment = await self.manager.infer(
-            request.model_name, request.model_version, inputs, outputs, PROTOCOL
+            request.model_name,
+            request.model_version,
+            inputs,
+            outputs,
+            PROTOCOL,
+            timeout=_timeout(request, context),
         )
         response = pb.ModelInferResponse(
             model_name=deployment.name, model_version=str(deployment.version), id=request.id
         )
         for key, value in request.parameters.items():
-            response.parameters[key].CopyFrom(value)
+            if key != "timeout":
+                response.parameters[key].CopyFrom(value)
         for name, array in result.items():
             datatype = DataType.from_numpy(array.dtype)
             response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
@@ -295,6 +301,21 @@ def _message(cls: Any, fields: dict[str, Any]) -> Any:
     """A message from the dict the REST front-end answers with; keys it lacks are left out."""
     known = cls.DESCRIPTOR.fields_by_name
     return cls(**{key: value for key, value in fields.items() if key in known})
+
+
+def _timeout(request: Any, context: Any) -> float | None:
+    """The earlier of the call's deadline and its ``timeout`` parameter (microseconds, as
+    Triton's clients send it), in seconds; ``None`` when the client set neither."""
+    limits = []
+    remaining = context.time_remaining()
+    if remaining is not None:
+        limits.append(remaining)
+    if "timeout" in request.parameters:
+        parameter = request.parameters["timeout"]
+        if parameter.WhichOneof("parameter_choice") != "int64_param" or parameter.int64_param < 0:
+            raise InvalidInput("parameter 'timeout' must be an int64 number of microseconds")
+        limits.append(parameter.int64_param / 1_000_000)
+    return min(limits) if limits else None
 
 
 def _refuse_parameters(request: Any, action: str, accepted: set[str] | None = None) -> None:

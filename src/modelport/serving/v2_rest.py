@@ -31,6 +31,7 @@ __all__ = ["routes"]
 _HEADER_LENGTH = "inference-header-content-length"
 _INFER_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH.encode())
 _JSON_HEADERS = ((b"content-type", b"application/json"),)
+_NOT_ECHOED = frozenset({"binary_data_output", "timeout"})  # request options, not data
 _BINARY_HEADERS = ((b"content-type", b"application/octet-stream"),)
 
 
@@ -58,7 +59,7 @@ class InferEndpoint:
         document, binary = _split_body(body, header_length)
         inputs, outputs, binary_outputs = _parse_request(document, binary)
         result, deployment = await manager.infer(
-            name, params.get("version"), inputs, outputs, "rest_v2"
+            name, params.get("version"), inputs, outputs, "rest_v2", timeout=_timeout(document)
         )
         content, headers = _response(document, deployment, result, binary_outputs)
         await send(
@@ -200,6 +201,19 @@ def _parse_request(
     return inputs, *_requested_outputs(document)
 
 
+def _timeout(document: dict[str, Any]) -> float | None:
+    """The request's own ``timeout`` parameter (microseconds, as Triton's clients send it)."""
+    parameters = document.get("parameters")
+    if not parameters or "timeout" not in parameters:
+        return None
+    value = parameters["timeout"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(
+            f"parameter 'timeout' must be a whole number of microseconds, not {value!r}"
+        )
+    return value / 1_000_000
+
+
 def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[str] | bool]:
     parameters = document.get("parameters") or {}
     all_binary = bool(parameters.get("binary_data_output", False))
@@ -249,7 +263,7 @@ def _response(
         response["id"] = document["id"]
     parameters = document.get("parameters")
     if parameters:
-        passed = {k: v for k, v in parameters.items() if k != "binary_data_output"}
+        passed = {k: v for k, v in parameters.items() if k not in _NOT_ECHOED}
         if passed:
             response["parameters"] = passed
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
