@@ -50,6 +50,35 @@ def test_concurrent_requests_are_batched_and_split_exactly(
     assert sum(sizes) == 35
 
 
+def test_batches_of_large_inputs_stop_at_max_batch_bytes(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.push(make_slow_model(tmp_path / "slow.onnx", depth=4), "slow")
+    model = registry.load("slow")
+    row = 512 * 4  # bytes per row of x: 512 FP32 values
+    config = ModelServeConfig(max_batch_size=64, max_batch_bytes=5 * row, instances=1)
+    sizes: list[int] = []
+
+    async def main() -> None:
+        batcher = Batcher(model, config, on_batch=lambda s: sizes.append(s.size))
+        batcher.start()
+        rows = [np.full((2, 512), i, np.float32) for i in range(40)]  # 4 KiB each
+        big = np.full((9, 512), -1.0, np.float32)  # over the cap alone: still runs, alone
+        results = await asyncio.gather(
+            *(batcher.submit({"x": x}) for x in [*rows, big]), batcher.submit({"x": rows[0]})
+        )
+        await batcher.drain(5)
+        for x, result in zip([*rows, big, rows[0]], results, strict=True):
+            np.testing.assert_allclose(result["y"], x, rtol=1e-6)  # identity weights
+
+    _run(main())
+    # Two 2-row requests fill 4 of the 5 rows a batch may hold (10 KiB); a third would not fit.
+    # (Without the byte cap, batches of up to 32 of these requests form.) The 9-row request
+    # ran, alone.
+    assert max(sizes) == 2, sizes
+    assert sum(sizes) == 42
+
+
 def test_an_idle_instance_dispatches_at_once(registry: Registry, iris_onnx: Path) -> None:
     registry.push(iris_onnx, "iris")
     model = registry.load("iris")

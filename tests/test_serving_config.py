@@ -49,6 +49,15 @@ def test_defaults_apply_to_every_model_unless_overridden(tmp_path: Path) -> None
     assert config.model_settings("unlisted") == config.defaults
 
 
+def test_batch_bytes_take_sizes(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path, '[defaults]\nmax_batch_bytes = "4MiB"\n\n[models.a]\nmax_batch_bytes = 0\n'
+    )
+    assert config.defaults.max_batch_bytes == 4 * 2**20
+    assert config.model_settings("a").max_batch_bytes == 0  # no byte limit
+    assert ServeConfig().defaults.max_batch_bytes == 4 * 2**20
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -58,6 +67,7 @@ def test_defaults_apply_to_every_model_unless_overridden(tmp_path: Path) -> None
         ("[models.a]\ninstances = -1\n", "models.a.instances"),
         ('[models.a]\nref = "../x"\n', "path separator"),
         ('[server]\nmemory_budget = "lots"\n', "is not a size"),
+        ('[defaults]\nmax_batch_bytes = "big"\n', "is not a size"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:

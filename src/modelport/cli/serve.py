@@ -50,6 +50,10 @@ def serve(
     max_batch_size: Annotated[
         int | None, typer.Option("--max-batch-size", help="0 turns batching off.")
     ] = None,
+    max_batch_bytes: Annotated[
+        str | None,
+        typer.Option("--max-batch-bytes", help="e.g. 8MiB: input bytes in one batch; 0: any."),
+    ] = None,
     max_queue_delay_ms: Annotated[float | None, typer.Option("--max-queue-delay-ms")] = None,
     instances: Annotated[
         int | None, typer.Option("--instances", help="Parallel inference workers per model.")
@@ -93,6 +97,7 @@ def serve(
         updates["grpc_port"] = None
     per_model = {
         "max_batch_size": max_batch_size,
+        "max_batch_bytes": parse_bytes(max_batch_bytes) if max_batch_bytes else None,
         "max_queue_delay_ms": max_queue_delay_ms,
         "instances": instances,
         "threads": threads,

@@ -195,10 +195,11 @@ class Batcher:
         batch = [first]
         if self.batchable:
             rows = first.rows
+            limit = self._row_limit(first)
             delay = self.config.max_queue_delay_ms / 1000
             if delay > 0:
-                await self._wait_to_grow(rows, first.enqueued + delay)
-            rows = self._gather(batch, rows)
+                await self._wait_to_grow(rows, limit, first.enqueued + delay)
+            rows = self._gather(batch, rows, limit)
         self._report_depth()
         live = []
         for pending in batch:
@@ -210,8 +211,20 @@ class Batcher:
             live.append(pending)
         return live
 
-    async def _wait_to_grow(self, rows: int, end: float) -> None:
-        target = max(self.config.preferred_batch_sizes or [self.config.max_batch_size])
+    def _row_limit(self, first: _Pending) -> int:
+        """Rows a batch led by ``first`` may reach: ``max_batch_size``, fewer when its rows are
+        large enough that ``max_batch_bytes`` comes first (requests in one batch share their
+        trailing dims, so bytes per row are the same for all)."""
+        limit = self.config.max_batch_size
+        cap = self.config.max_batch_bytes
+        if cap and first.rows:
+            row_bytes = sum(array.nbytes for array in first.inputs.values()) // first.rows
+            if row_bytes:
+                limit = min(limit, max(1, cap // row_bytes))
+        return limit
+
+    async def _wait_to_grow(self, rows: int, limit: int, end: float) -> None:
+        target = min(limit, max(self.config.preferred_batch_sizes or [limit]))
         while sum(p.rows for p in self._queue) + rows < target:
             remaining = end - time.monotonic()
             if remaining <= 0:
@@ -221,8 +234,7 @@ class Batcher:
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
 
-    def _gather(self, batch: list[_Pending], rows: int) -> int:
-        limit = self.config.max_batch_size
+    def _gather(self, batch: list[_Pending], rows: int, limit: int) -> int:
         key = batch[0].key
         kept: deque[_Pending] = deque()
         while self._queue:

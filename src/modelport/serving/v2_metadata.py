@@ -67,7 +67,10 @@ def triton_config(deployment: Deployment) -> dict[str, Any]:
             "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
             "preferred_batch_size": config.preferred_batch_sizes,
         },
-        "parameters": {"modelport_max_batch_size": {"string_value": str(config.max_batch_size)}},
+        "parameters": {
+            "modelport_max_batch_size": {"string_value": str(config.max_batch_size)},
+            "modelport_max_batch_bytes": {"string_value": str(config.max_batch_bytes)},
+        },
     }
 
 
