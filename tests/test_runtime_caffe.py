@@ -31,6 +31,7 @@ from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_ru
 from modelport.runtimes import caffe as caffe_runtime
 from modelport.runtimes.caffe import CaffeRuntime
 from modelport.runtimes.caffe_prototxt import NetworkInput, network_inputs, parse_text
+from modelport.runtimes.threads import ProcessThreads
 from modelport.types import DataType, Signature, TensorSpec
 from tests.caffe_models import (
     reference_forward,
@@ -285,7 +286,7 @@ def test_concurrent_predictions_from_many_threads(files: dict[str, Path]) -> Non
 def test_intra_op_threads_are_set_once_per_process(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(caffe_runtime, "_threads_chosen", {})
+    monkeypatch.setattr(caffe_runtime, "_OPENCV_THREADS", ProcessThreads("OpenCV"))
     info = CAFFE.inspect(files["deploy"], PushOptions(companions=(files["weights"],)))
     before = cv2.getNumThreads()
     try:

@@ -25,6 +25,7 @@ from modelport.errors import InvalidInput, InvalidModel, ModelportError, Unsuppo
 from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes import pytorch as pytorch_runtime
 from modelport.runtimes.huggingface import HuggingFaceRuntime
+from modelport.runtimes.threads import ProcessThreads
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.hf_models import (
@@ -172,7 +173,7 @@ def test_concurrent_predictions_from_many_threads_with_one_torch_thread(
 ) -> None:
     sqlite_registry.push(models["classifier"], "sentiment")
     # The thread count is torch's, one per process, shared with the PyTorch runtimes.
-    monkeypatch.setattr(pytorch_runtime, "_threads_chosen", {})
+    monkeypatch.setattr(pytorch_runtime, "_TORCH_THREADS", ProcessThreads("PyTorch"))
     before = torch.get_num_threads()
     try:
         model = sqlite_registry.load("sentiment", LoadOptions(intra_op_threads=1))

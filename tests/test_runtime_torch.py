@@ -31,6 +31,7 @@ from modelport.errors import (
 from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes import pytorch as pytorch_runtime
 from modelport.runtimes.pytorch import TorchExportRuntime, TorchScriptRuntime
+from modelport.runtimes.threads import ProcessThreads
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.serving_fixtures import predict_in_process, running_server
@@ -426,7 +427,7 @@ def test_closed_model_refuses(files: dict[str, Path]) -> None:
 def test_intra_op_threads_are_set_once_per_process(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(pytorch_runtime, "_threads_chosen", {})
+    monkeypatch.setattr(pytorch_runtime, "_TORCH_THREADS", ProcessThreads("PyTorch"))
     before = torch.get_num_threads()
     try:
         EXPORT.load(files["static.pt2"], LoadOptions(intra_op_threads=1, trust_pickle=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "RuntimeTable",
     "declared_signature",
     "directory_files",
+    "last_error_line",
     "requested_outputs",
 ]
 
@@ -97,6 +99,23 @@ def requested_outputs(known: Sequence[str], outputs: Sequence[str] | None) -> li
             valid = ", ".join(repr(output) for output in known)
             raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
     return list(dict.fromkeys(outputs))
+
+
+_ERROR_LINE = re.compile(r"^\s*[\w.]*(?:Error|Exception): (.+)$")
+
+
+def last_error_line(exc: BaseException) -> str:
+    """One line from a framework error that carries a traceback (TorchScript, TensorFlow):
+    its last ``...Error: message`` line, else its first line; at most 300 characters."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    for line in reversed(lines):
+        match = _ERROR_LINE.match(line)
+        if match:
+            text = match.group(1)
+            break
+    text = text.strip()
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def directory_files(root: Path) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ from modelport.runtimes.caffe_signature import (
     open_net,
     short_message,
 )
+from modelport.runtimes.threads import ProcessThreads
 from modelport.types import Signature, Tensors
 
 __all__ = ["CaffeModel", "CaffeRuntime"]
@@ -201,39 +202,17 @@ class CaffeModel:
         return requested_outputs(self._output_names, outputs)
 
 
-_threads_lock = threading.Lock()
-_threads_chosen: dict[str, int] = {}  # "intra": the count this process set, once
+_OPENCV_THREADS = ProcessThreads("OpenCV")
 
 
 def set_threads(cv2: Any, options: LoadOptions) -> None:
-    """Apply ``intra_op_threads`` with ``cv2.setNumThreads``, which is process-wide.
-
-    The first model loaded with a count sets it; later ones asking for another count keep
-    it (with a warning in the log). ``inter_op_threads`` does not apply to OpenCV.
+    """Apply ``intra_op_threads`` with ``cv2.setNumThreads``, which is process-wide (see
+    ``ProcessThreads``). ``inter_op_threads`` does not apply to OpenCV.
 
     Raises:
         InvalidInput: a negative count.
     """
-    wanted = options.intra_op_threads
-    if wanted < 0:
-        raise InvalidInput(
-            f"intra_op_threads must be 0 (the runtime chooses) or more, not {wanted}"
-        )
-    with _threads_lock:
-        chosen = _threads_chosen.get("intra", 0)
-        if wanted in (0, chosen):
-            return
-        if chosen:
-            log.warning(
-                "OpenCV's thread count is one per process and already %d; a model asking "
-                "for %d runs with %d",
-                chosen,
-                wanted,
-                chosen,
-            )
-            return
-        cv2.setNumThreads(wanted)
-        _threads_chosen["intra"] = wanted
+    _OPENCV_THREADS.apply(options.intra_op_threads, cv2.setNumThreads)
 
 
 def _import_cv2() -> Any:

@@ -32,7 +32,6 @@ keeps state between inference calls, and ``torch.inference_mode`` is per thread.
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +63,7 @@ from modelport.runtimes.pytorch_signature import (
     has_archive_magic,
     short_message,
 )
+from modelport.runtimes.threads import ProcessThreads
 from modelport.types import Signature, Tensors
 
 __all__ = [
@@ -300,35 +300,18 @@ def read_exported_program(path: Path, *, trusted: bool) -> Any:
     return _open_program(path, trusted)[1]
 
 
-_threads_lock = threading.Lock()
-_threads_chosen: dict[str, int] = {}  # "intra": the count this process set, once
+_TORCH_THREADS = ProcessThreads("PyTorch")
 
 
 def set_torch_threads(torch: Any, options: LoadOptions) -> None:
     """Apply ``options``' thread counts to torch, which holds them per process: the first
     model that asks sets them; later different asks are logged and left as they are."""
-    for field, value in (
-        ("intra_op_threads", options.intra_op_threads),
-        ("inter_op_threads", options.inter_op_threads),
-    ):
-        if value < 0:
-            raise InvalidInput(f"{field} must be 0 (the runtime chooses) or more, not {value}")
-    wanted = options.intra_op_threads
-    with _threads_lock:
-        chosen = _threads_chosen.get("intra", 0)
-        if wanted in (0, chosen):
-            return
-        if chosen:
-            log.warning(
-                "PyTorch's intra-op thread count is one per process and already %d; a model "
-                "asking for %d runs with %d",
-                chosen,
-                wanted,
-                chosen,
-            )
-            return
-        torch.set_num_threads(wanted)
-        _threads_chosen["intra"] = wanted
+    if options.inter_op_threads < 0:
+        raise InvalidInput(
+            "inter_op_threads must be 0 (the runtime chooses) or more, not "
+            f"{options.inter_op_threads}"
+        )
+    _TORCH_THREADS.apply(options.intra_op_threads, torch.set_num_threads)
 
 
 def _import_torch() -> Any:

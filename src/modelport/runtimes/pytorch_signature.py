@@ -8,13 +8,13 @@ helpers take torch objects (as ``Any``) that the runtime has already loaded.
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
+from modelport.runtimes.base import last_error_line as short_message
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = [
@@ -42,7 +42,6 @@ TORCH_DATATYPES: dict[str, DataType] = {
 }  # fmt: skip
 _SERVED = frozenset(TORCH_DATATYPES.values())
 _ZIP_MAGIC = b"PK\x03\x04"
-_ERROR_LINE = re.compile(r"^\s*[\w.]*(?:Error|Exception): (.+)$")
 _EXPORT_RECORDS = ("archive_format", "archive_version", ".data/version", "models/model.json")
 PICKLED_MESSAGE = (
     "{name} is a pickled PyTorch object (torch.save), and loading it runs code from the file; "
@@ -315,16 +314,3 @@ def flatten_outputs(value: Any) -> Iterator[Any]:
             yield from flatten_outputs(item)
     else:
         yield value
-
-
-def short_message(exc: BaseException) -> str:
-    """One line from a torch error: TorchScript's traceback reduced to its last error line."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    for line in reversed(lines):
-        match = _ERROR_LINE.match(line)
-        if match:
-            text = match.group(1)
-            break
-    text = text.strip()
-    return text if len(text) <= 300 else text[:297] + "..."

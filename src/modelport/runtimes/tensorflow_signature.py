@@ -8,13 +8,13 @@ take TensorFlow and Keras objects (as ``Any``) that the runtime has already load
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from modelport.errors import InvalidModel, UnsupportedFormat
+from modelport.runtimes.base import last_error_line as short_message
 from modelport.types import DataType, Signature, TensorSpec
 
 __all__ = [
@@ -54,7 +54,6 @@ UNSAFE_OPS = frozenset(
         "DeleteFile", "ImmutableConst", "DebugIdentityV2", "PrintV2",
     }
 )  # fmt: skip
-_ERROR_LINE = re.compile(r"^\s*[\w.]*(?:Error|Exception): (.+)$")
 
 
 def check_keras_archive(path: Path) -> dict[str, Any]:
@@ -219,16 +218,3 @@ def saved_model_signature(function: Any) -> Signature:
 def signature_keys(signatures: Iterable[str]) -> str:
     """Signature keys as a readable list, for messages."""
     return ", ".join(repr(key) for key in sorted(signatures)) or "none"
-
-
-def short_message(exc: BaseException) -> str:
-    """One line from a TensorFlow or Keras error: its last ``...Error:`` line, else its first."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    for line in reversed(lines):
-        match = _ERROR_LINE.match(line)
-        if match:
-            text = match.group(1)
-            break
-    text = text.strip()
-    return text if len(text) <= 300 else text[:297] + "..."
