@@ -187,3 +187,36 @@ def make_slow_model(path: Path, *, width: int = 512, depth: int = 16) -> Path:
         [tensor("y", TensorProto.FLOAT, ["batch", width])],
         initializers=[numpy_helper.from_array(eye, f"w{layer}") for layer in range(depth)],
     )
+
+
+def make_conv_model(path: Path) -> Path:
+    """A small CNN: input ``x`` FP32 [batch, 3, 16, 16] through two Conv+Relu layers, a
+    global pool and a MatMul gives ``y`` [batch, 10]. Weights of 18 KiB: big enough to
+    leave the graph for ``weights.bin``, and Convs that "all" optimizes for this CPU."""
+    rng = np.random.default_rng(3)
+    weights = {
+        "w1": rng.standard_normal((16, 3, 3, 3)),
+        "b1": rng.standard_normal(16),
+        "w2": rng.standard_normal((32, 16, 3, 3)),
+        "b2": rng.standard_normal(32),
+        "fc": rng.standard_normal((32, 10)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc"], ["y"]),
+    ]
+    return make_graph_model(
+        path,
+        nodes,
+        [tensor("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 10])],
+        initializers=[
+            numpy_helper.from_array(value.astype(np.float32), name)
+            for name, value in weights.items()
+        ],
+    )

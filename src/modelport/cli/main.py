@@ -235,7 +235,8 @@ def gc() -> None:
         report = registry.gc()
     render.console().print(
         f"removed {report.blobs_removed} blob(s) ({render.human_size(report.bytes_freed)}), "
-        f"{report.staging_removed} interrupted push(es), {report.checkouts_removed} checkout(s)"
+        f"{report.staging_removed} interrupted push(es), {report.checkouts_removed} checkout(s), "
+        f"{report.derived_removed} derived cache(s)"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,8 @@ from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, RuntimeTab
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
 
 __all__ = ["Registry"]
+
+log = logging.getLogger(__name__)
 
 
 class Registry:
@@ -281,7 +284,8 @@ class Registry:
             self.gc(wait=2.0)
 
     def gc(self, *, wait: float = 60.0) -> GcReport:
-        """Remove what no version references: blobs, stale checkouts, dead pushes' staging."""
+        """Remove what no version references: blobs, checkouts, derived files (optimized
+        graphs), and the staging of dead pushes."""
         with read_transaction(self.engine) as conn:
             manifests = queries.all_manifests(conn)
         referenced = {e.digest for files in manifests.values() for e in files}
@@ -320,6 +324,8 @@ class Registry:
         """Load a version for inference through its format's runtime.
 
         Files are checked against the manifest first, per ``verify`` (default: settings).
+        Unless ``options`` name a ``cache_dir``, the runtime may keep files it derives from
+        the version (an optimized graph) in the store, next to its checkout.
 
         Raises:
             NotFound, VerificationFailed, MissingDependency, InvalidModel.
@@ -334,9 +340,24 @@ class Registry:
             self._verified.add(key)
         given = options or LoadOptions()
         recorded = dataclasses.replace(
-            given, metadata={**record.metadata, **given.metadata}, trust_pickle=record.trust_pickle
+            given,
+            metadata={**record.metadata, **given.metadata},
+            trust_pickle=record.trust_pickle,
+            cache_dir=given.cache_dir or self._derived(record),
         )
         return runtime.load(directory / record.entry, recorded)
+
+    def _derived(self, record: ModelVersion) -> Path | None:
+        # A read-only store still serves its models; they just derive nothing to share.
+        try:
+            return self.store.derived(list(record.files))
+        except OSError as exc:
+            log.warning(
+                "%s: cannot keep derived files in the artifact store (%s); loading without them",
+                record.ref,
+                exc.strerror or exc,
+            )
+            return None
 
 
 def _verify_checkout(directory: Path, record: ModelVersion) -> None:

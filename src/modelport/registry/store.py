@@ -5,6 +5,8 @@ Layout of the local store::
     blobs/ab/abcdef…      one read-only file per distinct content
     staging/<id>/         a push in progress (files hashed while copied in)
     checkouts/<key>/      a version's files at their relative paths, hard-linked to blobs
+    derived/<key>/        machine-specific files runtimes derive from a version (optimized
+                          graphs); safe to delete
     gc.lock               pushes and checkouts hold it shared; gc and deletes exclusive
 
 A push holds the shared lock from its first byte until its DB transaction commits, so a
@@ -88,6 +90,8 @@ class ArtifactStore(Protocol):
 
     def checkout(self, files: list[FileEntry]) -> Path: ...
 
+    def derived(self, files: list[FileEntry]) -> Path: ...
+
     def verify(self, files: list[FileEntry]) -> list[str]: ...
 
     def collect_garbage(
@@ -101,6 +105,7 @@ class GcReport:
     bytes_freed: int
     staging_removed: int
     checkouts_removed: int
+    derived_removed: int
 
 
 class _LocalStaging:
@@ -227,6 +232,17 @@ class LocalStore:
                 shutil.rmtree(building, ignore_errors=True)
         return final
 
+    def derived(self, files: list[FileEntry]) -> Path:
+        """The directory where runtimes keep files they derive from the version made of
+        ``files``; created on demand, removed by ``collect_garbage`` with the version.
+
+        Raises:
+            OSError: the directory cannot be created (e.g. a read-only store).
+        """
+        directory = self.root / "derived" / manifest_key(files)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
     def verify(self, files: list[FileEntry]) -> list[str]:
         """Re-hash each blob; return one line per problem (empty when all is well)."""
         problems = []
@@ -246,11 +262,15 @@ class LocalStore:
     def collect_garbage(
         self, referenced: set[str], keep_checkouts: set[str], *, wait: float = 60.0
     ) -> GcReport:
-        """Remove staging left by dead pushes, unreferenced blobs, and stale checkouts."""
+        """Remove staging left by dead pushes, unreferenced blobs, and the checkouts and
+        derived files of versions not named in ``keep_checkouts``."""
         with self._lock(fcntl.LOCK_EX, wait):
             staging = _remove_children(self.root / "staging", lambda _p: True)
             checkouts = _remove_children(
                 self.root / "checkouts", lambda p: p.name not in keep_checkouts
+            )
+            derived = _remove_children(
+                self.root / "derived", lambda p: p.name not in keep_checkouts
             )
             removed = freed = 0
             for blob in (self.root / "blobs").glob("*/*"):
@@ -258,10 +278,12 @@ class LocalStore:
                     freed += blob.stat().st_size
                     blob.unlink()
                     removed += 1
-        return GcReport(removed, freed, staging, checkouts)
+        return GcReport(removed, freed, staging, checkouts, derived)
 
 
 def _remove_children(directory: Path, doomed: Callable[[Path], bool]) -> int:
+    if not directory.is_dir():  # stores made before it existed; created on first use
+        return 0
     count = 0
     for child in directory.iterdir():
         if doomed(child):

@@ -153,6 +153,10 @@ class LoadOptions:
     """What ``inspect`` recorded about the model at push time."""
     trust_pickle: bool = False
     """The version was pushed with ``--trust-pickle``."""
+    cache_dir: Path | None = None
+    """A directory where the runtime may keep derived, machine-specific files for this
+    version (e.g. an optimized graph); ``None``: nothing is cached. Runtimes that derive
+    nothing ignore it."""
 
 
 @runtime_checkable

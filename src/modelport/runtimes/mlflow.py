@@ -110,6 +110,7 @@ class MLflowRuntime:
                 extra=options.extra,
                 metadata=dict(recorded.get("native") or {}),
                 trust_pickle=options.trust_pickle,
+                cache_dir=options.cache_dir,
             )
             return _native(serving).load(path / entry, native)
         model = read_mlmodel(path)

@@ -1,6 +1,8 @@
 """The ``onnx`` runtime: ONNX models served with onnxruntime on CPU.
 
 File checks and signatures live in ``onnx_inspection``; this module adds the session.
+Sessions whose weights are shared between processes (given a ``cache_dir``) are built by
+``onnx_cache``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
 from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions, requested_outputs
+from modelport.runtimes.onnx_cache import shared_session
 from modelport.runtimes.onnx_inspection import (
     entry_file,
     external_data_files,
@@ -76,6 +79,12 @@ class OnnxRuntime:
         ``options.extra`` may hold ``graph_optimization_level`` (disable, basic, extended,
         all) and ``execution_mode`` (sequential, parallel); other keys are ignored.
 
+        With ``options.cache_dir``, the graph is optimized once and saved there with its
+        weights in a file onnxruntime maps, so that processes loading the same model share
+        one copy of the weights (see ``onnx_cache``; not with optimization ``disable``).
+        The cache never makes a load fail: when it cannot be used, a warning is logged and
+        the model is loaded as without it.
+
         Raises:
             MissingDependency: onnxruntime is not installed.
             InvalidInput: an option has a value onnxruntime does not know.
@@ -87,14 +96,20 @@ class OnnxRuntime:
         model = read_model(entry)
         external_data_files(model, entry)
         described = signature(model)
+        del model  # its weights may be large; the session does not need this copy
         session_options = _session_options(ort, options)
-        try:
-            session = ort.InferenceSession(
-                str(entry), sess_options=session_options, providers=["CPUExecutionProvider"]
+        level = _optimization_level(options)
+        if options.cache_dir is None or level == "ORT_DISABLE_ALL":
+            session = _open_session(ort, entry, session_options)
+        else:
+            session = shared_session(
+                ort,
+                entry,
+                options.cache_dir,
+                level,
+                make_options=lambda: _session_options(ort, options),
+                open_original=lambda: _open_session(ort, entry, session_options),
             )
-        except Exception as exc:  # onnxruntime's errors share no narrower base
-            message = f"onnxruntime could not load {entry.name}: {short_message(exc)}"
-            raise InvalidModel(message) from exc
         return OnnxModel(session, described, _onnxruntime_errors(ort))
 
 
@@ -170,6 +185,16 @@ def _import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def _open_session(ort: Any, entry: Path, session_options: Any) -> Any:
+    try:
+        return ort.InferenceSession(
+            str(entry), sess_options=session_options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime's errors share no narrower base
+        message = f"onnxruntime could not load {entry.name}: {short_message(exc)}"
+        raise InvalidModel(message) from exc
+
+
 def _onnxruntime_errors(ort: Any) -> tuple[type[Exception], ...]:
     # onnxruntime's exception classes share no base but Exception; naming them keeps our own
     # bugs (TypeError and friends) from being reported to users as bad input.
@@ -203,6 +228,11 @@ def _session_options(ort: Any, options: LoadOptions) -> Any:
     if mode is not None:
         session_options.execution_mode = getattr(ort.ExecutionMode, mode)
     return session_options
+
+
+def _optimization_level(options: LoadOptions) -> str:
+    chosen = _choice(options.extra, "graph_optimization_level", _OPTIMIZATION_LEVELS)
+    return chosen or "ORT_ENABLE_ALL"  # onnxruntime's own default
 
 
 def _choice(extra: dict[str, Any], key: str, choices: dict[str, str]) -> str | None:
