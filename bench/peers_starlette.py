@@ -1,11 +1,13 @@
 """The floor of Python HTTP overhead: one Starlette route, orjson, onnxruntime per request.
 
 No validation, no metrics, no batching, no queue: V2 JSON in, V2 JSON out. Started with the
-same uvicorn options as ``modelport serve`` (uvloop, httptools, one process, no access log).
+same uvicorn options as ``modelport serve`` (uvloop, httptools, no access log), in one
+process or, given WORKERS, in that many (uvicorn's own ``--workers``: a shared socket).
 
-    python bench/peers_starlette.py MODEL.onnx PORT
+    python bench/peers_starlette.py MODEL.onnx PORT [WORKERS]
 """
 
+import os
 import sys
 
 import numpy as np
@@ -59,9 +61,18 @@ def create_app(path: str) -> Starlette:
     )
 
 
+def app_from_environment() -> Starlette:
+    """The app for uvicorn's worker processes, which import it by name."""
+    return create_app(os.environ["PEERS_STARLETTE_MODEL"])
+
+
 if __name__ == "__main__":
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    os.environ["PEERS_STARLETTE_MODEL"] = sys.argv[1]
     uvicorn.run(
-        create_app(sys.argv[1]),
+        "peers_starlette:app_from_environment" if workers > 1 else create_app(sys.argv[1]),
+        factory=workers > 1,
+        workers=workers,
         host="127.0.0.1",
         port=int(sys.argv[2]),
         loop="uvloop",

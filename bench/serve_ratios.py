@@ -44,6 +44,9 @@ MLSERVER_INLINE = "MLServer (parallel_workers=0)"
 MODELPORT = "modelport (defaults)"
 MODELPORT_STREAMS = "modelport (--instances 2 --threads 1)"
 MODELPORT_UNBATCHED = "modelport (--instances 2 --threads 1 --max-batch-size 0)"
+MODELPORT_WORKERS = "modelport (--workers 2)"
+STARLETTE = "Starlette (bare)"
+STARLETTE_WORKERS = "Starlette (bare, 2 workers)"
 LIMIT = "in-process limit"
 
 # point name -> (model, protocol, contenders); every point at concurrency 32.
@@ -51,25 +54,40 @@ POINTS = {
     "tiny REST JSON": (
         "iris",
         "rest-json",
-        [MODELPORT, "Starlette (bare)", MLSERVER_DEFAULT, MLSERVER_INLINE],
+        [MODELPORT, MODELPORT_WORKERS, STARLETTE, STARLETTE_WORKERS, MLSERVER_DEFAULT,
+         MLSERVER_INLINE],
     ),
     "CNN REST binary": (
-        "cnn", "rest-binary", [MODELPORT, MODELPORT_STREAMS, MODELPORT_UNBATCHED, LIMIT]
+        "cnn", "rest-binary",
+        [MODELPORT, MODELPORT_STREAMS, MODELPORT_UNBATCHED, MODELPORT_WORKERS, LIMIT],
     ),
-    "CNN gRPC": ("cnn", "grpc", [MODELPORT, MODELPORT_STREAMS, MODELPORT_UNBATCHED, LIMIT]),
+    "CNN gRPC": (
+        "cnn", "grpc", [MODELPORT, MODELPORT_STREAMS, MODELPORT_UNBATCHED, MODELPORT_WORKERS, LIMIT]
+    ),
     "CNN REST JSON": (
         "cnn",
         "rest-json",
-        [MODELPORT, MODELPORT_STREAMS, MODELPORT_UNBATCHED, "Starlette (bare)", MLSERVER_DEFAULT,
-         MLSERVER_BATCHING, MLSERVER_INLINE],
+        [MODELPORT, MODELPORT_STREAMS, MODELPORT_UNBATCHED, MODELPORT_WORKERS, STARLETTE,
+         MLSERVER_DEFAULT, MLSERVER_BATCHING, MLSERVER_INLINE],
     ),
 }  # fmt: skip
 
 # (target, point, ours, theirs, at least); "MLServer best" is the best MLServer of the round.
 TARGETS = [
+    ("(--workers 2) tiny REST JSON >= 5x MLServer (best)", "tiny REST JSON", MODELPORT_WORKERS,
+     "MLServer best", 5.0),
+    ("(--workers 2) tiny REST JSON >= 0.8x bare Starlette", "tiny REST JSON", MODELPORT_WORKERS,
+     STARLETTE, 0.8),
+    ("(--workers 2) tiny REST JSON >= 0.8x bare Starlette, 2 workers", "tiny REST JSON",
+     MODELPORT_WORKERS, STARLETTE_WORKERS, 0.8),
+    ("(--workers 2) CNN REST JSON >= 1.3x MLServer (best)", "CNN REST JSON", MODELPORT_WORKERS,
+     "MLServer best", 1.3),
+    ("(--workers 2) CNN REST binary >= 0.9x limit", "CNN REST binary", MODELPORT_WORKERS, LIMIT,
+     0.9),
+    ("(--workers 2) CNN gRPC >= 0.9x limit", "CNN gRPC", MODELPORT_WORKERS, LIMIT, 0.9),
     ("tiny REST JSON >= 5x MLServer (best)", "tiny REST JSON", MODELPORT, "MLServer best", 5.0),
     ("tiny REST JSON >= 5x MLServer (default)", "tiny REST JSON", MODELPORT, MLSERVER_DEFAULT, 5.0),
-    ("tiny REST JSON >= 0.8x bare Starlette", "tiny REST JSON", MODELPORT, "Starlette (bare)", 0.8),
+    ("tiny REST JSON >= 0.8x bare Starlette", "tiny REST JSON", MODELPORT, STARLETTE, 0.8),
     ("CNN REST binary >= 0.9x limit", "CNN REST binary", MODELPORT, LIMIT, 0.9),
     ("CNN gRPC >= 0.9x limit", "CNN gRPC", MODELPORT, LIMIT, 0.9),
     ("CNN REST JSON >= 1.3x MLServer (best)", "CNN REST JSON", MODELPORT, "MLServer best", 1.3),
@@ -94,6 +112,7 @@ def start_servers(home: Path, models: dict[str, Path]) -> dict[tuple[str, str], 
     streams = ["--instances", "2", "--threads", "1"]
     variants = [(MODELPORT, []), (MODELPORT_STREAMS, streams)]
     variants.append((MODELPORT_UNBATCHED, [*streams, "--max-batch-size", "0"]))
+    variants.append((MODELPORT_WORKERS, ["--workers", "2"]))
     for name, extra in variants:
         server = modelport_server(home, refs, OUT / f"ratios-{len(servers)}.log", extra)
         server.start(ready)
@@ -102,7 +121,11 @@ def start_servers(home: Path, models: dict[str, Path]) -> dict[tuple[str, str], 
     for model, path in models.items():
         server = starlette_server(path, OUT / f"ratios-starlette-{model}.log")
         server.start(ready)
-        servers["Starlette (bare)", model] = server
+        servers[STARLETTE, model] = server
+    iris = models["iris"]
+    server = starlette_server(iris, OUT / "ratios-starlette-iris-2.log", workers=2)
+    server.start(ready)
+    servers[STARLETTE_WORKERS, "iris"] = server
     python, versions = ensure_mlserver(
         BENCH / "out" / "venv-mlserver", OUT / "mlserver-install.log"
     )

@@ -215,11 +215,12 @@ def modelport_server(home: Path, refs: list[str], log: Path, extra: list[str]) -
     return Server("modelport", [*argv, *extra], http, grpc, env=env, log=log)
 
 
-def starlette_server(model: Path, log: Path) -> Server:
-    """The bare Starlette + uvicorn + orjson + onnxruntime endpoint for one model."""
+def starlette_server(model: Path, log: Path, workers: int = 1) -> Server:
+    """The bare Starlette + uvicorn + orjson + onnxruntime endpoint for one model, in
+    ``workers`` processes."""
     port = free_port()
     argv = [sys.executable, str(BENCH / "peers_starlette.py"), str(model), str(port)]
-    return Server("starlette", argv, port, None, log=log)
+    return Server("starlette", [*argv, str(workers)], port, None, log=log)
 
 
 def ensure_mlserver(venv: Path, log: Path) -> tuple[Path | None, str]:

@@ -20,7 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,3 +166,32 @@ def _wait_ready(server: Server, timeout: float) -> bool:
             pass
         time.sleep(0.05)
     raise AssertionError(f"server not ready within {timeout}s:\n{server.output()}")
+
+
+@contextlib.contextmanager
+def continuous_load(
+    url: str, body: Mapping[str, object], senders: int = 4, limit: float = 60
+) -> Iterator[Counter[tuple[int, str]]]:
+    """``senders`` clients posting ``body`` to ``url`` back to back until the block ends
+    (at most ``limit`` seconds); counts answers by (status, model_version)."""
+    stop = threading.Event()
+    seen: Counter[tuple[int, str]] = Counter()
+
+    def send() -> None:
+        with httpx.Client(timeout=30) as client:
+            deadline = time.monotonic() + limit
+            while not stop.is_set() and time.monotonic() < deadline:
+                response = client.post(url, json=body)
+                ok = response.status_code == 200
+                version = response.json().get("model_version", "") if ok else ""
+                seen[(response.status_code, version)] += 1
+
+    threads = [threading.Thread(target=send) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(limit)

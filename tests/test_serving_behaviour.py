@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.onnx_models import make_add_model, make_iris_onnx, make_slow_model
-from tests.serving_fixtures import CLI, cli_env, push, running_server
+from tests.serving_fixtures import CLI, cli_env, continuous_load, push, running_server
 
 IRIS = {
     "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
@@ -174,40 +174,18 @@ def test_alias_move_swaps_versions_with_zero_failed_requests(home: Path, tmp_pat
     push(home, iris, "iris")
     with running_server(home, ["iris@production"], ["--no-grpc"]) as server:
         url = f"{server.http_url}/v2/models/iris/infer"
-        stop = threading.Event()
-        seen: Counter[tuple[int, str]] = Counter()
-
-        def load() -> None:
-            with httpx.Client(timeout=30) as client:
-                deadline = time.monotonic() + 60
-                while not stop.is_set() and time.monotonic() < deadline:
-                    response = client.post(url, json=IRIS)
-                    version = (
-                        response.json().get("model_version", "")
-                        if response.status_code == 200
-                        else ""
-                    )
-                    seen[(response.status_code, version)] += 1
-
-        workers = [threading.Thread(target=load) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        time.sleep(0.5)
-        moved = subprocess.run(
-            [CLI, "alias", "iris@2", "production"],
-            env=cli_env(home),
-            capture_output=True,
-            check=False,
-        )
-        assert moved.returncode == 0
-        assert (
-            httpx.post(f"{server.http_url}/v2/repository/models/iris/load", timeout=60).status_code
-            == 200
-        )
-        time.sleep(0.5)
-        stop.set()
-        for worker in workers:
-            worker.join(60)
+        with continuous_load(url, IRIS) as seen:
+            time.sleep(0.5)
+            moved = subprocess.run(
+                [CLI, "alias", "iris@2", "production"],
+                env=cli_env(home),
+                capture_output=True,
+                check=False,
+            )
+            assert moved.returncode == 0
+            load = f"{server.http_url}/v2/repository/models/iris/load"
+            assert httpx.post(load, timeout=60).status_code == 200
+            time.sleep(0.5)
         assert {status for status, _ in seen} == {200}, seen
         assert seen[(200, "1")] > 0 and seen[(200, "2")] > 0, seen
         index = httpx.post(f"{server.http_url}/v2/repository/index", json={}).json()

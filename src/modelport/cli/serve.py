@@ -76,6 +76,14 @@ def serve(
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", help="Requests in flight before 503.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Server processes sharing the ports (every model in each; ONNX weights "
+            "shared); 0: one per CPU core [default: 1].",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol (REST and gRPC) and TF Serving's REST API."""
     from modelport.serving.config import ServeConfig, load_config, parse_bytes
@@ -91,6 +99,7 @@ def serve(
         "memory_budget": parse_bytes(memory_budget) if memory_budget else None,
         "max_request_bytes": parse_bytes(max_request_size) if max_request_size else None,
         "max_concurrency": max_concurrency,
+        "workers": workers,
     }
     updates = {k: v for k, v in server.items() if v is not None}
     if no_grpc:
@@ -117,6 +126,11 @@ def serve(
             },
         }
     )
+    if config.worker_count() > 1:
+        from modelport.serving.workers import run_workers
+
+        run_workers(config, refs or [], aliased)
+        return
     registry = Registry(load_settings())
     try:
         run(registry, config, refs or [], aliased)

@@ -19,7 +19,7 @@ from modelport.serving import tfserving, v2_rest
 from modelport.serving.http import error_response, json_response
 from modelport.serving.manager import ModelManager
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "load_all"]
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,18 @@ def create_app(
     manager: ModelManager,
     *,
     on_start: list[StartHook] | None = None,
+    on_loaded: list[StartHook] | None = None,
     on_stop: list[StartHook] | None = None,
 ) -> Starlette:
     """The server's ASGI app. Models load in the background after start-up: the server is
-    live at once and ready (``/v2/health/ready``) when every model is loaded and warm."""
+    live at once and ready (``/v2/health/ready``) when every model is loaded and warm.
+    ``on_loaded`` hooks run once that loading has finished, whether or not all succeeded."""
     max_body = manager.config.max_request_bytes
 
     async def metrics(_: Request) -> Response:
-        return Response(manager.metrics.exposition(), media_type="text/plain; version=0.0.4")
+        others = await manager.peers.metrics() if manager.peers is not None else []
+        text = manager.metrics.exposition(others)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def modelport_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ModelportError)
@@ -50,7 +54,7 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         for hook in on_start or []:
             await hook()
-        loading = asyncio.create_task(_load_all(manager))
+        loading = asyncio.create_task(load_all(manager, on_loaded))
         try:
             yield
         finally:
@@ -71,7 +75,8 @@ def create_app(
     )
 
 
-async def _load_all(manager: ModelManager) -> None:
+async def load_all(manager: ModelManager, then: list[StartHook] | None = None) -> None:
+    """Load every model (errors are logged: the server stays up, not ready), then ``then``."""
     try:
         await manager.load_all()
     except ModelportError as exc:
@@ -80,3 +85,5 @@ async def _load_all(manager: ModelManager) -> None:
     # it out of the collector's scans. Measured: p99 at c=32 on a busy machine fell from
     # 64-77 ms to ~20 ms (bench/RESULTS.md).
     gc.freeze()
+    for hook in then or []:
+        await hook()

@@ -7,7 +7,8 @@ anything per model::
     http_port = 8000
     grpc_port = 8001
     max_models = 4
-    memory_budget = "8GiB"
+    memory_budget = "8GiB"    # per worker process
+    workers = 2               # processes sharing the ports (both cores for small models)
 
     [defaults]            # applies to every model unless it says otherwise
     max_batch_size = 32
@@ -145,6 +146,12 @@ class ServeConfig(BaseModel):
     memory_budget: int | None = Field(None, gt=0)
     watch_interval: float | None = Field(None, gt=0, description="Seconds between alias checks.")
     drain_seconds: float = Field(30.0, ge=0)
+    workers: int = Field(
+        1,
+        ge=0,
+        description="Server processes sharing the ports, each with every model; 0: one per "
+        "CPU core. ONNX weights are mmapped, so workers share one copy of them.",
+    )
     defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)
     models: dict[str, ServedModel] = Field(default_factory=dict)
 
@@ -152,6 +159,10 @@ class ServeConfig(BaseModel):
     @classmethod
     def _size(cls, value: Any) -> Any:
         return None if value is None else parse_bytes(value)
+
+    def worker_count(self) -> int:
+        """Worker processes to run (``workers``, with 0 meaning one per CPU core)."""
+        return self.workers or max(1, os.cpu_count() or 1)
 
     def model_settings(self, name: str) -> ModelServeConfig:
         """The settings for model ``name``: its own entry, else the defaults."""

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from modelport.errors import InvalidInput, ModelportError, NotFound, Overloaded, Unavailable
 from modelport.registry import ModelVersion, Registry
@@ -43,8 +43,20 @@ class ServedModel:
     deployments: dict[int, Deployment] = field(default_factory=dict)
 
 
+class Peers(Protocol):
+    """The other worker processes of this server (``serve --workers N``)."""
+
+    async def broadcast(self, op: str, name: str) -> None: ...
+
+    async def metrics(self) -> list[dict[str, list[list[Any]]]]: ...
+
+
 class ModelManager:
-    """Loads, routes to and unloads model versions. Use from one event loop."""
+    """Loads, routes to and unloads model versions. Use from one event loop.
+
+    With several worker processes, each has its own manager holding every model; repository
+    calls (``load``, ``unload``) are applied here and then in every other worker (``peers``).
+    """
 
     def __init__(self, registry: Registry, config: ServeConfig, metrics: ServingMetrics) -> None:
         self.registry = registry
@@ -54,6 +66,7 @@ class ModelManager:
         self.in_flight = 0
         self._swap_locks: dict[str, asyncio.Lock] = {}
         self._gauge_in_flight = metrics.in_flight
+        self.peers: Peers | None = None
 
     # -- registration ----------------------------------------------------------------------
 
@@ -251,12 +264,19 @@ class ModelManager:
 
     # -- repository ------------------------------------------------------------------------
 
-    async def load(self, name: str) -> Deployment:
+    async def load(self, name: str, *, everywhere: bool = True) -> Deployment:
         """(Re)load ``name`` from the registry: follow a moved alias with zero failed requests.
 
         The new version is loaded and warmed before requests switch to it; the old one then
-        finishes what it has and is unloaded. A model not served yet is added.
+        finishes what it has and is unloaded. A model not served yet is added. With
+        ``everywhere``, every other worker process does the same before this returns.
         """
+        deployment = await self._load_here(name)
+        if everywhere and self.peers is not None:
+            await self.peers.broadcast("load", name)
+        return deployment
+
+    async def _load_here(self, name: str) -> Deployment:
         lock = self._swap_locks.setdefault(name, asyncio.Lock())
         async with lock:
             served = self.models.get(name)
@@ -276,8 +296,16 @@ class ModelManager:
             self.metrics.models_loaded.set(self._loaded_count())
             return new
 
-    async def unload(self, name: str) -> None:
-        """Unload every version of ``name``; requests get 503 until it is loaded again."""
+    async def unload(self, name: str, *, everywhere: bool = True) -> None:
+        """Unload every version of ``name``; requests get 503 until it is loaded again.
+
+        With ``everywhere``, every other worker process does the same before this returns.
+        """
+        await self._unload_here(name)
+        if everywhere and self.peers is not None:
+            await self.peers.broadcast("unload", name)
+
+    async def _unload_here(self, name: str) -> None:
         served = self.served(name)
         served.enabled = False
         for deployment in served.deployments.values():
@@ -297,7 +325,8 @@ class ModelManager:
                 continue
             if record.version != served.default:
                 log.info("%s moved to %s; swapping", served.ref, record.ref)
-                await self.load(served.name)
+                # Every worker watches on its own; telling the others would swap them twice.
+                await self.load(served.name, everywhere=False)
 
     def index(self) -> list[dict[str, Any]]:
         """The repository index: every served model version and its state."""

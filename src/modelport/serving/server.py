@@ -1,4 +1,8 @@
-"""Running a server: REST (uvicorn) and gRPC on one event loop, graceful on SIGTERM."""
+"""Running a server: REST (uvicorn) and gRPC on one event loop, graceful on SIGTERM.
+
+The same code runs one worker of a multi-process server (``serve --workers N``, see
+``workers``): it then serves the socket its supervisor bound and joins its peers.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,20 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from modelport.errors import InvalidInput, Unavailable
 from modelport.registry import Registry
-from modelport.serving.app import create_app
+from modelport.serving.app import create_app, load_all
 from modelport.serving.config import ServeConfig
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
+from modelport.serving.peers import PeerGroup
 
-__all__ = ["serve"]
+__all__ = ["WorkerRole", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +54,37 @@ async def build_manager(
     return manager
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """What one worker process of a multi-process server is."""
+
+    index: int
+    count: int
+    run_dir: Path
+    join_when_loaded: bool
+    """Load and warm every model before taking requests (every worker but the first, and
+    any restarted one): a worker joining a serving group must not answer "not ready"."""
+    report: Callable[[str], None]
+    """Tells the supervisor ``started`` (taking requests) and ``loaded`` (models warm)."""
+
+
 async def serve(
     registry: Registry,
     config: ServeConfig,
     refs: Sequence[str] = (),
     aliased: str | None = None,
+    *,
+    role: WorkerRole | None = None,
+    http_socket: socket.socket | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM: stop accepting, finish in-flight requests, then exit."""
     import uvicorn
 
     manager = await build_manager(registry, config, refs, aliased)
+    peers = await _join_peers(manager, role) if role is not None else None
     # Bind both ports before anything starts, so a busy port is one clear error, not a
     # half-started server.
-    http_socket = _bind(config.host, config.http_port)
+    http_socket = http_socket or bind(config.host, config.http_port)
     grpc_server = None
     if config.grpc_port is not None:
         from modelport.serving.v2_grpc import start_grpc_server
@@ -85,7 +110,24 @@ async def serve(
         if watcher is not None:
             watcher.cancel()
 
-    app = create_app(manager, on_start=[start_watch], on_stop=[stop_watch, stop_grpc])
+    async def stop_peers() -> None:
+        if peers is not None:
+            await peers.close()
+
+    async def report_started() -> None:
+        if role is not None:
+            role.report("started")
+
+    async def report_loaded() -> None:
+        if role is not None:
+            role.report("loaded")
+
+    app = create_app(
+        manager,
+        on_start=[start_watch, report_started],
+        on_loaded=[report_loaded],
+        on_stop=[stop_watch, stop_grpc, stop_peers],
+    )
     server_config = uvicorn.Config(
         app,
         host=config.host,
@@ -98,16 +140,31 @@ async def serve(
         lifespan="on",
     )
     server = uvicorn.Server(server_config)
-    announce = asyncio.get_running_loop().create_task(_announce(server, manager, config))
+    announce = None
+    if role is None or (role.index == 0 and not role.join_when_loaded):
+        workers = f" ({role.count} worker processes)" if role is not None else ""
+        announce = asyncio.create_task(_announce(server, manager, config, workers))
     try:
         with _exit_zero_on_sigterm(server):
             await server.serve(sockets=[http_socket])
     finally:
-        announce.cancel()
+        if announce is not None:
+            announce.cancel()
         http_socket.close()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+async def _join_peers(manager: ModelManager, role: WorkerRole) -> PeerGroup:
+    manager.metrics.worker = str(role.index)
+    peers = PeerGroup(role.index, role.count, role.run_dir, manager)
+    await peers.start()
+    manager.peers = peers
+    if role.join_when_loaded:
+        await peers.catch_up()
+        await load_all(manager)
+    return peers
+
+
+def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,12 +198,13 @@ def _exit_zero_on_sigterm(server: Any) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-async def _announce(server: object, manager: ModelManager, config: ServeConfig) -> None:
+async def _announce(server: object, manager: ModelManager, config: ServeConfig, extra: str) -> None:
     while not getattr(server, "started", False):
         await asyncio.sleep(0.01)
     served = ", ".join(str(s.ref) for s in manager.models.values())
     grpc = f", gRPC on {config.host}:{config.grpc_port}" if config.grpc_port is not None else ""
-    print(f"serving {served}: REST on http://{config.host}:{config.http_port}{grpc}", flush=True)
+    rest = f"REST on http://{config.host}:{config.http_port}"
+    print(f"serving {served}: {rest}{grpc}{extra}", flush=True)
 
 
 async def _watch(manager: ModelManager, interval: float) -> None:

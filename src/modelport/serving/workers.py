@@ -1,0 +1,284 @@
+"""``serve --workers N``: several server processes sharing the ports, to use every core.
+
+One Python process serves a cheap model at what its event loop can parse, about one core;
+N worker processes serve about N times that (measured: bench/RESULTS.md). The supervisor
+(this module, the process the user started) binds the REST port and hands it to every
+worker; gRPC workers share their port through SO_REUSEPORT after the supervisor checked it
+is free. Each worker is a whole server: every model, its own batcher and queues.
+
+Memory: every worker holds every model, as in MLServer, but not every copy of the weights:
+ONNX models are loaded from an optimized file whose weights onnxruntime mmaps, so the page
+cache holds them once for all workers (``runtimes/onnx_cache``). Other formats' weights are
+private to each worker; convert them (``modelport convert``) to share them.
+
+Start-up: worker 0 starts first and builds whatever the others can reuse (checkouts,
+optimized graphs); the rest start once it has loaded, and join the port only when their
+models are warm, so readiness never flips back. A worker that dies is replaced the same
+way. SIGTERM or SIGINT to the supervisor drains every worker, then exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from modelport import errors
+from modelport.errors import ModelportError, Unavailable
+from modelport.serving.config import ServeConfig
+from modelport.serving.server import WorkerRole, bind
+
+__all__ = ["run_workers"]
+
+log = logging.getLogger(__name__)
+
+# A worker that keeps dying right after it starts is restarted ever more slowly.
+_FIRST_BACKOFF, _MAX_BACKOFF, _STABLE_SECONDS = 0.5, 30.0, 30.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every worker is given (pickled to it)."""
+
+    config: ServeConfig
+    refs: list[str]
+    aliased: str | None
+    http_socket: socket.socket
+    run_dir: Path
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any
+    conn: Connection
+    started_at: float = field(default_factory=time.monotonic)
+    loaded: bool = False
+
+
+def run_workers(config: ServeConfig, refs: Sequence[str], aliased: str | None) -> None:
+    """Run ``config.worker_count()`` server processes until SIGTERM/SIGINT; blocking.
+
+    Raises:
+        The first worker's start-up error (unknown model, bad option, busy port), after
+        stopping everything.
+    """
+    http_socket = bind(config.host, config.http_port)
+    run_dir = Path(tempfile.mkdtemp(prefix="modelport-serve-"))  # mode 0700
+    try:
+        config = config.model_copy(
+            update={
+                "http_port": http_socket.getsockname()[1],
+                "grpc_port": _free_grpc_port(config),
+            }
+        )
+        plan = _Plan(config, list(refs), aliased, http_socket, run_dir)
+        with _signals_recorded() as received:
+            _Supervisor(plan, received).run()
+    finally:
+        http_socket.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class _Supervisor:
+    def __init__(self, plan: _Plan, received: list[int]) -> None:
+        self.plan = plan
+        self.received = received
+        self.count = plan.config.worker_count()
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: dict[int, _Worker] = {}
+        self.backoff: dict[int, float] = {}
+
+    def run(self) -> None:
+        try:
+            self._start(0, join_when_loaded=False)
+            self._supervise()
+        finally:
+            self._stop_all()
+
+    def _supervise(self) -> None:
+        first_group_started = False
+        while not self.received:
+            waitables: list[Any] = []
+            for worker in self.workers.values():
+                waitables += [worker.conn, worker.process.sentinel]
+            for ready in wait(waitables, timeout=0.5):
+                self._handle(ready)
+            first = self.workers.get(0)
+            if not first_group_started and first is not None and first.loaded:
+                first_group_started = True
+                for index in range(1, self.count):
+                    self._start(index, join_when_loaded=True)
+
+    def _handle(self, ready: Any) -> None:
+        for worker in list(self.workers.values()):
+            if ready is worker.conn:
+                self._message(worker)
+            elif ready is worker.process.sentinel:
+                self._died(worker)
+
+    def _message(self, worker: _Worker) -> bool:
+        """Act on one message from ``worker``; False when it has nothing more to say."""
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            return False  # it died; its sentinel says so
+        if message[0] == "loaded":
+            worker.loaded = True
+        elif message[0] == "failed" and worker.index == 0 and not worker.loaded:
+            # The first worker's start-up failing is the command's failure: every worker
+            # would fail the same way (unknown model, bad option, busy gRPC port).
+            kind, text = message[1], message[2]
+            found = getattr(errors, kind, None)
+            cls = found if isinstance(found, type) and issubclass(found, ModelportError) else None
+            raise (cls or ModelportError)(text)
+        elif message[0] == "failed":
+            log.error("worker %d failed to start: %s", worker.index, message[2])
+        return True
+
+    def _died(self, worker: _Worker) -> None:
+        while worker.conn.poll() and self._message(worker):
+            pass  # what it said before dying comes first (its error)
+        worker.process.join()
+        code = worker.process.exitcode
+        del self.workers[worker.index]
+        if self.received:
+            return
+        if worker.index == 0 and not worker.loaded and len(self.workers) == 0:
+            raise Unavailable(
+                f"the server's first worker exited (code {code}) before it was ready; "
+                "see the messages above"
+            )
+        lived = time.monotonic() - worker.started_at
+        delay = self.backoff.get(worker.index, _FIRST_BACKOFF)
+        delay = _FIRST_BACKOFF if lived > _STABLE_SECONDS else min(delay * 2, _MAX_BACKOFF)
+        self.backoff[worker.index] = delay
+        sys.stderr.write(
+            f"modelport: worker {worker.index} (pid {worker.process.pid}) exited with code "
+            f"{code}; starting a new one in {delay:g}s\n"
+        )
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self.received:
+            time.sleep(0.05)
+        if not self.received:
+            self._start(worker.index, join_when_loaded=True)
+
+    def _start(self, index: int, *, join_when_loaded: bool) -> None:
+        parent, child = self.context.Pipe(duplex=False)
+        process = self.context.Process(
+            target=_worker_main,
+            name=f"modelport-worker-{index}",
+            args=(self.plan, index, self.count, join_when_loaded, child),
+        )
+        process.start()
+        child.close()
+        self.workers[index] = _Worker(index, process, parent)
+
+    def _stop_all(self) -> None:
+        """SIGTERM every worker (each drains), then wait; SIGKILL what outlives the drain."""
+        for worker in self.workers.values():
+            if worker.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.plan.config.drain_seconds + 10.0
+        for worker in self.workers.values():
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self.workers.clear()
+
+
+def _worker_main(
+    plan: _Plan, index: int, count: int, join_when_loaded: bool, conn: Connection
+) -> None:
+    """One worker process: a whole server on the supervisor's socket."""
+    import asyncio
+
+    import uvloop
+
+    from modelport.cli.errors import exit_code
+    from modelport.config import load_settings
+    from modelport.registry import Registry
+    from modelport.serving.server import serve
+
+    _die_with_parent()
+    # Out of the terminal's process group: Ctrl-C reaches the supervisor alone, which then
+    # drains the workers once (a second signal would make uvicorn skip the drain).
+    os.setpgrp()
+    logging.basicConfig(level=logging.WARNING, format=f"worker {index}: %(message)s")
+
+    def report(state: str) -> None:
+        with contextlib.suppress(OSError):
+            conn.send((state,))
+
+    role = WorkerRole(index, count, plan.run_dir, join_when_loaded, report)
+    socket_ = plan.http_socket
+    registry = None
+    try:
+        registry = Registry(load_settings())
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            main = serve(
+                registry, plan.config, plan.refs, plan.aliased, role=role, http_socket=socket_
+            )
+            runner.run(main)
+    except ModelportError as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("failed", type(exc).__name__, exc.message))
+        sys.exit(exit_code(exc))
+    finally:
+        if registry is not None:
+            registry.close()
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGTERM this worker if its supervisor dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _free_grpc_port(config: ServeConfig) -> int | None:
+    """The gRPC port, checked free now (workers bind it with SO_REUSEPORT, which would
+    silently share a port another server holds the same way); port 0 picks one."""
+    if config.grpc_port is None:
+        return None
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((config.host, config.grpc_port))
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot listen for gRPC on {config.host}:{config.grpc_port}: {exc.strerror}; "
+                "choose another with --grpc-port, or turn gRPC off with --no-grpc"
+            ) from None
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@contextlib.contextmanager
+def _signals_recorded() -> Iterator[list[int]]:
+    """SIGTERM and SIGINT end the supervisor's loop instead of the process."""
+    received: list[int] = []
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda sig, _: received.append(sig)) for sig in handled}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
