@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from modelport.errors import ModelportError
 from modelport.serving import tfserving, v2_rest
@@ -32,7 +33,7 @@ def create_app(
     on_start: list[StartHook] | None = None,
     on_loaded: list[StartHook] | None = None,
     on_stop: list[StartHook] | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """The server's ASGI app. Models load in the background after start-up: the server is
     live at once and ready (``/v2/health/ready``) when every model is loaded and warm.
     ``on_loaded`` hooks run once that loading has finished, whether or not all succeeded."""
@@ -68,11 +69,12 @@ def create_app(
         *tfserving.routes(manager, max_body),
         Route("/metrics", metrics),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={ModelportError: modelport_error, 404: not_found},
         lifespan=lifespan,
     )
+    return v2_rest.InferFirst(app, manager, max_body)
 
 
 async def load_all(manager: ModelManager, then: list[StartHook] | None = None) -> None:

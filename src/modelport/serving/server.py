@@ -135,6 +135,9 @@ async def serve(
         loop="none",
         http="httptools",
         access_log=False,
+        # No X-Forwarded-* rewriting: nothing here uses the client's address, and the
+        # middleware would cost every request a pass over its headers.
+        proxy_headers=False,
         log_level="warning",
         timeout_graceful_shutdown=int(config.drain_seconds) or None,
         lifespan="on",
