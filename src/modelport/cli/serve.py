@@ -126,7 +126,7 @@ def serve(
             },
         }
     )
-    if config.worker_count() > 1:
+    if config.process_count() > 1:
         from modelport.serving.workers import run_workers
 
         run_workers(config, refs or [], aliased)

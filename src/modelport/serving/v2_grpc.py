@@ -189,7 +189,7 @@ async def start_grpc_server(manager: ModelManager, config: ServeConfig) -> grpc.
             # Without this a second server on a busy port binds "successfully" and steals
             # half the connections; a port in use must be an error. Worker processes of one
             # server share the port on purpose: their supervisor checked it was free first.
-            ("grpc.so_reuseport", 1 if config.worker_count() > 1 else 0),
+            ("grpc.so_reuseport", 1 if config.process_count() > 1 else 0),
         ]
     )
     servicer = InferenceServicer(manager)

@@ -69,7 +69,7 @@ class _Worker:
 
 
 def run_workers(config: ServeConfig, refs: Sequence[str], aliased: str | None) -> None:
-    """Run ``config.worker_count()`` server processes until SIGTERM/SIGINT; blocking.
+    """Run ``config.process_count()`` server processes until SIGTERM/SIGINT; blocking.
 
     Raises:
         The first worker's start-up error (unknown model, bad option, busy port), after
@@ -78,7 +78,7 @@ def run_workers(config: ServeConfig, refs: Sequence[str], aliased: str | None) -
     http_socket = bind(config.host, config.http_port)
     run_dir = Path(tempfile.mkdtemp(prefix="modelport-serve-"))  # mode 0700
     try:
-        config = config.model_copy(
+        config = config.per_process().model_copy(
             update={
                 "http_port": http_socket.getsockname()[1],
                 "grpc_port": _free_grpc_port(config),
@@ -96,7 +96,7 @@ class _Supervisor:
     def __init__(self, plan: _Plan, received: list[int]) -> None:
         self.plan = plan
         self.received = received
-        self.count = plan.config.worker_count()
+        self.count = plan.config.process_count()
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, _Worker] = {}
         self.backoff: dict[int, float] = {}
