@@ -46,6 +46,9 @@ class ServedModel:
 class Peers(Protocol):
     """The other worker processes of this server (``serve --workers N``)."""
 
+    joined: bool
+    """Every worker has been ready once."""
+
     async def broadcast(self, op: str, name: str) -> None: ...
 
     async def metrics(self) -> list[dict[str, list[list[Any]]]]: ...
@@ -344,7 +347,12 @@ class ModelManager:
         return rows
 
     def ready(self) -> bool:
-        """Ready when every enabled model's default version is loaded and warm."""
+        """Ready when every enabled model's default version is loaded and warm, here and
+        (with several worker processes) in every worker once."""
+        return self.ready_here() and (self.peers is None or self.peers.joined)
+
+    def ready_here(self) -> bool:
+        """``ready`` for this process alone."""
         return all(
             s.deployments[s.default].state is State.READY for s in self.models.values() if s.enabled
         )

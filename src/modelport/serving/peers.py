@@ -7,6 +7,9 @@ must be the same in every worker, never inference:
 - ``load`` / ``unload``: a repository call reaches one worker through the shared port; that
   worker applies it, then has every other worker apply it, and answers only when all did.
 - ``metrics``: the worker answering ``/metrics`` merges every other worker's series.
+- ``ready``: the server is ready once every worker has been ready (each joins the port
+  only when its models are warm), so a client that connects when told "ready" is spread
+  over all of them.
 - ``state``: a worker that joins late (started after the others, or replacing one that
   died) first takes the repository state of one that runs: models added or unloaded
   through the API since start-up. A worker not running when a call is broadcast is
@@ -56,7 +59,10 @@ class PeerGroup:
         self.count = count
         self.run_dir = run_dir
         self.manager = manager
+        self.joined = count == 1
+        """Every worker has been ready once (a worker that dies later is replaced)."""
         self._server: asyncio.Server | None = None
+        self._watching: asyncio.Task[None] | None = None
 
     @property
     def others(self) -> list[int]:
@@ -70,7 +76,24 @@ class PeerGroup:
             self._answer, path=str(path), limit=_LINE_LIMIT
         )
 
+    def watch_group(self) -> None:
+        """Set ``joined`` once every other worker answers that it is ready."""
+        self._watching = asyncio.create_task(self._watch_group())
+
+    async def _watch_group(self) -> None:
+        waiting = set(self.others)
+        while waiting:
+            for index in list(waiting):
+                with contextlib.suppress(OSError, ModelportError, ValueError):
+                    if await asyncio.wait_for(self._call(index, {"op": "ready"}), 5.0):
+                        waiting.discard(index)
+            if waiting:
+                await asyncio.sleep(0.1)
+        self.joined = True
+
     async def close(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -163,6 +186,8 @@ class PeerGroup:
         op = message.get("op")
         if op == "metrics":
             return self.manager.metrics.snapshot()
+        if op == "ready":
+            return self.manager.ready_here()
         if op == "state":
             return [
                 {"name": served.name, "enabled": served.enabled}

@@ -84,7 +84,7 @@ async def serve(
     peers = await _join_peers(manager, role) if role is not None else None
     # Bind both ports before anything starts, so a busy port is one clear error, not a
     # half-started server.
-    http_socket = http_socket or bind(config.host, config.http_port)
+    http_socket = http_socket or bind(config.host, config.http_port, reuse_port=role is not None)
     grpc_server = None
     if config.grpc_port is not None:
         from modelport.serving.v2_grpc import start_grpc_server
@@ -161,16 +161,22 @@ async def _join_peers(manager: ModelManager, role: WorkerRole) -> PeerGroup:
     peers = PeerGroup(role.index, role.count, role.run_dir, manager)
     await peers.start()
     manager.peers = peers
+    peers.watch_group()
     if role.join_when_loaded:
         await peers.catch_up()
         await load_all(manager)
     return peers
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The REST listening socket. ``reuse_port``: worker processes each bind their own on
+    one port, and the kernel spreads new connections evenly between them (one socket
+    shared by all lets whichever worker wakes first take them, often all of a client's)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -2,19 +2,22 @@
 
 One Python process serves a cheap model at what its event loop can parse, about one core;
 N worker processes serve about N times that (measured: bench/RESULTS.md). The supervisor
-(this module, the process the user started) binds the REST port and hands it to every
-worker; gRPC workers share their port through SO_REUSEPORT after the supervisor checked it
-is free. Each worker is a whole server: every model, its own batcher and queues.
+(this module, the process the user started) checks that the ports are free; every worker
+then binds them with SO_REUSEPORT, and the kernel spreads new connections evenly over the
+workers. Each worker is a whole server: every model, its own batcher and queues, and the
+cores divided between them (``ServeConfig.per_process``).
 
 Memory: every worker holds every model, as in MLServer, but not every copy of the weights:
 ONNX models are loaded from an optimized file whose weights onnxruntime mmaps, so the page
-cache holds them once for all workers (``runtimes/onnx_cache``). Other formats' weights are
-private to each worker; convert them (``modelport convert``) to share them.
+cache holds one copy for all workers (``runtimes/onnx_cache``) of the weights kernels read
+as stored (convolutions, embeddings); MatMul/Gemm weights are repacked in each worker, and
+other formats' weights are private to each worker.
 
 Start-up: worker 0 starts first and builds whatever the others can reuse (checkouts,
-optimized graphs); the rest start once it has loaded, and join the port only when their
-models are warm, so readiness never flips back. A worker that dies is replaced the same
-way. SIGTERM or SIGINT to the supervisor drains every worker, then exits 0.
+optimized graphs); the rest start once it has loaded, and join the ports only when their
+models are warm. The server reports ready once every worker has been (``PeerGroup``), so
+clients that connect when told "ready" are spread over all of them. A worker that dies is
+replaced the same way. SIGTERM or SIGINT to the supervisor drains every worker, then exits 0.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 from modelport import errors
 from modelport.errors import ModelportError, Unavailable
 from modelport.serving.config import ServeConfig
-from modelport.serving.server import WorkerRole, bind
+from modelport.serving.server import WorkerRole
 
 __all__ = ["run_workers"]
 
@@ -55,7 +58,6 @@ class _Plan:
     config: ServeConfig
     refs: list[str]
     aliased: str | None
-    http_socket: socket.socket
     run_dir: Path
 
 
@@ -75,20 +77,21 @@ def run_workers(config: ServeConfig, refs: Sequence[str], aliased: str | None) -
         The first worker's start-up error (unknown model, bad option, busy port), after
         stopping everything.
     """
-    http_socket = bind(config.host, config.http_port)
+    http_port = _free_port(config.host, config.http_port, "REST", "--http-port")
+    grpc_port = None
+    if config.grpc_port is not None:
+        grpc_port = _free_port(
+            config.host, config.grpc_port, "gRPC", "--grpc-port, or turn gRPC off with --no-grpc"
+        )
+    config = config.per_process().model_copy(
+        update={"http_port": http_port, "grpc_port": grpc_port}
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="modelport-serve-"))  # mode 0700
     try:
-        config = config.per_process().model_copy(
-            update={
-                "http_port": http_socket.getsockname()[1],
-                "grpc_port": _free_grpc_port(config),
-            }
-        )
-        plan = _Plan(config, list(refs), aliased, http_socket, run_dir)
+        plan = _Plan(config, list(refs), aliased, run_dir)
         with _signals_recorded() as received:
             _Supervisor(plan, received).run()
     finally:
-        http_socket.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -226,15 +229,11 @@ def _worker_main(
             conn.send((state,))
 
     role = WorkerRole(index, count, plan.run_dir, join_when_loaded, report)
-    socket_ = plan.http_socket
     registry = None
     try:
         registry = Registry(load_settings())
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            main = serve(
-                registry, plan.config, plan.refs, plan.aliased, role=role, http_socket=socket_
-            )
-            runner.run(main)
+            runner.run(serve(registry, plan.config, plan.refs, plan.aliased, role=role))
     except ModelportError as exc:
         with contextlib.suppress(OSError):
             conn.send(("failed", type(exc).__name__, exc.message))
@@ -253,22 +252,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _free_grpc_port(config: ServeConfig) -> int | None:
-    """The gRPC port, checked free now (workers bind it with SO_REUSEPORT, which would
-    silently share a port another server holds the same way); port 0 picks one."""
-    if config.grpc_port is None:
-        return None
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+def _free_port(host: str, port: int, what: str, choose: str) -> int:
+    """``port``, checked free now; port 0 picks one. Workers bind it with SO_REUSEPORT,
+    which would silently share a port that another server holds the same way: the check
+    binds without it, so any holder makes it fail."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((config.host, config.grpc_port))
+            probe.bind((host, port))
         except OSError as exc:
             raise Unavailable(
-                f"cannot listen for gRPC on {config.host}:{config.grpc_port}: {exc.strerror}; "
-                "choose another with --grpc-port, or turn gRPC off with --no-grpc"
+                f"cannot listen for {what} on {host}:{port}: {exc.strerror}; "
+                f"choose another with {choose}"
             ) from None
-        port: int = probe.getsockname()[1]
-    return port
+        found: int = probe.getsockname()[1]
+    return found
 
 
 @contextlib.contextmanager
