@@ -6,8 +6,10 @@ worker send many requests, each on a fresh connection, and check what all of the
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -282,3 +284,41 @@ def test_metrics_merge_adds_counters_and_histograms() -> None:
     # without others, nothing of theirs leaks into later scrapes
     again = mine.exposition().decode()
     assert 'model="add"' not in again
+
+
+def test_the_sdk_serves_with_workers_from_its_own_settings(home: Path, tmp_path: Path) -> None:
+    # No MODELPORT_HOME in the environment: the workers must open the registry the
+    # caller's Settings name, not the default one.
+    port = free_port()
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from modelport import Registry, Settings\n"
+        "from modelport.serving.config import ServeConfig\n"
+        "from modelport.serving.server import run\n"
+        "registry = Registry(Settings(home=Path(sys.argv[1])))\n"
+        "run(registry, ServeConfig(workers=2, http_port=int(sys.argv[2]), grpc_port=None),"
+        " ['iris'])\n"
+    )
+    env = {k: v for k, v in cli_env(home).items() if k != "MODELPORT_HOME"}
+    env["HOME"] = str(tmp_path / "elsewhere")
+    log = tmp_path / "sdk.log"
+    with log.open("wb") as output:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(home), str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/iris/infer", json=_body(ROWS[0]))
+        assert answer.status_code == 200, answer.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()

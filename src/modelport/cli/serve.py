@@ -126,11 +126,6 @@ def serve(
             },
         }
     )
-    if config.process_count() > 1:
-        from modelport.serving.workers import run_workers
-
-        run_workers(config, refs or [], aliased)
-        return
     registry = Registry(load_settings())
     try:
         run(registry, config, refs or [], aliased)

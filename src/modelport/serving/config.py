@@ -164,25 +164,6 @@ class ServeConfig(BaseModel):
         """Worker processes to run (``workers``, with 0 meaning one per CPU core)."""
         return self.workers or max(1, os.cpu_count() or 1)
 
-    def per_process(self) -> ServeConfig:
-        """These settings for one of ``process_count()`` worker processes: models left to
-        the default get the cores divided between the processes (on 2 cores, 2 workers run
-        one single-threaded stream each), not one stream per core in every process."""
-        processes = self.process_count()
-        if processes == 1:
-            return self
-        cores = max(1, (os.cpu_count() or 1) // processes)
-
-        def share(settings: dict[str, Any]) -> dict[str, Any]:
-            instances = settings["instances"] or min(4, cores)
-            threads = settings["threads"] or (1 if instances > 1 else cores)
-            return {**settings, "instances": instances, "threads": threads}
-
-        data = self.model_dump()
-        data["defaults"] = share(data["defaults"])
-        data["models"] = {name: share(entry) for name, entry in data["models"].items()}
-        return ServeConfig.model_validate(data)
-
     def model_settings(self, name: str) -> ModelServeConfig:
         """The settings for model ``name``: its own entry, else the defaults."""
         entry = self.models.get(name)

@@ -225,8 +225,23 @@ async def _watch(manager: ModelManager, interval: float) -> None:
             log.exception("following moved aliases failed; will try again")
 
 
-def run(registry: Registry, config: ServeConfig, refs: Sequence[str], aliased: str | None) -> None:
-    """Blocking entry point for the CLI: uvloop when available."""
+def run(
+    registry: Registry, config: ServeConfig, refs: Sequence[str] = (), aliased: str | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM, as ``modelport serve`` does; blocking, on uvloop.
+
+    With ``config.workers`` above 1 this process supervises that many worker processes,
+    each opening the registry ``registry.settings`` describe.
+
+    Raises:
+        NotFound, InvalidInput, Unavailable: at start-up (unknown model, nothing to serve,
+        a port in use).
+    """
+    if config.process_count() > 1:
+        from modelport.serving.workers import run_workers
+
+        run_workers(registry.settings, config, refs, aliased)
+        return
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

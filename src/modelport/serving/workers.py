@@ -4,8 +4,10 @@ One Python process serves a cheap model at what its event loop can parse, about 
 N worker processes serve about N times that (measured: bench/RESULTS.md). The supervisor
 (this module, the process the user started) checks that the ports are free; every worker
 then binds them with SO_REUSEPORT, and the kernel spreads new connections evenly over the
-workers. Each worker is a whole server: every model, its own batcher and queues, and the
-cores divided between them (``ServeConfig.per_process``).
+workers. Each worker is a whole server: every model, its own batcher and queues, and as
+many inference streams as one process would run. The cores are not divided between the
+workers: a gRPC client sends all its calls on one connection, which one worker serves, and a
+worker with half the streams served such a client at half the speed (bench/RESULTS.md).
 
 Memory: every worker holds every model, as in MLServer, but not every copy of the weights:
 ONNX models are loaded from an optimized file whose weights onnxruntime mmaps, so the page
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport import errors
+from modelport.config import Settings
 from modelport.errors import ModelportError, Unavailable
 from modelport.serving.config import ServeConfig
 from modelport.serving.server import WorkerRole
@@ -55,6 +58,7 @@ _FIRST_BACKOFF, _MAX_BACKOFF, _STABLE_SECONDS = 0.5, 30.0, 30.0
 class _Plan:
     """What every worker is given (pickled to it)."""
 
+    settings: Settings
     config: ServeConfig
     refs: list[str]
     aliased: str | None
@@ -70,7 +74,9 @@ class _Worker:
     loaded: bool = False
 
 
-def run_workers(config: ServeConfig, refs: Sequence[str], aliased: str | None) -> None:
+def run_workers(
+    settings: Settings, config: ServeConfig, refs: Sequence[str], aliased: str | None
+) -> None:
     """Run ``config.process_count()`` server processes until SIGTERM/SIGINT; blocking.
 
     Raises:
@@ -83,12 +89,10 @@ def run_workers(config: ServeConfig, refs: Sequence[str], aliased: str | None) -
         grpc_port = _free_port(
             config.host, config.grpc_port, "gRPC", "--grpc-port, or turn gRPC off with --no-grpc"
         )
-    config = config.per_process().model_copy(
-        update={"http_port": http_port, "grpc_port": grpc_port}
-    )
+    config = config.model_copy(update={"http_port": http_port, "grpc_port": grpc_port})
     run_dir = Path(tempfile.mkdtemp(prefix="modelport-serve-"))  # mode 0700
     try:
-        plan = _Plan(config, list(refs), aliased, run_dir)
+        plan = _Plan(settings, config, list(refs), aliased, run_dir)
         with _signals_recorded() as received:
             _Supervisor(plan, received).run()
     finally:
@@ -213,8 +217,6 @@ def _worker_main(
 
     import uvloop
 
-    from modelport.cli.errors import exit_code
-    from modelport.config import load_settings
     from modelport.registry import Registry
     from modelport.serving.server import serve
 
@@ -231,13 +233,13 @@ def _worker_main(
     role = WorkerRole(index, count, plan.run_dir, join_when_loaded, report)
     registry = None
     try:
-        registry = Registry(load_settings())
+        registry = Registry(plan.settings)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(registry, plan.config, plan.refs, plan.aliased, role=role))
     except ModelportError as exc:
         with contextlib.suppress(OSError):
             conn.send(("failed", type(exc).__name__, exc.message))
-        sys.exit(exit_code(exc))
+        sys.exit(1)  # the supervisor raises the error itself; the CLI gives its exit code
     finally:
         if registry is not None:
             registry.close()
