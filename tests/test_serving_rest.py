@@ -142,6 +142,24 @@ def test_json_infer_matches_in_process(server: Server, home: Path) -> None:
     assert doc["outputs"][0]["data"] == expected["label"].tolist()
 
 
+def test_large_json_bodies_decode_exactly(server: Server) -> None:
+    # Over 64 KiB, JSON float data is decoded by simdjson straight into numpy: the slow
+    # model is x @ I @ I ..., so every float must come back exactly as sent.
+    x = np.random.default_rng(7).standard_normal((64, 512)).astype(np.float32)
+    for data in (x.ravel().tolist(), x.tolist()):  # flat, and nested
+        body = {"inputs": [{"name": "x", "shape": [64, 512], "datatype": "FP32", "data": data}]}
+        response = _infer(server, "slow", body)
+        assert response.status_code == 200, response.text
+        y = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(64, 512)
+        np.testing.assert_array_equal(y, x)
+    short = {"inputs": [{"name": "x", "shape": [64, 512], "datatype": "FP32",
+                         "data": x.ravel().tolist()[:-1]}]}  # fmt: skip
+    refused = _infer(server, "slow", short)
+    assert refused.status_code == 400
+    assert "needs 32768 elements, data has 32767" in refused.json()["error"]
+    _still_serving(server)
+
+
 @pytest.mark.parametrize("datatype", list(DTYPES))
 @pytest.mark.parametrize("binary", [False, True])
 def test_every_datatype_through_tritonclient(server: Server, datatype: str, binary: bool) -> None:

@@ -322,3 +322,32 @@ def test_the_sdk_serves_with_workers_from_its_own_settings(home: Path, tmp_path:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()
+
+
+def test_watch_and_grpc_repository_calls_with_workers(home: Path, tmp_path: Path) -> None:
+    push(home, make_iris_onnx(tmp_path / "iris.onnx", zipmap=False), "iris")  # iris@2
+    args = ["--workers", "2", "--watch", "--watch-interval", "0.2"]
+    with running_server(home, ["iris@production"], args) as server:
+        url = f"{server.http_url}/v2/models/iris/infer"
+
+        def versions(n: int = 30) -> set[tuple[int, str]]:
+            seen = set()
+            for _ in range(n):
+                with httpx.Client(timeout=30) as client:  # a new connection: any worker
+                    response = client.post(url, json=_body(ROWS[0]))
+                    seen.add((response.status_code, response.json().get("model_version", "")))
+            return seen
+
+        assert versions() == {(200, "1")}
+        subprocess.run(
+            [CLI, "alias", "iris@2", "production"], env=cli_env(home), check=True, timeout=60
+        )
+        deadline = time.monotonic() + 30
+        while versions() != {(200, "2")}:  # every worker follows the alias on its own
+            assert time.monotonic() < deadline, server.output()
+
+        client = grpcclient.InferenceServerClient(server.grpc_target)
+        client.unload_model("iris")
+        assert versions() == {(503, "")}
+        client.load_model("iris")
+        assert versions() == {(200, "2")}

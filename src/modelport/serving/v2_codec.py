@@ -46,6 +46,8 @@ def array_from_data(
             array = np.array(data, dtype=object)
             if array.size and array.dtype == object:
                 array = np.frompyfunc(_as_bytes, 1, 1)(array).astype(object)
+        elif isinstance(data, np.ndarray):  # large JSON bodies' float data (v2_json)
+            array = data.astype(datatype.numpy)
         elif isinstance(data, list) and data and not isinstance(data[0], list):
             # Flat data, the usual case: fromiter skips np.array's nesting discovery (an
             # image of 150k floats converts in 1.8 ms instead of 2.3 ms).

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport import __version__
 from modelport.errors import InvalidInput, ModelportError
+from modelport.serving import v2_json
 from modelport.serving.deployment import Deployment, State
 from modelport.serving.http import (
     error_response,
@@ -193,6 +194,8 @@ def _json_object(body: bytes | memoryview) -> dict[str, Any]:
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
     if header_length is None:
+        if len(body) >= v2_json.LARGE_BODY and v2_json.available():
+            return v2_json.request_document(body), memoryview(b"")
         return _json_object(body), memoryview(b"")
     if not header_length.isdigit() or int(header_length) > len(body):
         raise InvalidInput(

@@ -1,0 +1,105 @@
+"""Large V2 JSON bodies (simdjson): the same request, tensor for tensor, as orjson gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from modelport.errors import InvalidInput
+from modelport.serving import v2_json
+from modelport.serving.v2_codec import array_from_data
+from modelport.types import DataType
+
+pytestmark = pytest.mark.skipif(not v2_json.available(), reason="pysimdjson is not installed")
+
+
+def _request(data: object, datatype: str = "FP32", shape: list[int] | None = None) -> bytes:
+    item = {"name": "x", "datatype": datatype, "shape": shape or [2, 2], "data": data}
+    return orjson.dumps(
+        {"id": "42", "inputs": [item], "outputs": [{"name": "y"}], "parameters": {"a": [1]}}
+    )
+
+
+def _tensor(body: bytes, decode: object) -> np.ndarray:
+    document = decode(body)  # type: ignore[operator]
+    item = document["inputs"][0]
+    datatype = DataType.parse(item["datatype"])
+    return array_from_data("x", datatype, tuple(item["shape"]), item["data"])
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_flat_float_data_equals_orjson_bit_for_bit(datatype: str) -> None:
+    values = np.random.default_rng(0).standard_normal(150_528).astype(np.float32)
+    body = _request(values.tolist(), datatype, [1, 3, 224, 224])
+    fast, plain = _tensor(body, v2_json.request_document), _tensor(body, orjson.loads)
+    assert fast.dtype == plain.dtype
+    np.testing.assert_array_equal(fast, plain)
+
+
+def test_everything_but_float_data_is_plain_json() -> None:
+    body = _request([1, 2.5, -0.0, 1e-30])
+    document = v2_json.request_document(body)
+    assert isinstance(document["inputs"][0]["data"], np.ndarray)
+    del document["inputs"][0]["data"]
+    expected = orjson.loads(body)
+    del expected["inputs"][0]["data"]
+    assert document == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype"),
+    [
+        ([[1.0, 2.0], [3.0, 4.0]], "FP32"),  # nested: numpy judges it
+        ([1, 2, 3, 4], "INT64"),  # integers keep Python's exact values
+        ([1.0, "2", 3.0, 4.0], "FP32"),  # a string: refused the ordinary way
+        ([True, 1.0, 2.0, 3.0], "FP32"),
+        ([1.0, None, 2.0, 3.0], "FP32"),
+        ([[1.0, 2.0], [3.0]], "FP32"),  # ragged
+        ([], "FP32"),
+        (["a", "b", "c", "d"], "BYTES"),
+    ],
+)
+def test_other_data_is_decoded_and_judged_as_before(data: object, datatype: str) -> None:
+    body = _request(data, datatype)
+    document = v2_json.request_document(body)
+    assert document == orjson.loads(body)
+    try:
+        expected: object = _tensor(body, orjson.loads)
+    except InvalidInput as exc:
+        expected = str(exc)
+    try:
+        got: object = _tensor(body, v2_json.request_document)
+    except InvalidInput as exc:
+        got = str(exc)
+    if isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(got, expected)  # type: ignore[arg-type]
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"inputs": [1, 2', "request body is not valid JSON"),
+        (b"\xff\xfe", "request body is not valid JSON"),
+        (b"[1, 2, 3]", "request body must be a JSON object"),
+        (b'"text"', "request body must be a JSON object"),
+    ],
+)
+def test_bad_bodies_are_invalid_input(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        v2_json.request_document(body)
+
+
+def test_a_proxy_kept_alive_does_not_break_the_next_request() -> None:
+    # A traceback that holds the previous document's proxies must not make the parser
+    # refuse every later body.
+    import simdjson
+
+    kept = simdjson.Parser()
+    v2_json._local.parser = kept  # the parser this thread will use
+    holder = kept.parse(b'{"a": [1, 2]}')
+    document = v2_json.request_document(_request([1.0, 2.0, 3.0, 4.0]))
+    assert document["inputs"][0]["data"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert holder["a"].as_list() == [1, 2]
