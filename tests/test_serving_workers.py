@@ -351,3 +351,24 @@ def test_watch_and_grpc_repository_calls_with_workers(home: Path, tmp_path: Path
         assert versions() == {(503, "")}
         client.load_model("iris")
         assert versions() == {(200, "2")}
+
+
+def test_the_run_directory_is_kept_fresh_for_temp_cleaners(tmp_path: Path) -> None:
+    import os
+    import socket as sockets
+
+    from modelport.serving.workers import _touch
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    listener = sockets.socket(sockets.AF_UNIX)
+    listener.bind(str(run_dir / "worker-0.sock"))
+    try:
+        old = time.time() - 30 * 86400
+        for path in (run_dir, run_dir / "worker-0.sock"):
+            os.utime(path, (old, old))
+        _touch(run_dir)
+        for path in (run_dir, run_dir / "worker-0.sock"):
+            assert path.stat().st_mtime > time.time() - 60
+    finally:
+        listener.close()

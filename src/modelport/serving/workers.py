@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # A worker that keeps dying right after it starts is restarted ever more slowly.
 _FIRST_BACKOFF, _MAX_BACKOFF, _STABLE_SECONDS = 0.5, 30.0, 30.0
+# Temp-file cleaners (systemd-tmpfiles: 10 days) delete what looks unused; the workers'
+# sockets must outlive them however long the server runs.
+_TOUCH_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,11 @@ class _Supervisor:
 
     def _supervise(self) -> None:
         first_group_started = False
+        touched = time.monotonic()
         while not self.received:
+            if time.monotonic() - touched > _TOUCH_SECONDS:
+                _touch(self.plan.run_dir)
+                touched = time.monotonic()
             waitables: list[Any] = []
             for worker in self.workers.values():
                 waitables += [worker.conn, worker.process.sentinel]
@@ -243,6 +250,12 @@ def _worker_main(
     finally:
         if registry is not None:
             registry.close()
+
+
+def _touch(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        for path in (run_dir, *run_dir.iterdir()):
+            os.utime(path)
 
 
 def _die_with_parent() -> None:
