@@ -73,6 +73,9 @@ class _Worker:
     index: int
     process: Any
     conn: Connection
+    first: bool
+    """The server's first worker, started alone: its start-up failure ends the command.
+    A replacement's is logged, and it is started again."""
     started_at: float = field(default_factory=time.monotonic)
     loaded: bool = False
 
@@ -151,7 +154,7 @@ class _Supervisor:
             return False  # it died; its sentinel says so
         if message[0] == "loaded":
             worker.loaded = True
-        elif message[0] == "failed" and worker.index == 0 and not worker.loaded:
+        elif message[0] == "failed" and worker.first and not worker.loaded:
             # The first worker's start-up failing is the command's failure: every worker
             # would fail the same way (unknown model, bad option, busy gRPC port).
             kind, text = message[1], message[2]
@@ -170,7 +173,7 @@ class _Supervisor:
         del self.workers[worker.index]
         if self.received:
             return
-        if worker.index == 0 and not worker.loaded and len(self.workers) == 0:
+        if worker.first and not worker.loaded:
             raise Unavailable(
                 f"the server's first worker exited (code {code}) before it was ready; "
                 "see the messages above"
@@ -198,7 +201,7 @@ class _Supervisor:
         )
         process.start()
         child.close()
-        self.workers[index] = _Worker(index, process, parent)
+        self.workers[index] = _Worker(index, process, parent, first=not join_when_loaded)
 
     def _stop_all(self) -> None:
         """SIGTERM every worker (each drains), then wait; SIGKILL what outlives the drain."""
