@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +23,6 @@ from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, RuntimeTab
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
 
 __all__ = ["Registry"]
-
-log = logging.getLogger(__name__)
 
 
 class Registry:
@@ -343,21 +340,9 @@ class Registry:
             given,
             metadata={**record.metadata, **given.metadata},
             trust_pickle=record.trust_pickle,
-            cache_dir=given.cache_dir or self._derived(record),
+            cache_dir=given.cache_dir or self.store.derived(list(record.files)),
         )
         return runtime.load(directory / record.entry, recorded)
-
-    def _derived(self, record: ModelVersion) -> Path | None:
-        # A read-only store still serves its models; they just derive nothing to share.
-        try:
-            return self.store.derived(list(record.files))
-        except OSError as exc:
-            log.warning(
-                "%s: cannot keep derived files in the artifact store (%s); loading without them",
-                record.ref,
-                exc.strerror or exc,
-            )
-            return None
 
 
 def _verify_checkout(directory: Path, record: ModelVersion) -> None:

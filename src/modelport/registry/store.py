@@ -234,14 +234,10 @@ class LocalStore:
 
     def derived(self, files: list[FileEntry]) -> Path:
         """The directory where runtimes keep files they derive from the version made of
-        ``files``; created on demand, removed by ``collect_garbage`` with the version.
-
-        Raises:
-            OSError: the directory cannot be created (e.g. a read-only store).
-        """
-        directory = self.root / "derived" / manifest_key(files)
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory
+        ``files``. Not created here: a runtime that derives nothing leaves no trace, and one
+        that does creates it (and copes when it cannot, e.g. in a read-only store).
+        ``collect_garbage`` removes it with the version."""
+        return self.root / "derived" / manifest_key(files)
 
     def verify(self, files: list[FileEntry]) -> list[str]:
         """Re-hash each blob; return one line per problem (empty when all is well)."""

@@ -150,7 +150,7 @@ class ServeConfig(BaseModel):
         1,
         ge=0,
         description="Server processes sharing the ports, each with every model; 0: one per "
-        "CPU core. ONNX weights are mmapped, so workers share one copy of them.",
+        "CPU core. ONNX weights are mmapped, so workers share one copy of most of them.",
     )
     defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)
     models: dict[str, ServedModel] = Field(default_factory=dict)

@@ -1,7 +1,7 @@
 """Running a server: REST (uvicorn) and gRPC on one event loop, graceful on SIGTERM.
 
 The same code runs one worker of a multi-process server (``serve --workers N``, see
-``workers``): it then serves the socket its supervisor bound and joins its peers.
+``workers``): it then binds the ports with SO_REUSEPORT and joins its peers.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class WorkerRole:
     """Load and warm every model before taking requests (every worker but the first, and
     any restarted one): a worker joining a serving group must not answer "not ready"."""
     report: Callable[[str], None]
-    """Tells the supervisor ``started`` (taking requests) and ``loaded`` (models warm)."""
+    """Tells the supervisor ``loaded``: every model has been through loading and warm-up."""
 
 
 async def serve(
@@ -75,7 +75,6 @@ async def serve(
     aliased: str | None = None,
     *,
     role: WorkerRole | None = None,
-    http_socket: socket.socket | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM: stop accepting, finish in-flight requests, then exit."""
     import uvicorn
@@ -84,7 +83,7 @@ async def serve(
     peers = await _join_peers(manager, role) if role is not None else None
     # Bind both ports before anything starts, so a busy port is one clear error, not a
     # half-started server.
-    http_socket = http_socket or bind(config.host, config.http_port, reuse_port=role is not None)
+    http_socket = _bind(config.host, config.http_port, reuse_port=role is not None)
     grpc_server = None
     if config.grpc_port is not None:
         from modelport.serving.v2_grpc import start_grpc_server
@@ -114,17 +113,13 @@ async def serve(
         if peers is not None:
             await peers.close()
 
-    async def report_started() -> None:
-        if role is not None:
-            role.report("started")
-
     async def report_loaded() -> None:
         if role is not None:
             role.report("loaded")
 
     app = create_app(
         manager,
-        on_start=[start_watch, report_started],
+        on_start=[start_watch],
         on_loaded=[report_loaded],
         on_stop=[stop_watch, stop_grpc, stop_peers],
     )
@@ -168,7 +163,7 @@ async def _join_peers(manager: ModelManager, role: WorkerRole) -> PeerGroup:
     return peers
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """The REST listening socket. ``reuse_port``: worker processes each bind their own on
     one port, and the kernel spreads new connections evenly between them (one socket
     shared by all lets whichever worker wakes first take them, often all of a client's)."""

@@ -161,8 +161,8 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
 
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
-    # ``InferFirst`` answers these before the router; the routes remain for an app used
-    # without it.
+    # ``InferFirst`` answers POSTs to these before the router; the routes still answer
+    # other methods with 405 and serve an app used without it.
     infer = InferEndpoint(manager, max_body)
     return [
         Route(f"{model}/infer", infer, methods=["POST"]),
