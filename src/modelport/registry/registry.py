@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.config import Settings, VerifyPolicy, load_settings
-from modelport.errors import Conflict, InvalidInput, StorageError, Unavailable, VerificationFailed
+from modelport.errors import Conflict, InvalidInput, Unavailable, VerificationFailed
 from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
-from modelport.registry.store import FileEntry, GcReport, LocalStore, hash_file, manifest_key
+from modelport.registry.store import (
+    FileEntry,
+    GcReport,
+    LocalStore,
+    References,
+    hash_file,
+    manifest_key,
+)
 from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, RuntimeTable, default_runtimes
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
 
@@ -37,8 +43,11 @@ class Registry:
     ) -> None:
         self.settings = settings or load_settings()
         self.runtimes = runtimes or default_runtimes()
-        self.engine = open_database(self.settings.resolved_db_url())
         self.store = LocalStore(self.settings.resolved_store_path())
+        self.engine = open_database(
+            self.settings.resolved_db_url(),
+            existing_store=self.store.root if self.store.holds_blobs() else None,
+        )
         self._verified: set[str] = set()
 
     def close(self) -> None:
@@ -138,48 +147,45 @@ class Registry:
         aliases: list[str],
     ) -> int:
         now = datetime.now(UTC)
-        try:
-            with write_transaction(self.engine) as conn:
-                mid = self._ensure_model(conn, name, row["description"], now)
+        with write_transaction(self.engine) as conn:
+            mid = self._ensure_model(conn, name, row["description"], now)
+            conn.execute(
+                update(schema.models)
+                .where(schema.models.c.id == mid)
+                .values(last_version=schema.models.c.last_version + 1)
+            )
+            number = int(
                 conn.execute(
-                    update(schema.models)
-                    .where(schema.models.c.id == mid)
-                    .values(last_version=schema.models.c.last_version + 1)
-                )
-                number = int(
-                    conn.execute(
-                        select(schema.models.c.last_version).where(schema.models.c.id == mid)
-                    ).scalar_one()
-                )
-                parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
-                vid = conn.execute(
-                    insert(schema.versions)
-                    .values(model_id=mid, number=number, created_at=now, parent_id=parent_id, **row)
-                    .returning(schema.versions.c.id)
+                    select(schema.models.c.last_version).where(schema.models.c.id == mid)
                 ).scalar_one()
-                if entries:
-                    conn.execute(
-                        insert(schema.files),
-                        [
-                            {
-                                "version_id": vid,
-                                "path": e.path,
-                                "digest": e.digest,
-                                "size": e.size,
-                            }
-                            for e in entries
-                        ],
-                    )
-                if tags:
-                    conn.execute(
-                        insert(schema.tags),
-                        [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
-                    )
-                for alias in aliases:
-                    _point_alias(conn, mid, alias, vid)
-                return number
-        except SQLAlchemyError as exc:
-            raise StorageError(f"the registry database refused the new version: {exc}") from exc
+            )
+            parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
+            vid = conn.execute(
+                insert(schema.versions)
+                .values(model_id=mid, number=number, created_at=now, parent_id=parent_id, **row)
+                .returning(schema.versions.c.id)
+            ).scalar_one()
+            if entries:
+                conn.execute(
+                    insert(schema.files),
+                    [
+                        {
+                            "version_id": vid,
+                            "path": e.path,
+                            "digest": e.digest,
+                            "size": e.size,
+                        }
+                        for e in entries
+                    ],
+                )
+            if tags:
+                conn.execute(
+                    insert(schema.tags),
+                    [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
+                )
+            for alias in aliases:
+                _point_alias(conn, mid, alias, vid)
+            return number
 
     @staticmethod
     def _ensure_model(conn: Connection, name: str, description: str, now: datetime) -> int:
@@ -189,10 +195,18 @@ class Registry:
             )
         ).first()
         if found is None:
+            # A name deleted before goes on from its last number (see ``delete_model``).
+            retired = schema.retired_models
+            last = conn.execute(
+                select(retired.c.last_version).where(retired.c.name == name)
+            ).scalar()
+            conn.execute(delete(retired).where(retired.c.name == name))
             return int(
                 conn.execute(
                     insert(schema.models)
-                    .values(name=name, description=description, created_at=now, last_version=0)
+                    .values(
+                        name=name, description=description, created_at=now, last_version=last or 0
+                    )
                     .returning(schema.models.c.id)
                 ).scalar_one()
             )
@@ -262,16 +276,23 @@ class Registry:
         return record
 
     def delete_model(self, name: str, *, force: bool = False) -> list[ModelVersion]:
-        """Delete a model and all its versions. Refuses while it has aliases, unless ``force``."""
+        """Delete a model and all its versions. Refuses while it has aliases, unless ``force``.
+
+        The name keeps its last version number: pushed again, it starts after it.
+        """
         with write_transaction(self.engine) as conn:
             mid = queries.model_id(conn, validate_name(name))
             records = queries.load_versions(conn, queries.version_ids_of(conn, mid))
             aliased = [r.ref for r in records if r.aliases]
             if aliased and not force:
                 raise Conflict(f"model {name!r} has aliases on {', '.join(aliased)}; pass --force")
+            last = conn.execute(
+                select(schema.models.c.last_version).where(schema.models.c.id == mid)
+            ).scalar_one()
             conn.execute(delete(schema.aliases).where(schema.aliases.c.model_id == mid))
             conn.execute(delete(schema.versions).where(schema.versions.c.model_id == mid))
             conn.execute(delete(schema.models).where(schema.models.c.id == mid))
+            conn.execute(insert(schema.retired_models).values(name=name, last_version=last))
         self._sweep()
         return records
 
@@ -282,12 +303,22 @@ class Registry:
 
     def gc(self, *, wait: float = 60.0) -> GcReport:
         """Remove what no version references: blobs, checkouts, derived files (optimized
-        graphs), and the staging of dead pushes."""
+        graphs), and the staging of dead pushes.
+
+        Raises:
+            Unavailable: a push held the store for ``wait`` seconds.
+        """
+        return self.store.collect_garbage(self._references, wait=wait)
+
+    def _references(self) -> References:
+        # Called by the store under its exclusive lock, never before: a push that commits
+        # while gc waits for the lock must be seen, or its blobs would be deleted.
         with read_transaction(self.engine) as conn:
             manifests = queries.all_manifests(conn)
-        referenced = {e.digest for files in manifests.values() for e in files}
-        keep = {manifest_key(files) for files in manifests.values()}
-        return self.store.collect_garbage(referenced, keep, wait=wait)
+        return References(
+            digests=frozenset(e.digest for files in manifests.values() for e in files),
+            manifests=frozenset(manifest_key(files) for files in manifests.values()),
+        )
 
     # -- reading -------------------------------------------------------------------------
 

@@ -1,0 +1,196 @@
+"""Ways to lose or misserve stored models, each closed (issue 9): gc racing a push, a lost
+database taken for a new one, a derived copy served unverified, pushes that hang or store
+models that can never load, and errors that break the CLI's one-line promise."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelport import Registry, Settings, StorageError
+from tests.conftest import CLI, run_cli
+from tests.onnx_models import make_add_model
+
+DEADLINE = 60.0  # seconds; generous for a loaded 2-core machine
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``DEADLINE``."""
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+def blobs(home: Path) -> list[Path]:
+    return sorted((home / "artifacts" / "blobs").glob("*/*"))
+
+
+def one_line_error(result: object, code: int, *phrases: str) -> None:
+    returncode, stderr = result.returncode, result.stderr  # type: ignore[attr-defined]
+    assert returncode == code, stderr
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    for phrase in phrases:
+        assert phrase in stderr, stderr
+
+
+# --- item 2: gc during a push -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="watches gc through /proc")
+def test_gc_keeps_a_push_that_commits_while_gc_waits_for_the_store(
+    home: Path, db_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(home=home, db_url=db_url)
+    late = make_add_model(tmp_path / "late.onnx", shape=("batch", 5))
+    with Registry(settings) as registry:
+        registry.push(make_add_model(tmp_path / "early.onnx"), "early")
+        lock = registry.store.root / "gc.lock"
+        with registry.store.shared_lock():  # what a push holds until its commit
+            gc = subprocess.Popen(
+                [CLI, "gc"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            try:
+                # gc opens the lock file only to wait on it: from here on it is waiting.
+                wait_for(
+                    lambda: gc.poll() is not None or has_open(gc.pid, lock),
+                    "gc to wait for the store's lock",
+                )
+                assert gc.poll() is None, gc.communicate()
+                registry.push(late, "late")  # publishes and commits meanwhile
+            except BaseException:
+                gc.kill()
+                gc.wait()
+                raise
+        stdout, stderr = gc.communicate(timeout=DEADLINE)
+        assert gc.returncode == 0, stderr
+        assert "removed 0 blob(s)" in stdout
+        assert registry.verify("late@1") == []
+        inputs = {"a": np.ones((1, 5), np.float32), "b": np.ones((1, 5), np.float32)}
+        assert registry.load("late").predict(inputs)["sum"].tolist() == [[2.0] * 5]
+
+
+# --- item 3: a lost database is not a new registry ----------------------------------------------
+
+
+def _lose_sqlite_database(home: Path) -> None:
+    """A registry.db truncated to 0 bytes, as a full disk or a bad restore leaves it."""
+    for suffix in ("-wal", "-shm"):
+        (home / f"registry.db{suffix}").unlink(missing_ok=True)
+    (home / "registry.db").write_bytes(b"")
+
+
+def test_an_empty_database_over_stored_models_is_refused(
+    home: Path, iris_onnx: Path, tmp_path: Path
+) -> None:
+    assert run_cli("push", iris_onnx, "--name", "iris").returncode == 0
+    stored = blobs(home)
+    _lose_sqlite_database(home)
+    for args in (["ls"], ["gc"], ["push", iris_onnx, "--name", "iris"], ["show", "iris"]):
+        one_line_error(run_cli(*args), 9, "registry.db is empty", "Restore it from a backup")
+    with pytest.raises(StorageError, match="holds stored models"):
+        Registry(Settings(home=home))
+    assert blobs(home) == stored
+    with contextlib.closing(sqlite3.connect(home / "registry.db")) as lost:
+        assert lost.execute("SELECT name FROM sqlite_master").fetchall() == []  # left as it was
+
+
+def test_an_empty_database_over_an_empty_store_is_a_new_registry(
+    home: Path, iris_onnx: Path
+) -> None:
+    home.mkdir()
+    (home / "registry.db").write_bytes(b"")
+    assert run_cli("ls").stdout.startswith("no models yet")
+    assert run_cli("push", iris_onnx, "--name", "iris").returncode == 0
+    # Everything collected: the store is empty again, and so may start afresh.
+    assert run_cli("rm", "iris", "--all").returncode == 0
+    assert blobs(home) == []
+    _lose_sqlite_database(home)
+    assert run_cli("ls").returncode == 0
+
+
+def test_an_empty_postgresql_database_over_stored_models_is_refused(
+    home: Path, iris_onnx: Path, make_postgres_database: Callable[[], str]
+) -> None:
+    with Registry(Settings(home=home, db_url=make_postgres_database())) as registry:
+        registry.push(iris_onnx, "iris")
+    stored = blobs(home)
+    empty = make_postgres_database()
+    with pytest.raises(StorageError, match="is empty.*Restore it from a backup") as refused:
+        Registry(Settings(home=home, db_url=empty))
+    assert "\n" not in str(refused.value)
+    assert blobs(home) == stored
+
+
+# --- item 12b: one line for a damaged database --------------------------------------------------
+
+
+def test_a_damaged_database_is_one_line_and_exit_9(home: Path) -> None:
+    home.mkdir()
+    (home / "registry.db").write_bytes(b"this is not a database, just garbage bytes\n" * 100)
+    result = run_cli("ls")
+    one_line_error(result, 9, "cannot open the registry database", "file is not a database")
+    assert "sqlalche.me" not in result.stderr
+
+
+# --- item 12c: a missing blob is damage, not a refused write ------------------------------------
+
+
+def test_a_blob_missing_from_the_store_is_verification_failed(home: Path, iris_onnx: Path) -> None:
+    assert run_cli("push", iris_onnx, "--name", "iris").returncode == 0
+    (blob,) = blobs(home)
+    blob.unlink()
+    result = run_cli("predict", "iris", "--input", '{"input": [[1, 2, 3, 4]]}')
+    one_line_error(result, 7, "missing from the artifact store", "modelport verify")
+
+
+# --- risk: version numbers never repeat, even after `rm NAME --all` -----------------------------
+
+
+def test_numbers_are_not_reused_after_the_whole_model_is_deleted(
+    registry: Registry, iris_onnx: Path
+) -> None:
+    for _ in range(3):
+        registry.push(iris_onnx, "iris", aliases=["production"])
+    registry.push(iris_onnx, "other")
+    registry.delete_model("iris", force=True)
+    assert [m.name for m in registry.list_models()] == ["other"]
+    assert registry.push(iris_onnx, "iris").version == 4
+    assert [v.version for v in registry.list_versions("iris")] == [4]
+    (summary,) = (m for m in registry.list_models() if m.name == "iris")
+    assert (summary.versions, summary.latest) == (1, 4)
+    registry.delete_model("iris")
+    registry.delete_model("other")
+    assert registry.list_models() == []
+    assert registry.push(iris_onnx, "iris").version == 5
+    assert registry.push(iris_onnx, "other").version == 2
+
+
+def test_cli_rm_all_then_push_goes_on_counting(home: Path, iris_onnx: Path) -> None:
+    for _ in range(3):
+        assert run_cli("push", iris_onnx, "--name", "iris", "--alias", "prod").returncode == 0
+    assert run_cli("rm", "iris", "--all", "--force").returncode == 0
+    assert json.loads(run_cli("ls", "--json").stdout) == []
+    pushed = run_cli("push", iris_onnx, "--name", "iris", "--json")
+    assert json.loads(pushed.stdout)["version"] == 4
