@@ -36,7 +36,7 @@ def has_open(pid: int, path: Path) -> bool:
     """Whether process ``pid`` has ``path`` open (Linux)."""
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            if os.readlink(fd) == str(path):
+            if fd.readlink() == path:
                 return True
         except OSError:  # closed meanwhile
             continue
@@ -194,3 +194,57 @@ def test_cli_rm_all_then_push_goes_on_counting(home: Path, iris_onnx: Path) -> N
     assert json.loads(run_cli("ls", "--json").stdout) == []
     pushed = run_cli("push", iris_onnx, "--name", "iris", "--json")
     assert json.loads(pushed.stdout)["version"] == 4
+
+
+# --- item 9: a push never hangs on a named pipe or a device -------------------------------------
+
+
+def _fifo_as_the_model(root: Path) -> list[Path]:
+    os.mkfifo(root / "model.onnx")
+    return [root / "model.onnx"]
+
+
+def _symlink_to_a_fifo(root: Path) -> list[Path]:
+    os.mkfifo(root / "pipe")
+    (root / "model.onnx").symlink_to(root / "pipe")
+    return [root / "model.onnx"]
+
+
+def _fifo_inside_the_directory(root: Path) -> list[Path]:
+    make_add_model(root / "m" / "model.onnx")
+    os.mkfifo(root / "m" / "weights.bin")
+    return [root / "m"]
+
+
+def _device_inside_the_directory(root: Path) -> list[Path]:
+    make_add_model(root / "m" / "model.onnx")
+    (root / "m" / "extra").mkdir()
+    (root / "m" / "extra" / "null").symlink_to("/dev/null")
+    return [root / "m"]
+
+
+def _fifo_as_a_companion(root: Path) -> list[Path]:
+    os.mkfifo(root / "weights.caffemodel")
+    return [make_add_model(root / "model.onnx"), root / "weights.caffemodel"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "says"),
+    [
+        (_fifo_as_the_model, "model.onnx is a named pipe (FIFO), not a model file or directory"),
+        (_symlink_to_a_fifo, "model.onnx is a named pipe (FIFO)"),
+        (_fifo_inside_the_directory, "m: weights.bin is a named pipe (FIFO); a model directory"),
+        (_device_inside_the_directory, "m: extra/null is a character device"),
+        (_fifo_as_a_companion, "weights.caffemodel is a named pipe (FIFO)"),
+    ],
+)
+def test_push_refuses_what_is_neither_a_file_nor_a_directory(
+    home: Path, tmp_path: Path, layout: Callable[[Path], list[Path]], says: str
+) -> None:
+    paths = layout(tmp_path)
+    try:
+        result = run_cli("push", *paths, "--name", "m", timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        pytest.fail("push hung on a named pipe")
+    one_line_error(result, 6, says)
+    assert not (home / "artifacts" / "blobs").exists() or blobs(home) == []

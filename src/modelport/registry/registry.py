@@ -17,6 +17,7 @@ from modelport.errors import Conflict, InvalidInput, Unavailable, VerificationFa
 from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
+from modelport.registry.sources import refuse_special_files
 from modelport.registry.store import (
     FileEntry,
     GcReport,
@@ -83,9 +84,10 @@ class Registry:
         weights): the first is the model, the rest go to the runtime as companions.
         ``example``/``signature`` describe formats that do not record their own inputs.
 
-        The model is validated and its signature read before anything is stored; files are
-        hashed while copied and published in one transaction, so a failure or a kill at any
-        point leaves no half version.
+        Anything that is neither a regular file nor a directory (a named pipe, a device) is
+        refused before it is read. The model is validated and its signature read before
+        anything is stored; files are hashed while copied and published in one transaction,
+        so a failure or a kill at any point leaves no half version.
 
         Raises:
             InvalidName, InvalidModel, UnsupportedFormat, NotFound (lineage parent),
@@ -99,6 +101,8 @@ class Registry:
         if not paths:
             raise InvalidInput("push needs the path of a model file or directory")
         source, *companions = (Path(p).expanduser() for p in paths)
+        for named in (source, *companions):
+            refuse_special_files(named)
         options = PushOptions(
             example=example,
             signature=signature,
