@@ -14,11 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from modelport import Registry, Settings, StorageError
 from tests.conftest import CLI, run_cli
-from tests.onnx_models import make_add_model
+from tests.onnx_models import (
+    make_add_model,
+    make_graph_model,
+    make_matmul_model,
+    set_external_field,
+    tensor,
+)
 
 DEADLINE = 60.0  # seconds; generous for a loaded 2-core machine
 
@@ -248,3 +256,65 @@ def test_push_refuses_what_is_neither_a_file_nor_a_directory(
         pytest.fail("push hung on a named pipe")
     one_line_error(result, 6, says)
     assert not (home / "artifacts" / "blobs").exists() or blobs(home) == []
+
+
+# --- item 10: models that could never load are refused at push ----------------------------------
+
+WEIGHTS = np.arange(64 * 32, dtype=np.float32).reshape(64, 32)  # 8 KiB: external data
+
+
+def _external(tmp_path: Path, key: str, value: str) -> Path:
+    path = make_matmul_model(tmp_path / "m" / "m.onnx", WEIGHTS, external_data="w.bin")
+    set_external_field(path, key, value)
+    return path.parent
+
+
+def _graph(
+    tmp_path: Path, nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str]
+) -> Path:
+    def spec(name: str) -> onnx.ValueInfoProto:
+        return tensor(name, TensorProto.FLOAT, ["batch", 2])
+
+    return make_graph_model(
+        tmp_path / "g.onnx", nodes, [spec(n) for n in inputs], [spec(n) for n in outputs]
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "says"),
+    [
+        (lambda t: _external(t, "offset", "-16"), "has a negative offset or length (-16, 8192)"),
+        (lambda t: _external(t, "length", "-4"), "has a negative offset or length (0, -4)"),
+        (lambda t: _external(t, "offset", "4096"), "needs bytes 4096 to 12288, but the file is"),
+        (lambda t: _external(t, "length", "100"), "length of 100 bytes, but the tensor holds 8192"),
+        (lambda t: _external(t, "offset", "x1"), "has a malformed offset or length"),
+        (
+            lambda t: _graph(t, [helper.make_node("Identity", ["x"], ["y"])], ["x"], []),
+            "g.onnx: the graph has no outputs, so it can never answer a request",
+        ),
+        (lambda t: _graph(t, [], [], []), "g.onnx: the graph has no outputs"),
+    ],
+)
+def test_push_refuses_a_model_that_can_never_load(
+    home: Path, tmp_path: Path, build: Callable[[Path], Path], says: str
+) -> None:
+    result = run_cli("push", build(tmp_path), "--name", "m")
+    one_line_error(result, 6, says)
+    assert blobs(home) == []
+
+
+def test_graphs_without_nodes_or_inputs_still_push_and_answer(home: Path, tmp_path: Path) -> None:
+    # Not refused: onnxruntime runs them (a pass-through, a constant).
+    passthrough = _graph(tmp_path, [], ["x"], ["x"])
+    assert run_cli("push", passthrough, "--name", "passthrough").returncode == 0
+    result = run_cli("predict", "passthrough", "--input", '{"x": [[1, 2]]}')
+    assert json.loads(result.stdout) == {"x": [[1.0, 2.0]]}
+    constant = make_graph_model(
+        tmp_path / "constant.onnx",
+        [helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(2, "f4")))],
+        [],
+        [tensor("y", TensorProto.FLOAT, [2])],
+    )
+    assert run_cli("push", constant, "--name", "constant").returncode == 0
+    result = run_cli("predict", "constant", "--input", "{}")
+    assert json.loads(result.stdout) == {"y": [1.0, 1.0]}
