@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelport import Registry, Settings, StorageError
-from tests.conftest import CLI, run_cli
+from tests.conftest import CLI, CliResult, run_cli
 from tests.onnx_models import (
     make_add_model,
     make_graph_model,
@@ -27,6 +28,7 @@ from tests.onnx_models import (
     set_external_field,
     tensor,
 )
+from tests.serving_fixtures import running_server
 
 DEADLINE = 60.0  # seconds; generous for a loaded 2-core machine
 
@@ -55,12 +57,13 @@ def blobs(home: Path) -> list[Path]:
     return sorted((home / "artifacts" / "blobs").glob("*/*"))
 
 
-def one_line_error(result: object, code: int, *phrases: str) -> None:
-    returncode, stderr = result.returncode, result.stderr  # type: ignore[attr-defined]
-    assert returncode == code, stderr
-    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+def one_line_error(result: CliResult, code: int, *phrases: str) -> None:
+    """The CLI failed with exit ``code`` and one ``error:`` line that says ``phrases``."""
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
     for phrase in phrases:
-        assert phrase in stderr, stderr
+        assert phrase in result.stderr, result.stderr
 
 
 # --- item 2: gc during a push -------------------------------------------------------------------
@@ -318,3 +321,74 @@ def test_graphs_without_nodes_or_inputs_still_push_and_answer(home: Path, tmp_pa
     assert run_cli("push", constant, "--name", "constant").returncode == 0
     result = run_cli("predict", "constant", "--input", "{}")
     assert json.loads(result.stdout) == {"y": [1.0, 1.0]}
+
+
+# --- item 7: what is served is what was verified -----------------------------------------------
+
+X = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+EXPECTED = (X @ WEIGHTS).tolist()
+
+
+def _served_weights(home: Path) -> Path:
+    """The weights file onnxruntime maps: the derived, optimized copy's, not the blob."""
+    (weights,) = (home / "artifacts" / "derived").glob("*/onnx-*/weights.bin")
+    return weights
+
+
+def _tamper_keeping_the_size(weights: Path) -> None:
+    weights.write_bytes(bytes(weights.stat().st_size))  # every weight 0.0
+
+
+def _predict_cli() -> CliResult:
+    return run_cli("predict", "m", "--input", json.dumps({"x": X.tolist()}))
+
+
+@pytest.fixture
+def served_once(home: Path, tmp_path: Path) -> Path:
+    """``m@1`` pushed and predicted once, so that its optimized copy exists; then tampered."""
+    model = make_matmul_model(tmp_path / "model.onnx", WEIGHTS)  # weights inside the file
+    assert run_cli("push", model, "--name", "m").returncode == 0
+    first = _predict_cli()
+    assert np.allclose(json.loads(first.stdout)["y"], EXPECTED)
+    _tamper_keeping_the_size(_served_weights(home))
+    return home
+
+
+@pytest.mark.parametrize("policy", ["always", "first-load"])
+def test_predict_never_answers_with_a_tampered_derived_copy(
+    served_once: Path, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    monkeypatch.setenv("MODELPORT_VERIFY", policy)
+    result = _predict_cli()
+    assert result.returncode == 0, result.stderr
+    assert np.allclose(json.loads(result.stdout)["y"], EXPECTED)
+    assert "was changed after it was built" in result.stderr
+    assert "weights.bin: content changed since it was built" in result.stderr
+    assert _served_weights(served_once).read_bytes() != bytes(WEIGHTS.nbytes)  # rebuilt
+
+
+def test_serve_never_answers_with_a_tampered_derived_copy(served_once: Path) -> None:
+    with running_server(served_once, ["m"]) as server:
+        body = {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": X[0].tolist()}]
+        }
+        response = httpx.post(f"{server.http_url}/v2/models/m/infer", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        (output,) = response.json()["outputs"]
+        assert np.allclose(output["data"], EXPECTED[0])
+        assert "was changed after it was built" in server.output()
+
+
+def test_verify_checks_the_derived_copy_and_removes_a_tampered_one(served_once: Path) -> None:
+    result = run_cli("verify", "m@1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "m@1: ok"  # the stored files are intact
+    assert lines[1].startswith("  derived copy onnx-")
+    assert lines[1].endswith(": removed, to be built again from the stored files on the next load")
+    assert lines[2].startswith("    weights.bin: content changed since it was built")
+    assert not any(p.is_dir() for p in (served_once / "artifacts" / "derived").glob("*/onnx-*"))
+    assert np.allclose(json.loads(_predict_cli().stdout)["y"], EXPECTED)
+    again = run_cli("verify", "--all")
+    assert again.returncode == 0
+    assert again.stdout.splitlines()[1].endswith(": ok")

@@ -26,7 +26,15 @@ from modelport.registry.store import (
     hash_file,
     manifest_key,
 )
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, RuntimeTable, default_runtimes
+from modelport.runtimes import (
+    LoadedModel,
+    LoadOptions,
+    PushOptions,
+    RuntimeTable,
+    default_runtimes,
+    derived,
+)
+from modelport.runtimes.derived import DerivedCheck
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
 
 __all__ = ["Registry"]
@@ -346,6 +354,26 @@ class Registry:
         record = self.get(ref)
         return self.store.verify(list(record.files))
 
+    def verify_derived(self, ref: ModelRef | str) -> list[DerivedCheck]:
+        """Re-hash the files runtimes derived from the version on this machine (optimized
+        graphs, what is actually served) against the digests recorded when they were built.
+
+        A copy that fails is removed: the next load builds it again from the stored files.
+        Returns one result per copy found (none when the version was never loaded here).
+        """
+        record = self.get(ref)
+        results = []
+        for directory in derived.copies(self.store.derived(list(record.files))):
+            result = derived.check(directory, digests=True)
+            if not result.intact:
+                try:
+                    derived.discard(directory)
+                except OSError as exc:
+                    problem = f"could not remove it ({exc.strerror}); delete {directory}"
+                    result = dataclasses.replace(result, problems=(*result.problems, problem))
+            results.append(result)
+        return results
+
     def load(
         self,
         ref: ModelRef | str,
@@ -357,7 +385,9 @@ class Registry:
 
         Files are checked against the manifest first, per ``verify`` (default: settings).
         Unless ``options`` name a ``cache_dir``, the runtime may keep files it derives from
-        the version (an optimized graph) in the store, next to its checkout.
+        the version (an optimized graph) in the store, next to its checkout; whenever the
+        version's files are re-hashed, derived files found there are too (and built again
+        if they changed).
 
         Raises:
             NotFound, VerificationFailed, MissingDependency, InvalidModel.
@@ -367,7 +397,8 @@ class Registry:
         directory = self.store.checkout(list(record.files))
         policy = verify or self.settings.verify
         key = manifest_key(record.files)
-        if policy == "always" or (policy == "first-load" and key not in self._verified):
+        verifying = policy == "always" or (policy == "first-load" and key not in self._verified)
+        if verifying:
             _verify_checkout(directory, record)
             self._verified.add(key)
         given = options or LoadOptions()
@@ -376,6 +407,9 @@ class Registry:
             metadata={**record.metadata, **given.metadata},
             trust_pickle=record.trust_pickle,
             cache_dir=given.cache_dir or self.store.derived(list(record.files)),
+            # What is served may be a copy derived from the files just verified (an
+            # optimized graph): it is held to the same policy.
+            verify_derived=given.verify_derived or verifying,
         )
         return runtime.load(directory / record.entry, recorded)
 
