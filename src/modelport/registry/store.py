@@ -261,7 +261,7 @@ class LocalStore:
                 raise VerificationFailed(
                     f"a stored file is missing from the artifact store ({exc.filename}); the "
                     "stored model is damaged. Run `modelport verify --all` to see which "
-                    "versions are, and push them again"
+                    "versions are damaged, and push them again"
                 ) from exc
             finally:
                 shutil.rmtree(building, ignore_errors=True)
