@@ -124,6 +124,20 @@ def set_external_location(path: Path, location: str) -> Path:
     return path
 
 
+def set_external_field(path: Path, key: str, value: str) -> Path:
+    """Set ``key`` (offset, length, ...) of every external tensor of the model at ``path``."""
+    model = onnx.load(str(path), load_external_data=False)
+    for initializer in model.graph.initializer:
+        for entry in initializer.external_data:
+            if entry.key == key:
+                entry.value = value
+                break
+        else:
+            initializer.external_data.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
 def iris_data(*, string_labels: bool = False) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """scikit-learn's bundled iris: features as FP32 (150 x 4) and labels (ints or names)."""
     from sklearn.datasets import load_iris

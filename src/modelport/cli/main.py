@@ -188,7 +188,11 @@ def verify(
     ref: Annotated[str | None, typer.Argument(help="name@3; omit with --all.")] = None,
     all_versions: Annotated[bool, typer.Option("--all", help="Verify every version.")] = False,
 ) -> None:
-    """Re-hash stored files against their manifest; exit non-zero on any mismatch."""
+    """Re-hash stored files against their manifest; exit non-zero on any mismatch.
+
+    The copies derived from a version on this machine (optimized graphs, what is served)
+    are re-hashed too; one that changed is removed, to be built again on the next load.
+    """
     with _registry() as registry:
         if all_versions:
             refs = [v.ref for m in registry.list_models() for v in registry.list_versions(m.name)]
@@ -204,6 +208,7 @@ def verify(
             render.console().print(f"{version_ref}: {status}")
             for problem in problems:
                 render.console().print(f"  {problem}", markup=False)
+            render.derived_checks(registry.verify_derived(version_ref))
     if damaged:
         raise VerificationFailed(f"{damaged} of {len(refs)} version(s) failed verification")
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from modelport.registry import ModelSummary, ModelVersion
+from modelport.runtimes.derived import DerivedCheck
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -145,3 +146,20 @@ def version_detail(v: ModelVersion) -> None:
             f.path + (" (entry)" if f.path == v.entry else ""), human_size(f.size), f.digest
         )
     out.print(files)
+
+
+def derived_checks(checks: Sequence[DerivedCheck]) -> None:
+    """Under a version's ``verify`` line: each derived copy, and what was done about it."""
+    lines = []
+    for check in checks:
+        if check.intact:
+            lines.append(f"  derived copy {check.name}: ok")
+            continue
+        lines.append(
+            f"  derived copy {check.name}: removed, to be built again from the stored files "
+            "on the next load"
+        )
+        lines.extend(f"    {problem}" for problem in check.problems)
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()

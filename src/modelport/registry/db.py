@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -11,28 +12,55 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError, StatementError
 
 from modelport.errors import StorageError
 
-__all__ = ["HEAD_REVISION", "open_database", "read_transaction", "write_transaction"]
+__all__ = [
+    "HEAD_REVISION",
+    "database_error_text",
+    "open_database",
+    "read_transaction",
+    "write_transaction",
+]
 
 # The newest migration in migrations/versions; a test keeps the two in step. Checking it
 # against the DB without importing Alembic keeps every CLI start fast.
-HEAD_REVISION = "0002"
-_KNOWN_REVISIONS = ("0001", "0002")
+HEAD_REVISION = "0003"
+_KNOWN_REVISIONS = ("0001", "0002", "0003")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _WRITE_LOCK = 7263301  # PostgreSQL advisory lock key held by every write transaction
+_BACKGROUND_LINK = re.compile(r"\s*\(Background on this error at: \S+\)")
 
 
-def open_database(url: str) -> Engine:
+def database_error_text(exc: SQLAlchemyError) -> str:
+    """What a database error says, in one line, for a ``StorageError`` message.
+
+    SQLAlchemy's own text spreads over lines (the statement, its parameters, a link to
+    background reading); the CLI prints every error on one line, and the driver's message
+    is the part that tells the user what happened.
+    """
+    cause: BaseException = exc
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        cause = exc.orig
+    text = " ".join(_BACKGROUND_LINK.sub("", str(cause)).split())
+    return text or type(cause).__name__
+
+
+def open_database(url: str, *, existing_store: Path | None = None) -> Engine:
     """Create an engine for ``url`` and bring its schema up to ``HEAD_REVISION``.
 
     SQLite runs in WAL mode so readers never wait for a writer, with foreign keys on and
     a generous busy timeout so concurrent pushes queue rather than fail.
 
+    ``existing_store`` names the artifact store when it already holds stored files. A
+    database with no schema is then not a new registry but a lost one (a file truncated by
+    a full disk, a bad restore): it is refused, since a registry started afresh over those
+    files would reuse their version numbers, and its first gc would delete them all.
+
     Raises:
-        StorageError: the database cannot be opened, or was made by a newer modelport.
+        StorageError: the database cannot be opened, was made by a newer modelport, or has
+            no schema while ``existing_store`` holds files.
     """
     try:
         parsed = make_url(url)
@@ -49,10 +77,12 @@ def open_database(url: str) -> Engine:
             "'modelport[postgres]' and use postgresql://user:password@host/dbname"
         ) from None
     try:
-        _migrate(engine)
+        _migrate(engine, parsed.render_as_string(hide_password=True), existing_store)
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise StorageError(f"cannot open the registry database {parsed!r}: {exc}") from exc
+        raise StorageError(
+            f"cannot open the registry database {parsed!r}: {database_error_text(exc)}"
+        ) from exc
     except StorageError:
         engine.dispose()  # an engine that is not handed out must not keep its connections
         raise
@@ -110,8 +140,14 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     SQLite's BEGIN IMMEDIATE does that; on PostgreSQL a transaction-level advisory lock
     does, so that a writer's read-then-write (the next version number, an alias move, a
     metrics merge) never interleaves with another writer's.
+
+    Raises:
+        StorageError: the database failed or refused the change (nothing was written).
     """
-    with engine.connect() as connection:
+    with (
+        _as_storage_error("the registry database refused the change"),
+        engine.connect() as connection,
+    ):
         connection.execution_options(write=True)
         with connection.begin():
             if engine.dialect.name == "postgresql":
@@ -121,13 +157,26 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
-    """A read-only snapshot: never blocks writers."""
-    with engine.connect() as connection:
+    """A read-only snapshot: never blocks writers.
+
+    Raises:
+        StorageError: the database could not be read.
+    """
+    with _as_storage_error("cannot read the registry database"), engine.connect() as connection:
         if engine.dialect.name == "postgresql":
             # PostgreSQL's default, READ COMMITTED, takes a new snapshot for every statement.
             connection.execution_options(isolation_level="REPEATABLE READ")
         with connection.begin():
             yield connection
+
+
+@contextmanager
+def _as_storage_error(what: str) -> Iterator[None]:
+    # Our own errors raised inside a transaction (NotFound, Conflict) pass through as they are.
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StorageError(f"{what}: {database_error_text(exc)}") from exc
 
 
 def _current_revision(connection: Connection) -> str | None:
@@ -139,12 +188,19 @@ def _current_revision(connection: Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _migrate(engine: Engine) -> None:
+def _migrate(engine: Engine, shown_url: str, existing_store: Path | None) -> None:
     with engine.connect() as connection:
         revision = _current_revision(connection)
         connection.rollback()
     if revision == HEAD_REVISION:
         return
+    if revision is None and existing_store is not None:
+        raise StorageError(
+            f"the registry database {shown_url} is empty (it has no tables), but the artifact "
+            f"store {existing_store} holds stored models: the database was lost or truncated "
+            "(a full disk, a bad restore?). Restore it from a backup; modelport will not "
+            "start a new, empty registry over stored models"
+        )
     if revision is not None and revision not in _KNOWN_REVISIONS:
         raise StorageError(
             f"the registry database is at schema revision {revision!r}, which this version of "

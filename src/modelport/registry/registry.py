@@ -11,15 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.config import Settings, VerifyPolicy, load_settings
-from modelport.errors import Conflict, InvalidInput, StorageError, Unavailable, VerificationFailed
+from modelport.errors import Conflict, InvalidInput, Unavailable, VerificationFailed
 from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
-from modelport.registry.store import FileEntry, GcReport, LocalStore, hash_file, manifest_key
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, RuntimeTable, default_runtimes
+from modelport.registry.sources import refuse_special_files
+from modelport.registry.store import (
+    FileEntry,
+    GcReport,
+    LocalStore,
+    References,
+    hash_file,
+    manifest_key,
+)
+from modelport.runtimes import (
+    LoadedModel,
+    LoadOptions,
+    PushOptions,
+    RuntimeTable,
+    default_runtimes,
+    derived,
+)
+from modelport.runtimes.derived import DerivedCheck
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
 
 __all__ = ["Registry"]
@@ -37,8 +52,11 @@ class Registry:
     ) -> None:
         self.settings = settings or load_settings()
         self.runtimes = runtimes or default_runtimes()
-        self.engine = open_database(self.settings.resolved_db_url())
         self.store = LocalStore(self.settings.resolved_store_path())
+        self.engine = open_database(
+            self.settings.resolved_db_url(),
+            existing_store=self.store.root if self.store.holds_blobs() else None,
+        )
         self._verified: set[str] = set()
 
     def close(self) -> None:
@@ -74,9 +92,10 @@ class Registry:
         weights): the first is the model, the rest go to the runtime as companions.
         ``example``/``signature`` describe formats that do not record their own inputs.
 
-        The model is validated and its signature read before anything is stored; files are
-        hashed while copied and published in one transaction, so a failure or a kill at any
-        point leaves no half version.
+        Anything that is neither a regular file nor a directory (a named pipe, a device) is
+        refused before it is read. The model is validated and its signature read before
+        anything is stored; files are hashed while copied and published in one transaction,
+        so a failure or a kill at any point leaves no half version.
 
         Raises:
             InvalidName, InvalidModel, UnsupportedFormat, NotFound (lineage parent),
@@ -90,6 +109,8 @@ class Registry:
         if not paths:
             raise InvalidInput("push needs the path of a model file or directory")
         source, *companions = (Path(p).expanduser() for p in paths)
+        for named in (source, *companions):
+            refuse_special_files(named)
         options = PushOptions(
             example=example,
             signature=signature,
@@ -138,48 +159,45 @@ class Registry:
         aliases: list[str],
     ) -> int:
         now = datetime.now(UTC)
-        try:
-            with write_transaction(self.engine) as conn:
-                mid = self._ensure_model(conn, name, row["description"], now)
+        with write_transaction(self.engine) as conn:
+            mid = self._ensure_model(conn, name, row["description"], now)
+            conn.execute(
+                update(schema.models)
+                .where(schema.models.c.id == mid)
+                .values(last_version=schema.models.c.last_version + 1)
+            )
+            number = int(
                 conn.execute(
-                    update(schema.models)
-                    .where(schema.models.c.id == mid)
-                    .values(last_version=schema.models.c.last_version + 1)
-                )
-                number = int(
-                    conn.execute(
-                        select(schema.models.c.last_version).where(schema.models.c.id == mid)
-                    ).scalar_one()
-                )
-                parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
-                vid = conn.execute(
-                    insert(schema.versions)
-                    .values(model_id=mid, number=number, created_at=now, parent_id=parent_id, **row)
-                    .returning(schema.versions.c.id)
+                    select(schema.models.c.last_version).where(schema.models.c.id == mid)
                 ).scalar_one()
-                if entries:
-                    conn.execute(
-                        insert(schema.files),
-                        [
-                            {
-                                "version_id": vid,
-                                "path": e.path,
-                                "digest": e.digest,
-                                "size": e.size,
-                            }
-                            for e in entries
-                        ],
-                    )
-                if tags:
-                    conn.execute(
-                        insert(schema.tags),
-                        [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
-                    )
-                for alias in aliases:
-                    _point_alias(conn, mid, alias, vid)
-                return number
-        except SQLAlchemyError as exc:
-            raise StorageError(f"the registry database refused the new version: {exc}") from exc
+            )
+            parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
+            vid = conn.execute(
+                insert(schema.versions)
+                .values(model_id=mid, number=number, created_at=now, parent_id=parent_id, **row)
+                .returning(schema.versions.c.id)
+            ).scalar_one()
+            if entries:
+                conn.execute(
+                    insert(schema.files),
+                    [
+                        {
+                            "version_id": vid,
+                            "path": e.path,
+                            "digest": e.digest,
+                            "size": e.size,
+                        }
+                        for e in entries
+                    ],
+                )
+            if tags:
+                conn.execute(
+                    insert(schema.tags),
+                    [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
+                )
+            for alias in aliases:
+                _point_alias(conn, mid, alias, vid)
+            return number
 
     @staticmethod
     def _ensure_model(conn: Connection, name: str, description: str, now: datetime) -> int:
@@ -189,10 +207,18 @@ class Registry:
             )
         ).first()
         if found is None:
+            # A name deleted before goes on from its last number (see ``delete_model``).
+            retired = schema.retired_models
+            last = conn.execute(
+                select(retired.c.last_version).where(retired.c.name == name)
+            ).scalar()
+            conn.execute(delete(retired).where(retired.c.name == name))
             return int(
                 conn.execute(
                     insert(schema.models)
-                    .values(name=name, description=description, created_at=now, last_version=0)
+                    .values(
+                        name=name, description=description, created_at=now, last_version=last or 0
+                    )
                     .returning(schema.models.c.id)
                 ).scalar_one()
             )
@@ -262,16 +288,23 @@ class Registry:
         return record
 
     def delete_model(self, name: str, *, force: bool = False) -> list[ModelVersion]:
-        """Delete a model and all its versions. Refuses while it has aliases, unless ``force``."""
+        """Delete a model and all its versions. Refuses while it has aliases, unless ``force``.
+
+        The name keeps its last version number: pushed again, it starts after it.
+        """
         with write_transaction(self.engine) as conn:
             mid = queries.model_id(conn, validate_name(name))
             records = queries.load_versions(conn, queries.version_ids_of(conn, mid))
             aliased = [r.ref for r in records if r.aliases]
             if aliased and not force:
                 raise Conflict(f"model {name!r} has aliases on {', '.join(aliased)}; pass --force")
+            last = conn.execute(
+                select(schema.models.c.last_version).where(schema.models.c.id == mid)
+            ).scalar_one()
             conn.execute(delete(schema.aliases).where(schema.aliases.c.model_id == mid))
             conn.execute(delete(schema.versions).where(schema.versions.c.model_id == mid))
             conn.execute(delete(schema.models).where(schema.models.c.id == mid))
+            conn.execute(insert(schema.retired_models).values(name=name, last_version=last))
         self._sweep()
         return records
 
@@ -282,12 +315,22 @@ class Registry:
 
     def gc(self, *, wait: float = 60.0) -> GcReport:
         """Remove what no version references: blobs, checkouts, derived files (optimized
-        graphs), and the staging of dead pushes."""
+        graphs), and the staging of dead pushes.
+
+        Raises:
+            Unavailable: a push held the store for ``wait`` seconds.
+        """
+        return self.store.collect_garbage(self._references, wait=wait)
+
+    def _references(self) -> References:
+        # Called by the store under its exclusive lock, never before: a push that commits
+        # while gc waits for the lock must be seen, or its blobs would be deleted.
         with read_transaction(self.engine) as conn:
             manifests = queries.all_manifests(conn)
-        referenced = {e.digest for files in manifests.values() for e in files}
-        keep = {manifest_key(files) for files in manifests.values()}
-        return self.store.collect_garbage(referenced, keep, wait=wait)
+        return References(
+            digests=frozenset(e.digest for files in manifests.values() for e in files),
+            manifests=frozenset(manifest_key(files) for files in manifests.values()),
+        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -311,6 +354,26 @@ class Registry:
         record = self.get(ref)
         return self.store.verify(list(record.files))
 
+    def verify_derived(self, ref: ModelRef | str) -> list[DerivedCheck]:
+        """Re-hash the files runtimes derived from the version on this machine (optimized
+        graphs, what is actually served) against the digests recorded when they were built.
+
+        A copy that fails is removed: the next load builds it again from the stored files.
+        Returns one result per copy found (none when the version was never loaded here).
+        """
+        record = self.get(ref)
+        results = []
+        for directory in derived.copies(self.store.derived(list(record.files))):
+            result = derived.check(directory, digests=True)
+            if not result.intact:
+                try:
+                    derived.discard(directory)
+                except OSError as exc:
+                    problem = f"could not remove it ({exc.strerror}); delete {directory}"
+                    result = dataclasses.replace(result, problems=(*result.problems, problem))
+            results.append(result)
+        return results
+
     def load(
         self,
         ref: ModelRef | str,
@@ -322,7 +385,9 @@ class Registry:
 
         Files are checked against the manifest first, per ``verify`` (default: settings).
         Unless ``options`` name a ``cache_dir``, the runtime may keep files it derives from
-        the version (an optimized graph) in the store, next to its checkout.
+        the version (an optimized graph) in the store, next to its checkout; whenever the
+        version's files are re-hashed, derived files found there are too (and built again
+        if they changed).
 
         Raises:
             NotFound, VerificationFailed, MissingDependency, InvalidModel.
@@ -332,7 +397,8 @@ class Registry:
         directory = self.store.checkout(list(record.files))
         policy = verify or self.settings.verify
         key = manifest_key(record.files)
-        if policy == "always" or (policy == "first-load" and key not in self._verified):
+        verifying = policy == "always" or (policy == "first-load" and key not in self._verified)
+        if verifying:
             _verify_checkout(directory, record)
             self._verified.add(key)
         given = options or LoadOptions()
@@ -341,6 +407,9 @@ class Registry:
             metadata={**record.metadata, **given.metadata},
             trust_pickle=record.trust_pickle,
             cache_dir=given.cache_dir or self.store.derived(list(record.files)),
+            # What is served may be a copy derived from the files just verified (an
+            # optimized graph): it is held to the same policy.
+            verify_derived=given.verify_derived or verifying,
         )
         return runtime.load(directory / record.entry, recorded)
 

@@ -23,7 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["aliases", "files", "metadata", "models", "tags", "versions"]
+__all__ = ["aliases", "files", "metadata", "models", "retired_models", "tags", "versions"]
 
 NAME_LENGTH = 128
 DIGEST_LENGTH = 64
@@ -96,4 +96,14 @@ tags = Table(
     Column("version_id", ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True),
     Column("key", String(NAME_LENGTH), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# A model deleted as a whole leaves its name and last number here, so that pushing the name
+# again goes on from that number: `iris@4` must never name two different models over time.
+# The row goes back into `models` when the name is pushed again.
+retired_models = Table(
+    "retired_models",
+    metadata,
+    Column("name", String(NAME_LENGTH), primary_key=True),
+    Column("last_version", Integer, nullable=False),
 )

@@ -9,9 +9,11 @@ Layout of the local store::
                           graphs); safe to delete
     gc.lock               pushes and checkouts hold it shared; gc and deletes exclusive
 
-A push holds the shared lock from its first byte until its DB transaction commits, so a
-garbage collection (exclusive) never sees a blob that is about to be referenced. A process
-killed mid-push releases its lock with its life; what it left is an orphan ``gc`` removes.
+A push holds the shared lock from its first byte until its DB transaction commits, and a
+garbage collection reads which blobs are referenced only once it holds the exclusive lock:
+so it never deletes a blob that a push has published, whether that push committed before
+gc started or while gc waited for the lock. A process killed mid-push releases its lock
+with its life; what it left is an orphan ``gc`` removes.
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from modelport.errors import InvalidModel, StorageError, Unavailable
+from modelport.errors import InvalidModel, StorageError, Unavailable, VerificationFailed
 
-__all__ = ["ArtifactStore", "FileEntry", "LocalStore", "Staging", "hash_file", "manifest_key"]
+__all__ = [
+    "ArtifactStore",
+    "FileEntry",
+    "LocalStore",
+    "References",
+    "Staging",
+    "hash_file",
+    "manifest_key",
+]
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -73,6 +83,15 @@ def safe_relative_path(path: str) -> PurePosixPath:
     return pure
 
 
+@dataclass(frozen=True, slots=True)
+class References:
+    """What the database references: blob digests, and the manifest keys that name the
+    checkouts and derived files worth keeping."""
+
+    digests: frozenset[str]
+    manifests: frozenset[str]
+
+
 class Staging(Protocol):
     """Files being written for one push; discarded unless published."""
 
@@ -94,8 +113,10 @@ class ArtifactStore(Protocol):
 
     def verify(self, files: list[FileEntry]) -> list[str]: ...
 
+    def holds_blobs(self) -> bool: ...
+
     def collect_garbage(
-        self, referenced: set[str], keep_checkouts: set[str], *, wait: float = 60.0
+        self, read_references: Callable[[], References], *, wait: float = 60.0
     ) -> GcReport: ...
 
 
@@ -157,6 +178,17 @@ class LocalStore:
 
     def blob_path(self, digest: str) -> Path:
         return self.root / "blobs" / digest[:2] / digest
+
+    def holds_blobs(self) -> bool:
+        """Whether any file was ever stored here and not collected since."""
+        with os.scandir(self.root / "blobs") as prefixes:
+            for prefix in prefixes:
+                if not prefix.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(prefix.path) as blobs:  # gc leaves emptied prefixes behind
+                    if any(blobs):
+                        return True
+        return False
 
     @contextlib.contextmanager
     def _lock(self, mode: int, wait: float = 60.0) -> Iterator[None]:
@@ -224,9 +256,12 @@ class LocalStore:
                     building.mkdir(exist_ok=True)  # a version may have no files at all
                     building.rename(final)
             except FileNotFoundError as exc:
-                raise StorageError(
-                    f"a stored file is missing from the artifact store ({exc.filename}); "
-                    "run `modelport verify` to see which versions are damaged"
+                # Damage to a stored model, like a blob whose bytes changed: not a write the
+                # store refused.
+                raise VerificationFailed(
+                    f"a stored file is missing from the artifact store ({exc.filename}); the "
+                    "stored model is damaged. Run `modelport verify --all` to see which "
+                    "versions are damaged, and push them again"
                 ) from exc
             finally:
                 shutil.rmtree(building, ignore_errors=True)
@@ -256,21 +291,27 @@ class LocalStore:
         return problems
 
     def collect_garbage(
-        self, referenced: set[str], keep_checkouts: set[str], *, wait: float = 60.0
+        self, read_references: Callable[[], References], *, wait: float = 60.0
     ) -> GcReport:
         """Remove staging left by dead pushes, unreferenced blobs, and the checkouts and
-        derived files of versions not named in ``keep_checkouts``."""
+        derived files of versions no longer referenced.
+
+        ``read_references`` reads the database; it is called once the exclusive lock is
+        held, so that the references include every push that published files (a push
+        commits before it lets go of the shared lock).
+
+        Raises:
+            Unavailable: a push or another gc held the store for ``wait`` seconds.
+        """
         with self._lock(fcntl.LOCK_EX, wait):
+            references = read_references()
+            keep = references.manifests
             staging = _remove_children(self.root / "staging", lambda _p: True)
-            checkouts = _remove_children(
-                self.root / "checkouts", lambda p: p.name not in keep_checkouts
-            )
-            derived = _remove_children(
-                self.root / "derived", lambda p: p.name not in keep_checkouts
-            )
+            checkouts = _remove_children(self.root / "checkouts", lambda p: p.name not in keep)
+            derived = _remove_children(self.root / "derived", lambda p: p.name not in keep)
             removed = freed = 0
             for blob in (self.root / "blobs").glob("*/*"):
-                if blob.name not in referenced:
+                if blob.name not in references.digests:
                     freed += blob.stat().st_size
                     blob.unlink()
                     removed += 1

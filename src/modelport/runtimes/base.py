@@ -157,6 +157,10 @@ class LoadOptions:
     """A directory where the runtime may keep derived, machine-specific files for this
     version (e.g. an optimized graph); ``None``: nothing is cached. Runtimes that derive
     nothing ignore it."""
+    verify_derived: bool = False
+    """Re-hash derived files found in ``cache_dir`` against the digests recorded when they
+    were built, and build them again if they differ (see ``runtimes.derived``). The
+    registry asks for it whenever its verify policy re-hashes the version's own files."""
 
 
 @runtime_checkable

@@ -111,6 +111,7 @@ class MLflowRuntime:
                 metadata=dict(recorded.get("native") or {}),
                 trust_pickle=options.trust_pickle,
                 cache_dir=options.cache_dir,
+                verify_derived=options.verify_derived,
             )
             return _native(serving).load(path / entry, native)
         model = read_mlmodel(path)

@@ -82,8 +82,9 @@ class OnnxRuntime:
         With ``options.cache_dir``, the graph is optimized once and saved there with its
         weights in a file onnxruntime maps, so that processes loading the same model share
         one copy of the weights (see ``onnx_cache``; not with optimization ``disable``).
-        The cache never makes a load fail: when it cannot be used, a warning is logged and
-        the model is loaded as without it.
+        With ``options.verify_derived``, a copy found there is re-hashed first, and built
+        again if it changed. The cache never makes a load fail: when it cannot be used, a
+        warning is logged and the model is loaded as without it.
 
         Raises:
             MissingDependency: onnxruntime is not installed.
@@ -109,6 +110,7 @@ class OnnxRuntime:
                 level,
                 make_options=lambda: _session_options(ort, options),
                 open_original=lambda: _open_session(ort, entry, session_options),
+                verify=options.verify_derived,
             )
         return OnnxModel(session, described, _onnxruntime_errors(ort))
 

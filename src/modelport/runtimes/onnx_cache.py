@@ -10,11 +10,14 @@ Layout inside a version's cache directory::
 
     onnx-<variant>/model.onnx     the graph, optimized for this onnxruntime and CPU
     onnx-<variant>/weights.bin    its initializers of 1 KiB or more (absent if none are)
-    onnx-<variant>/manifest.json  the sizes of the two, checked before every use
+    onnx-<variant>/manifest.json  the sizes and sha256 of the two (see ``derived``): sizes
+                                  checked before every use, digests when asked to verify
     onnx-<variant>.lock           held by the one process building the variant
     .tmp-<uuid>/                  a build in progress, renamed into place once complete
 
-Everything here may be deleted at any time; it is built again on the next load.
+Everything here may be deleted at any time; it is built again on the next load. A copy
+that fails its check is built again too, with a warning when its bytes were changed after
+it was built: what is served is then always what the verified original makes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import ctypes
 import fcntl
 import functools
 import hashlib
-import json
 import logging
 import platform
 import re
@@ -35,13 +37,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from modelport.runtimes import derived
+
 __all__ = ["shared_session", "variant_key"]
 
 log = logging.getLogger(__name__)
 
 _MODEL = "model.onnx"
 _WEIGHTS = "weights.bin"
-_MANIFEST = "manifest.json"
 _PROVIDERS = ["CPUExecutionProvider"]
 # Smaller tensors stay inside model.onnx: a mapping shares whole pages, so they gain nothing.
 _MIN_EXTERNAL_BYTES = 1024
@@ -61,6 +64,7 @@ def shared_session(
     *,
     make_options: Callable[[], Any],
     open_original: Callable[[], Any],
+    verify: bool = False,
 ) -> Any:
     """A session on ``entry`` whose weights onnxruntime maps from a derived file in
     ``cache_dir``, built on first use and reused by every later load on this machine.
@@ -73,6 +77,8 @@ def shared_session(
             the derived graph is optimized at this level once, then loaded as it is.
         make_options: fresh ``SessionOptions`` as the user asked for them.
         open_original: the ordinary load of ``entry``.
+        verify: re-hash a copy found in the cache against the digests recorded when it was
+            built (the caller just verified ``entry``); a copy that differs is built again.
 
     The cache never makes a load fail: when the derived copy cannot be built or used (a
     full disk, a read-only store, a graph onnxruntime cannot save), this logs one warning
@@ -80,7 +86,7 @@ def shared_session(
     """
     variant = cache_dir / f"onnx-{variant_key(ort.__version__, level, entry.name)}"
     try:
-        return _derived_session(ort, entry, variant, make_options)
+        return _derived_session(ort, entry, variant, make_options, verify)
     except Exception as exc:  # whatever went wrong, the original can still be served
         problem = _reason(exc)
     session = open_original()
@@ -111,11 +117,23 @@ def _cpu_identity() -> str:
     return f"{platform.machine()} {flags}"
 
 
-def _derived_session(ort: Any, entry: Path, variant: Path, make_options: Callable[[], Any]) -> Any:
+def _derived_session(
+    ort: Any, entry: Path, variant: Path, make_options: Callable[[], Any], verify: bool
+) -> Any:
     seen = _identity(variant)
-    if seen is not None and _intact(variant):
-        with contextlib.suppress(Exception):  # onnxruntime refuses a damaged copy: rebuilt
-            return _open_derived(ort, variant, make_options)
+    if seen is not None:
+        found = derived.check(variant, digests=verify, required=(_MODEL,))
+        if found.intact:
+            with contextlib.suppress(Exception):  # onnxruntime refuses a damaged copy: rebuilt
+                return _open_derived(ort, variant, make_options)
+        elif found.modified:
+            log.warning(
+                "%s: the optimized copy in %s was changed after it was built (%s); building "
+                "it again from the verified model",
+                entry.name,
+                variant,
+                "; ".join(found.problems),
+            )
     _rebuild(ort, entry, variant, make_options, replacing=seen)
     return _open_derived(ort, variant, make_options)
 
@@ -139,7 +157,7 @@ def _rebuild(
         if _identity(variant) != replacing:
             return  # another process built it while this one waited for the lock
         _remove_stale_builds(variant.parent)
-        _discard(variant)
+        derived.discard(variant)
         try:
             _build(ort, entry, variant, make_options)
         finally:
@@ -172,11 +190,16 @@ def _build(ort: Any, entry: Path, variant: Path, make_options: Callable[[], Any]
         )
         # Never served: its weights are private. Dropped at once, having written the files.
         ort.InferenceSession(str(entry), sess_options=options, providers=_PROVIDERS)
-        _write_manifest(building)
+        if not (building / _MODEL).exists():
+            raise OSError(f"onnxruntime did not write the optimized model {_MODEL}")
+        derived.write_manifest(
+            building, [name for name in (_MODEL, _WEIGHTS) if (building / name).exists()]
+        )
         try:
             building.rename(variant)
         except OSError:
-            if not _intact(variant):  # else another process won the race: use its copy
+            # Another process may have won the race: then use its copy.
+            if not derived.check(variant, digests=False, required=(_MODEL,)).intact:
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -190,32 +213,6 @@ def _release_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def _write_manifest(directory: Path) -> None:
-    sizes = {
-        name: (directory / name).stat().st_size
-        for name in (_MODEL, _WEIGHTS)
-        if (directory / name).exists()
-    }
-    if _MODEL not in sizes:
-        raise OSError(f"onnxruntime did not write the optimized model {_MODEL}")
-    (directory / _MANIFEST).write_text(json.dumps({"sizes": sizes}))
-
-
-def _intact(variant: Path) -> bool:
-    """Whether the files have the sizes the manifest recorded: a copy truncated by a full
-    disk, a killed process or a careless hand fails this before onnxruntime maps it."""
-    try:
-        sizes = json.loads((variant / _MANIFEST).read_text())["sizes"]
-        return (
-            isinstance(sizes, dict)
-            and _MODEL in sizes
-            and set(sizes) <= {_MODEL, _WEIGHTS}
-            and all((variant / name).stat().st_size == size for name, size in sizes.items())
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def _identity(path: Path) -> tuple[int, int] | None:
     # Each build is a new directory, so this tells a rebuilt copy from the one found before.
     try:
@@ -223,16 +220,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_mtime_ns
-
-
-def _discard(variant: Path) -> None:
-    # Renamed away first, so no process ever opens a half-deleted copy. Processes that
-    # mapped the old weights keep them: unlinking does not unmap.
-    if not variant.exists():
-        return
-    doomed = variant.parent / f".tmp-{uuid.uuid4().hex}"
-    variant.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _remove_stale_builds(cache_dir: Path) -> None:

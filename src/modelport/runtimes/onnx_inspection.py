@@ -43,6 +43,27 @@ _DATATYPES: dict[int, DataType] = {
     _T.BOOL: DataType.BOOL,
     _T.STRING: DataType.BYTES,
 }
+_ELEMENT_BYTES: dict[int, int] = {
+    _T.FLOAT: 4,
+    _T.DOUBLE: 8,
+    _T.FLOAT16: 2,
+    _T.BFLOAT16: 2,
+    _T.INT8: 1,
+    _T.INT16: 2,
+    _T.INT32: 4,
+    _T.INT64: 8,
+    _T.UINT8: 1,
+    _T.UINT16: 2,
+    _T.UINT32: 4,
+    _T.UINT64: 8,
+    _T.BOOL: 1,
+    _T.COMPLEX64: 8,
+    _T.COMPLEX128: 16,
+    _T.FLOAT8E4M3FN: 1,
+    _T.FLOAT8E4M3FNUZ: 1,
+    _T.FLOAT8E5M2: 1,
+    _T.FLOAT8E5M2FNUZ: 1,
+}
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
@@ -53,8 +74,9 @@ def inspect_model(path: Path) -> ModelInfo:
     file under it, so the directory is preserved as it is.
 
     Raises:
-        InvalidModel: missing, empty, corrupt or truncated file, a failed ONNX check, or
-            external data / symlinks that are missing or point outside the model directory.
+        InvalidModel: missing, empty, corrupt or truncated file, a failed ONNX check, a
+            graph with no outputs, or external data / symlinks that are missing, point
+            outside the model directory, or give a range onnxruntime would refuse.
         UnsupportedFormat: an input or output of a type modelport cannot serve.
     """
     entry = entry_file(path)
@@ -67,6 +89,11 @@ def inspect_model(path: Path) -> ModelInfo:
     except (onnx.checker.ValidationError, ValueError) as exc:
         message = f"{entry.name} is not a valid ONNX model: {short_message(exc)}"
         raise InvalidModel(message) from exc
+    if not model.graph.output:
+        # onnxruntime loads it, or refuses an empty graph; either way nothing can be asked.
+        raise InvalidModel(
+            f"{entry.name}: the graph has no outputs, so it can never answer a request"
+        )
     described = signature(model)
     if path.is_dir():
         files = ModelFiles(path, entry.name, directory_files(path))
@@ -134,7 +161,9 @@ def external_data_files(model: Any, entry: Path) -> tuple[str, ...]:
 
     Raises:
         InvalidModel: a location that is absolute, climbs with ``..``, resolves (through
-            symlinks) outside the directory, is missing, or is shorter than a tensor needs.
+            symlinks) outside the directory, or is missing; an offset or length that is
+            negative or malformed, a length that is not the tensor's size, or a range that
+            ends past the file.
     """
     root = entry.parent.resolve()
     found: set[str] = set()
@@ -152,14 +181,45 @@ def external_data_files(model: Any, entry: Path) -> tuple[str, ...]:
             raise InvalidModel(f"{where} points outside the model directory")
         if not target.is_file():
             raise InvalidModel(f"{where} names a file that does not exist")
-        try:
-            end = int(fields.get("offset", "0")) + int(fields.get("length", "0"))
-        except ValueError:
-            raise InvalidModel(f"{where} has a malformed offset or length") from None
-        if end > target.stat().st_size:
-            raise InvalidModel(f"{where} needs {end} bytes but the file is shorter (truncated?)")
+        _check_extent(tensor, fields, where, target.stat().st_size)
         found.add(PurePosixPath(location).as_posix())
     return tuple(sorted(found))
+
+
+def _check_extent(tensor: Any, fields: dict[str, str], where: str, file_size: int) -> None:
+    """Refuse an external data range onnxruntime would refuse at every load: a negative or
+    malformed offset or length, a length other than the tensor's size, or a range that
+    ends past the file."""
+    try:
+        offset = int(fields.get("offset", "0"))
+        length = int(fields["length"]) if "length" in fields else None
+    except ValueError:
+        raise InvalidModel(f"{where} has a malformed offset or length") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise InvalidModel(f"{where} has a negative offset or length ({offset}, {length})")
+    size = _byte_size(tensor)
+    if length is not None and size is not None and length != size:
+        raise InvalidModel(
+            f"{where} gives a length of {length} bytes, but the tensor holds {size} bytes"
+        )
+    end = offset + (length if length is not None else size or 0)
+    if end > file_size:
+        raise InvalidModel(
+            f"{where} needs bytes {offset} to {end}, but the file is shorter ({file_size} "
+            "bytes; truncated?)"
+        )
+
+
+def _byte_size(tensor: Any) -> int | None:
+    """How many bytes a tensor's data takes, for element types of whole bytes (``None``
+    for strings and packed sub-byte types, whose size onnxruntime works out otherwise)."""
+    width = _ELEMENT_BYTES.get(tensor.data_type)
+    if width is None:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * width
 
 
 def _tensors(model: Any) -> Iterator[Any]:
