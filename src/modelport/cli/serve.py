@@ -71,7 +71,30 @@ def serve(
         int | None, typer.Option("--cache-size", help="Response cache entries per model.")
     ] = None,
     max_request_size: Annotated[
-        str | None, typer.Option("--max-request-size", help="e.g. 256MiB.")
+        str | None,
+        typer.Option("--max-request-size", help="REST body limit, e.g. 256MiB [default: 256MiB]."),
+    ] = None,
+    max_json_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-json-size", help="JSON body limit (within --max-request-size) [default: 64MiB]."
+        ),
+    ] = None,
+    grpc_max_message_size: Annotated[
+        str | None,
+        typer.Option("--grpc-max-message-size", help="gRPC message limit [default: 512MiB]."),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option("--max-connections", help="Open REST connections before 503 [default: 2048]."),
+    ] = None,
+    keep_alive_timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-alive-timeout",
+            help="Seconds an idle REST connection stays open; above a load balancer's idle "
+            "timeout [default: 5].",
+        ),
     ] = None,
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", help="Requests in flight before 503.")
@@ -98,6 +121,12 @@ def serve(
         "max_models": max_models,
         "memory_budget": parse_bytes(memory_budget) if memory_budget else None,
         "max_request_bytes": parse_bytes(max_request_size) if max_request_size else None,
+        "max_json_bytes": parse_bytes(max_json_size) if max_json_size else None,
+        "grpc_max_message_bytes": (
+            parse_bytes(grpc_max_message_size) if grpc_max_message_size else None
+        ),
+        "max_connections": max_connections,
+        "keep_alive_timeout": keep_alive_timeout,
         "max_concurrency": max_concurrency,
         "workers": workers,
     }

@@ -139,9 +139,32 @@ class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int | None = Field(8001, ge=0, le=65535, description="None: no gRPC server.")
-    max_request_bytes: int = Field(256 * 2**20, gt=0)
+    max_request_bytes: int = Field(
+        256 * 2**20, gt=0, description="REST request body, as sent and once inflated; more: 413."
+    )
+    max_json_bytes: int = Field(
+        64 * 2**20,
+        gt=0,
+        description="A JSON request body (TF Serving, V2 without binary data), as sent and "
+        "once inflated; more: 413. Decoding JSON takes several times its size in memory.",
+    )
     grpc_max_message_bytes: int = Field(512 * 2**20, gt=0)
     max_concurrency: int = Field(1024, ge=1, description="Requests in flight; more get 503.")
+    max_connections: int = Field(
+        2048, ge=1, description="Open REST connections; a request on one more gets 503."
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds a REST connection may sit idle (no request under way)."
+    )
+    head_timeout: float = Field(
+        10.0, gt=0, description="Seconds to receive a whole request line and headers; then 408."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may make no progress; then 408."
+    )
+    max_header_bytes: int = Field(
+        64 * 2**10, ge=1024, description="Request line and headers; more: 431."
+    )
     max_models: int | None = Field(None, ge=1)
     memory_budget: int | None = Field(None, gt=0)
     watch_interval: float | None = Field(None, gt=0, description="Seconds between alias checks.")
@@ -159,6 +182,21 @@ class ServeConfig(BaseModel):
     @classmethod
     def _size(cls, value: Any) -> Any:
         return None if value is None else parse_bytes(value)
+
+    @field_validator(
+        "max_request_bytes",
+        "max_json_bytes",
+        "grpc_max_message_bytes",
+        "max_header_bytes",
+        mode="before",
+    )
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    def json_limit(self) -> int:
+        """Bytes a JSON request body may take: ``max_json_bytes`` within ``max_request_bytes``."""
+        return min(self.max_json_bytes, self.max_request_bytes)
 
     def process_count(self) -> int:
         """Worker processes to run (``workers``, with 0 meaning one per CPU core)."""
