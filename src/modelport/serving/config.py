@@ -149,6 +149,13 @@ class ServeConfig(BaseModel):
         "once inflated; more: 413. Decoding JSON takes several times its size in memory.",
     )
     grpc_max_message_bytes: int = Field(512 * 2**20, gt=0)
+    grpc_max_pending_calls: int = Field(
+        16384,
+        ge=1,
+        description="gRPC calls received but not yet taken up by the server; past this, grpc "
+        "itself cancels new calls (CANCELLED). Taken-up calls past max_concurrency get "
+        "RESOURCE_EXHAUSTED. Each waiting call holds ~10 KiB.",
+    )
     max_concurrency: int = Field(1024, ge=1, description="Requests in flight; more get 503.")
     max_connections: int = Field(
         2048, ge=1, description="Open REST connections; a request on one more gets 503."
