@@ -418,7 +418,8 @@ def _version_number(version: str | int) -> int:
     if _VERSION.fullmatch(version) is None or int(version) < 1:
         shown = version if len(version) <= 40 else version[:40] + "..."
         raise InvalidInput(
-            f"model version must be a positive integer such as 1 or 2, got {shown!r}"
+            f"model version must be a positive integer of at most 18 digits (1, 2, ...), "
+            f"got {shown!r}"
         )
     return int(version)
 
