@@ -18,7 +18,7 @@ stays open forever, and a request head may be any size (63 MiB of headers were a
 Every refusal is JSON ``{"error": ...}``, counted in ``modelport_http_refused_total{reason}``
 and not logged: a client must not be able to fill the log. Timers are armed only when a head
 or body is still incomplete after a read, so a request that arrives in one read (the common
-case) pays for none of this but two flag checks.
+case) arms no timer and pays only a few attribute checks.
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._head_pending:
             self._head_bytes += len(data)
+        elif self._body_timer is not None:
+            self._body_seen = self.loop.time()  # the body made progress
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -148,11 +150,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused
         self._in_body = True
         super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if self._body_timer is not None:
-            self._body_seen = self.loop.time()
-        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -234,9 +234,9 @@ class ServingMetrics(Collector):
         self.http_refused = add(
             "counter",
             "modelport_http_refused",
-            "HTTP requests or connections the server refused or closed before the app saw "
-            "them, by reason: head_timeout, body_timeout (408), headers_too_large (431), "
-            "too_many_connections (503), malformed (400).",
+            "HTTP requests the connection layer refused or cut off, by reason: head_timeout "
+            "and body_timeout (408), headers_too_large (431), too_many_connections (503), "
+            "malformed (400).",
             ["reason"],
         )
         self.worker_memory = add(
