@@ -116,8 +116,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             )
             self._refuse(status, reason, message)
             return
-        if self.transport.is_closing():
-            return
+        # (Nothing in a feed closes the transport: refusals raise, and the app runs later.)
         if self._head_pending:
             if self._head_bytes > self.limits.max_head_bytes:
                 self._refuse(431, "headers_too_large", self._too_large_message())
@@ -149,14 +148,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             )
             raise _Refused
         self._in_body = True
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)  # not super(): this runs per request
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._cancel_body_timer()
         self._head_pending = True
         self._head_bytes = 0
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     # -- timers ------------------------------------------------------------------------------
 
