@@ -449,9 +449,16 @@ def test_headers_over_the_limit_get_431(strict: Server, complete: bool) -> None:
     assert httpx.get(f"{strict.http_url}/v2/health/live", headers=fits).status_code == 200
 
 
-def test_malformed_http_is_a_json_400_and_not_logged(strict: Server) -> None:
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n{}",
+    ],
+)
+def test_malformed_http_is_a_json_400_and_not_logged(strict: Server, request_head: bytes) -> None:
     with _connect(strict) as sock:
-        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        sock.sendall(request_head)
         message = _json_error(_read_until_closed(sock), 400)
     assert "malformed HTTP request" in message
     assert "Invalid HTTP request" not in strict.output()

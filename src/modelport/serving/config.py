@@ -9,6 +9,8 @@ anything per model::
     max_models = 4
     memory_budget = "8GiB"    # per worker process
     workers = 2               # processes sharing the ports (both cores for small models)
+    max_request_bytes = "128MiB"   # REST bodies; JSON ones stop at max_json_bytes (32MiB)
+    keep_alive_timeout = 75   # seconds; above a load balancer's idle timeout
 
     [defaults]            # applies to every model unless it says otherwise
     max_batch_size = 32
