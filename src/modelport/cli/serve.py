@@ -6,9 +6,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from modelport.config import load_settings
+from modelport.errors import InvalidInput
 from modelport.registry import Registry
+
+# Settings whose flag is not the setting's name with dashes.
+_FLAGS = {
+    "max_request_bytes": "max-request-size",
+    "max_json_bytes": "max-json-size",
+    "grpc_max_message_bytes": "grpc-max-message-size",
+}
 
 
 def serve(
@@ -71,7 +80,30 @@ def serve(
         int | None, typer.Option("--cache-size", help="Response cache entries per model.")
     ] = None,
     max_request_size: Annotated[
-        str | None, typer.Option("--max-request-size", help="e.g. 256MiB.")
+        str | None,
+        typer.Option("--max-request-size", help="REST body limit, e.g. 256MiB [default: 128MiB]."),
+    ] = None,
+    max_json_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-json-size", help="JSON body limit (within --max-request-size) [default: 32MiB]."
+        ),
+    ] = None,
+    grpc_max_message_size: Annotated[
+        str | None,
+        typer.Option("--grpc-max-message-size", help="gRPC message limit [default: 128MiB]."),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option("--max-connections", help="Open REST connections before 503 [default: 2048]."),
+    ] = None,
+    keep_alive_timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-alive-timeout",
+            help="Seconds an idle REST connection stays open; above a load balancer's idle "
+            "timeout [default: 5].",
+        ),
     ] = None,
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", help="Requests in flight before 503.")
@@ -98,6 +130,12 @@ def serve(
         "max_models": max_models,
         "memory_budget": parse_bytes(memory_budget) if memory_budget else None,
         "max_request_bytes": parse_bytes(max_request_size) if max_request_size else None,
+        "max_json_bytes": parse_bytes(max_json_size) if max_json_size else None,
+        "grpc_max_message_bytes": (
+            parse_bytes(grpc_max_message_size) if grpc_max_message_size else None
+        ),
+        "max_connections": max_connections,
+        "keep_alive_timeout": keep_alive_timeout,
         "max_concurrency": max_concurrency,
         "workers": workers,
     }
@@ -115,17 +153,24 @@ def serve(
         "cache_size": cache_size,
     }
     model_updates = {k: v for k, v in per_model.items() if v is not None}
-    config = ServeConfig.model_validate(
-        {
-            **config.model_dump(),
-            **updates,
-            "defaults": {**config.defaults.model_dump(), **model_updates},
-            "models": {
-                name: {**entry.model_dump(), **model_updates}
-                for name, entry in config.models.items()
-            },
-        }
-    )
+    try:
+        config = ServeConfig.model_validate(
+            {
+                **config.model_dump(),
+                **updates,
+                "defaults": {**config.defaults.model_dump(), **model_updates},
+                "models": {
+                    name: {**entry.model_dump(), **model_updates}
+                    for name, entry in config.models.items()
+                },
+            }
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][-1])
+        raise InvalidInput(
+            f"--{_FLAGS.get(field, field.replace('_', '-'))}: {first['msg']}"
+        ) from None
     registry = Registry(load_settings())
     try:
         run(registry, config, refs or [], aliased)

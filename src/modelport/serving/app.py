@@ -1,4 +1,10 @@
-"""The ASGI app: every REST front-end's routes, /metrics, and the one error handler."""
+"""The ASGI app: every REST front-end's routes, /metrics, and the error handlers.
+
+Every error the HTTP edge answers is JSON ``{"error": ...}``: a ``ModelportError`` with the
+status of ``http.STATUS``, Starlette's own 404/405 (the ``Allow`` header kept), and anything
+unexpected as a 500 whose traceback is logged once. A client that goes away mid-request is
+counted (``modelport_client_disconnects_total``), not logged as an error.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.errors import ModelportError
 from modelport.serving import tfserving, v2_rest
 from modelport.serving.http import error_response, json_response
 from modelport.serving.manager import ModelManager
+from modelport.serving.metrics import ServingMetrics
 
-__all__ = ["create_app", "load_all"]
+__all__ = ["ErrorBoundary", "create_app", "load_all"]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,16 @@ def create_app(
         assert isinstance(exc, ModelportError)
         return error_response(exc)
 
-    async def not_found(_: Request, exc: Exception) -> Response:
-        return json_response({"error": "no such endpoint"}, 404)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return json_response(
+            {"error": _http_error_message(request, exc)}, exc.status_code, exc.headers
+        )
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # Starlette answers with this, then raises ``exc`` on to ErrorBoundary, which logs it.
+        request.scope[_ANSWERED] = True
+        return json_response({"error": INTERNAL_ERROR}, 500)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -66,15 +82,83 @@ def create_app(
 
     routes = [
         *v2_rest.routes(manager, max_body),
-        *tfserving.routes(manager, max_body),
+        # TF Serving's bodies are JSON only, so they get the JSON limit.
+        *tfserving.routes(manager, manager.config.json_limit()),
         Route("/metrics", metrics),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={ModelportError: modelport_error, 404: not_found},
+        exception_handlers={
+            ModelportError: modelport_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
         lifespan=lifespan,
     )
-    return v2_rest.InferFirst(app, manager, max_body)
+    return ErrorBoundary(v2_rest.InferFirst(app, manager, max_body), manager.metrics)
+
+
+INTERNAL_ERROR = "internal error; see the server log"
+_ANSWERED = "modelport.error_answered"  # scope key: the error's response is sent already
+
+
+class ErrorBoundary:
+    """The outermost layer: whatever ``app`` raised is answered here, never by the server.
+
+    A client that went away (``ClientDisconnect``) is counted in ``client_disconnects`` and
+    logged at debug level; uvicorn would log a 16-line traceback for each, which any client
+    could use to fill the log. Any other exception is logged once with its traceback and
+    answered with a JSON 500, unless the app's own handler answered already.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self._app = app
+        self._disconnects = metrics.client_disconnects
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan: start-up failures are uvicorn's to report
+            await self._app(scope, receive, send)
+            return
+        # No wrapper around ``send`` to see whether a response started: it would cost every
+        # request a coroutine per message (~0.3 us). Starlette's routes have their error
+        # answered by ``internal_error``, which marks the scope; the infer endpoint sends
+        # nothing before its response is complete.
+        try:
+            await self._app(scope, receive, send)
+        except ClientDisconnect:
+            protocol = _protocol(scope["path"])
+            self._disconnects.labels(protocol).inc()
+            log.debug("%s client went away before sending its whole request", protocol)
+        except Exception:
+            log.exception("%s %r failed", scope["method"], _shorten(scope["path"]))
+            if not scope.get(_ANSWERED):
+                # A RuntimeError here means a response was under way (uvicorn refuses a
+                # second start): the client gets a cut-off response, as it would anyway.
+                with contextlib.suppress(RuntimeError):
+                    await json_response({"error": INTERNAL_ERROR}, 500)(scope, receive, send)
+
+
+def _protocol(path: str) -> str:
+    """The protocol label for a request path (for metrics only)."""
+    if path.startswith("/v2/"):
+        return "rest_v2"
+    if path.startswith("/v1/"):
+        return "tfserving"
+    return "http"
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _http_error_message(request: Request, exc: HTTPException) -> str:
+    method, path = request.method, _shorten(request.url.path)
+    if exc.status_code == 404:
+        return f"no such endpoint: {method} {path}"
+    allowed = (exc.headers or {}).get("Allow")
+    if exc.status_code == 405 and allowed:
+        return f"method {method} is not allowed on {path}; use {allowed}"
+    return str(exc.detail)
 
 
 async def load_all(manager: ModelManager, then: list[StartHook] | None = None) -> None:

@@ -9,6 +9,8 @@ anything per model::
     max_models = 4
     memory_budget = "8GiB"    # per worker process
     workers = 2               # processes sharing the ports (both cores for small models)
+    max_request_bytes = "128MiB"   # REST bodies; JSON ones stop at max_json_bytes (32MiB)
+    keep_alive_timeout = 75   # seconds; above a load balancer's idle timeout
 
     [defaults]            # applies to every model unless it says otherwise
     max_batch_size = 32
@@ -139,9 +141,46 @@ class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int | None = Field(8001, ge=0, le=65535, description="None: no gRPC server.")
-    max_request_bytes: int = Field(256 * 2**20, gt=0)
-    grpc_max_message_bytes: int = Field(512 * 2**20, gt=0)
+    # Request limits a 2-core container with a few GB survives. Peak resident memory above
+    # an idle server while it handles one request (measured with modelport serve, 2026-12):
+    # binary FP32 2x the body, a BYTES element 6x, gRPC raw FP32 4x, JSON 11x. At these
+    # limits one request costs 0.25-0.8 GiB (binary, BYTES, gRPC) or 0.35 GiB (JSON); at the
+    # old 256/512 MiB a 256 MiB gRPC message took 1.1 GiB and 60 MiB of JSON 0.65 GiB.
+    max_request_bytes: int = Field(
+        128 * 2**20, gt=0, description="REST request body, as sent and once inflated; more: 413."
+    )
+    max_json_bytes: int = Field(
+        32 * 2**20,
+        gt=0,
+        description="A JSON request body (TF Serving, V2 without binary data), as sent and "
+        "once inflated; more: 413. Decoding JSON takes ~11 times its size in memory.",
+    )
+    grpc_max_message_bytes: int = Field(
+        128 * 2**20, gt=0, le=2**31 - 1, description="gRPC message, either way (grpc: < 2 GiB)."
+    )
+    grpc_max_pending_calls: int = Field(
+        16384,
+        ge=1,
+        description="gRPC calls received but not yet taken up by the server; past this, grpc "
+        "itself cancels new calls (CANCELLED). Taken-up calls past max_concurrency get "
+        "RESOURCE_EXHAUSTED. Each waiting call holds ~10 KiB.",
+    )
     max_concurrency: int = Field(1024, ge=1, description="Requests in flight; more get 503.")
+    max_connections: int = Field(
+        2048, ge=1, description="Open REST connections; a request on one more gets 503."
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds a REST connection may sit idle (no request under way)."
+    )
+    head_timeout: float = Field(
+        10.0, gt=0, description="Seconds to receive a whole request line and headers; then 408."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may make no progress; then 408."
+    )
+    max_header_bytes: int = Field(
+        64 * 2**10, ge=1024, description="Request line and headers; more: 431."
+    )
     max_models: int | None = Field(None, ge=1)
     memory_budget: int | None = Field(None, gt=0)
     watch_interval: float | None = Field(None, gt=0, description="Seconds between alias checks.")
@@ -159,6 +198,21 @@ class ServeConfig(BaseModel):
     @classmethod
     def _size(cls, value: Any) -> Any:
         return None if value is None else parse_bytes(value)
+
+    @field_validator(
+        "max_request_bytes",
+        "max_json_bytes",
+        "grpc_max_message_bytes",
+        "max_header_bytes",
+        mode="before",
+    )
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    def json_limit(self) -> int:
+        """Bytes a JSON request body may take: ``max_json_bytes`` within ``max_request_bytes``."""
+        return min(self.max_json_bytes, self.max_request_bytes)
 
     def process_count(self) -> int:
         """Worker processes to run (``workers``, with 0 meaning one per CPU core)."""

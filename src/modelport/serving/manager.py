@@ -12,22 +12,35 @@ import asyncio
 import difflib
 import logging
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelport.errors import InvalidInput, ModelportError, NotFound, Overloaded, Unavailable
+from modelport.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidName,
+    ModelportError,
+    NotFound,
+    Overloaded,
+    Unavailable,
+)
 from modelport.registry import ModelVersion, Registry
 from modelport.serving.cache import request_digest
 from modelport.serving.config import ModelServeConfig, ServeConfig
 from modelport.serving.deployment import Deployment, State
 from modelport.serving.metrics import ServingMetrics
-from modelport.types import ModelRef, Tensors
+from modelport.types import ModelRef, Tensors, validate_name
 
 __all__ = ["ModelManager", "ServedModel"]
 
 log = logging.getLogger(__name__)
+
+# A version in a URL or a gRPC field: ASCII digits only (str.isdigit() also takes '²' and
+# '٣', which int() refuses or reads as another number), at most what an int64 holds.
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass
@@ -79,8 +92,15 @@ class ModelManager:
         config: ModelServeConfig | None = None,
         traffic: dict[int, float] | None = None,
     ) -> ServedModel:
-        """Serve ``ref`` under its model name (not loaded yet). Raises ``NotFound``."""
+        """Serve ``ref`` under its model name (not loaded yet).
+
+        Raises:
+            NotFound: no such model or version in the registry.
+            Conflict: the name is served already. An entry is never replaced: what it has
+                loaded (sessions, batcher threads) would stay alive with nothing to unload it.
+        """
         parsed = ModelRef.parse(ref)
+        self._refuse_served(parsed.name)
         record = await asyncio.to_thread(self.registry.get, parsed)
         served = ServedModel(
             name=parsed.name,
@@ -96,8 +116,16 @@ class ModelManager:
                     self.registry.get, ModelRef(parsed.name, version=version)
                 )
                 served.deployments[version] = self._deployment(other, served.config)
+        self._refuse_served(parsed.name)  # again: another task may have added it meanwhile
         self.models[parsed.name] = served
         return served
+
+    def _refuse_served(self, name: str) -> None:
+        if name in self.models:
+            raise Conflict(
+                f"model {name!r} is served already (as {self.models[name].ref}); "
+                f"reload it with POST /v2/repository/models/{name}/load"
+            )
 
     def _deployment(self, record: ModelVersion, config: ModelServeConfig) -> Deployment:
         return Deployment(record, config, self.metrics)
@@ -273,7 +301,13 @@ class ModelManager:
         The new version is loaded and warmed before requests switch to it; the old one then
         finishes what it has and is unloaded. A model not served yet is added. With
         ``everywhere``, every other worker process does the same before this returns.
+
+        Raises:
+            InvalidName: ``name`` is not a plain model name (``iris@2`` is not: a served
+                model follows the reference it was served with).
+            NotFound: no such model in the registry.
         """
+        _plain_name(name)
         deployment = await self._load_here(name)
         if everywhere and self.peers is not None:
             await self.peers.broadcast("load", name)
@@ -303,7 +337,12 @@ class ModelManager:
         """Unload every version of ``name``; requests get 503 until it is loaded again.
 
         With ``everywhere``, every other worker process does the same before this returns.
+
+        Raises:
+            InvalidName: ``name`` is not a plain model name.
+            NotFound: ``name`` is not served here.
         """
+        _plain_name(name)
         await self._unload_here(name)
         if everywhere and self.peers is not None:
             await self.peers.broadcast("unload", name)
@@ -363,11 +402,25 @@ class ModelManager:
                 await deployment.unload(self.config.drain_seconds)
 
 
+def _plain_name(name: str) -> None:
+    try:
+        validate_name(name)
+    except InvalidName as exc:
+        raise InvalidName(
+            f"{exc.message}; load and unload take a model name (iris, not iris@2): a served "
+            "model follows the reference it is served with"
+        ) from None
+
+
 def _version_number(version: str | int) -> int:
     if isinstance(version, int):
         return version
-    if not version.isdigit() or int(version) < 1:
-        raise InvalidInput(f"model version must be a positive integer, got {version!r}")
+    if _VERSION.fullmatch(version) is None or int(version) < 1:
+        shown = version if len(version) <= 40 else version[:40] + "..."
+        raise InvalidInput(
+            f"model version must be a positive integer of at most 18 digits (1, 2, ...), "
+            f"got {shown!r}"
+        )
     return int(version)
 
 

@@ -225,6 +225,20 @@ class ServingMetrics(Collector):
         self.in_flight = add(
             "gauge", "modelport_requests_in_flight", "Inference requests being handled.", []
         ).labels()
+        self.client_disconnects = add(
+            "counter",
+            "modelport_client_disconnects",
+            "Requests whose client went away before the server had read them, by protocol.",
+            ["protocol"],
+        )
+        self.http_refused = add(
+            "counter",
+            "modelport_http_refused",
+            "HTTP requests the connection layer refused or cut off, by reason: head_timeout "
+            "and body_timeout (408), headers_too_large (431), too_many_connections (503), "
+            "malformed (400).",
+            ["reason"],
+        )
         self.worker_memory = add(
             "gauge",
             "modelport_worker_memory_bytes",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import threading
@@ -21,6 +22,7 @@ from modelport.errors import InvalidInput, Unavailable
 from modelport.registry import Registry
 from modelport.serving.app import create_app, load_all
 from modelport.serving.config import ServeConfig
+from modelport.serving.connections import HttpLimits, limited_protocol
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
 from modelport.serving.peers import PeerGroup
@@ -123,12 +125,22 @@ async def serve(
         on_loaded=[report_loaded],
         on_stop=[stop_watch, stop_grpc, stop_peers],
     )
+    limits = HttpLimits(
+        keep_alive_timeout=config.keep_alive_timeout,
+        head_timeout=config.head_timeout,
+        body_timeout=config.body_timeout,
+        max_head_bytes=config.max_header_bytes,
+        max_connections=config.max_connections,
+    )
+    _allow_open_files(config.max_connections)
     server_config = uvicorn.Config(
         app,
         host=config.host,
         port=config.http_port,
         loop="none",
-        http="httptools",
+        http=limited_protocol(limits, manager.metrics.http_refused),
+        ws="none",  # no websocket routes: an upgrade request is plain HTTP
+        timeout_keep_alive=config.keep_alive_timeout,
         access_log=False,
         # No X-Forwarded-* rewriting: nothing here uses the client's address, and the
         # middleware would cost every request a pass over its headers.
@@ -161,6 +173,25 @@ async def _join_peers(manager: ModelManager, role: WorkerRole) -> PeerGroup:
         await peers.catch_up()
         await load_all(manager)
     return peers
+
+
+def _allow_open_files(connections: int) -> None:
+    """Raise this process's soft limit on open files towards ``connections`` plus room for
+    models, gRPC and the registry (the hard limit allows it; many systems start at 1024)."""
+    wanted = connections + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "at most %d files may be open (ulimit -n), too few for %d connections; "
+            "raise the limit or lower max_connections",
+            target,
+            connections,
+        )
 
 
 def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
