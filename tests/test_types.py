@@ -117,6 +117,11 @@ def test_model_ref_parses(text: str, expected: ModelRef) -> None:
         ("-iris", "starting with a letter or digit"),
         ("iris@pro duction", "not allowed"),
         ("C:\\models", "path separator"),
+        # str.isdigit() takes these, int() does not (or reads another number): a 500 once.
+        ("iris@²", "not allowed"),
+        ("iris@١", "not allowed"),
+        ("iris@" + "9" * 19, "at most 18 digits"),
+        ("iris@" + "9" * 5000, "at most 18 digits"),
     ],
 )
 def test_invalid_refs_say_why(text: str, message: str) -> None:

@@ -230,6 +230,7 @@ def _dtype_matches(datatype: DataType, array: npt.NDArray[Any]) -> bool:
 # Names users give models, aliases and tags: safe as path parts, URL segments and shell words.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 128
+MAX_VERSION_DIGITS = 18  # what a signed 64-bit database column holds
 
 
 def validate_name(name: str, what: str = "model name") -> str:
@@ -281,7 +282,12 @@ class ModelRef:
             raise InvalidName(
                 f"reference {text!r} has nothing after '@'; use {name}@3 or {name}@prod"
             )
-        if selector.isdigit():
+        # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+        if selector.isascii() and selector.isdigit():
+            if len(selector) > MAX_VERSION_DIGITS:
+                raise InvalidName(
+                    f"reference {text[:60]!r}: a version has at most {MAX_VERSION_DIGITS} digits"
+                )
             version = int(selector)
             if version < 1:
                 raise InvalidName(f"reference {text!r}: versions start at 1")
