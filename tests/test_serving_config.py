@@ -102,3 +102,44 @@ def test_worker_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert ServeConfig(workers=0).process_count() == 2
     assert ServeConfig().process_count() == 1
+
+
+def test_the_config_files_host_is_not_overridden_by_the_flags_default(
+    tmp_path: Path, iris_onnx: Path
+) -> None:
+    """`host` under [server] is where the server listens unless --host says otherwise (the
+    flag's default used to replace it, so a config file could never set the address)."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.serving_fixtures import CLI, cli_env, free_port, push
+
+    home = tmp_path / "home"
+    push(home, iris_onnx, "iris")
+    port = free_port()
+    config_file = tmp_path / "serve.toml"
+    config_file.write_text(f'[server]\nhost = "127.0.0.2"\nhttp_port = {port}\n')
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        proc = subprocess.Popen(
+            [CLI, "serve", "iris", "--config", str(config_file), "--no-grpc"],
+            env=cli_env(home),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        while not ready and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.2:{port}/v2/health/ready").status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert ready, log.read_text()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/v2/health/live")
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -24,9 +24,13 @@ def serve(
     refs: Annotated[
         list[str] | None, typer.Argument(help="Models to serve: iris@production resnet@2 …")
     ] = None,
+    # None, not the address: a default here would override `host` from --config.
     host: Annotated[
-        str, typer.Option(help="Address to bind; 0.0.0.0 to listen on every interface.")
-    ] = "127.0.0.1",
+        str | None,
+        typer.Option(
+            help="Address to bind; 0.0.0.0 to listen on every interface [default: 127.0.0.1]."
+        ),
+    ] = None,
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="REST port [default: 8000].")
     ] = None,
