@@ -9,6 +9,7 @@ sends); outputs always go back as ``raw_output_contents``, as Triton sends them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -37,9 +38,16 @@ from modelport.errors import (
 from modelport.serving.config import ServeConfig
 from modelport.serving.deployment import State
 from modelport.serving.manager import ModelManager
-from modelport.serving.v2_codec import array_from_raw, check_shape, raw_bytes
+from modelport.serving.v2_codec import (
+    OFF_LOOP_BYTES,
+    array_from_raw,
+    check_declared,
+    check_id,
+    check_shape,
+    raw_bytes,
+)
 from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
-from modelport.types import DataType, Tensors
+from modelport.types import DataType, Signature, Tensors
 
 __all__ = ["STATUS", "InferenceServicer", "start_grpc_server", "status_of"]
 
@@ -129,7 +137,14 @@ class InferenceServicer:
 
     @_edge
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-        inputs = _inputs(request)
+        request_id = check_id(request.id)
+        # Inputs are checked against the addressed version's signature before their data
+        # is decoded; ``infer`` validates the tensors again for the version it runs.
+        deployment = await self.manager.deployment(request.model_name, request.model_version)
+        if request.ByteSize() < OFF_LOOP_BYTES:
+            inputs = _inputs(request, deployment.signature)
+        else:
+            inputs = await asyncio.to_thread(_inputs, request, deployment.signature)
         outputs = _requested_outputs(request)
         result, deployment = await self.manager.infer(
             request.model_name,
@@ -139,12 +154,10 @@ class InferenceServicer:
             PROTOCOL,
             timeout=_timeout(request, context),
         )
+        # Request parameters are options for this server, not data: not echoed (as Triton).
         response = pb.ModelInferResponse(
-            model_name=deployment.name, model_version=str(deployment.version), id=request.id
+            model_name=deployment.name, model_version=str(deployment.version), id=request_id
         )
-        for key, value in request.parameters.items():
-            if key != "timeout":
-                response.parameters[key].CopyFrom(value)
         for name, array in result.items():
             datatype = DataType.from_numpy(array.dtype)
             response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
@@ -219,7 +232,9 @@ _CONTENTS: dict[DataType, str] = {
 }  # fmt: skip
 
 
-def _inputs(request: Any) -> Tensors:
+def _inputs(request: Any, signature: Signature) -> Tensors:
+    """The request's tensors, each checked against ``signature`` before it is decoded.
+    Pure: runs in a worker thread for large requests."""
     raw = request.raw_input_contents
     if not request.inputs:
         raise InvalidInput("request has no inputs")
@@ -240,6 +255,7 @@ def _inputs(request: Any) -> Tensors:
         except InvalidInput as exc:
             raise InvalidInput(f"input {name!r}: {exc}") from None
         shape = check_shape(name, list(tensor.shape))
+        check_declared(signature, name, datatype, shape)
         if not raw:
             inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
         elif tensor.HasField("contents"):
