@@ -111,8 +111,9 @@ def array_from_raw(
     """
     expected = math.prod(shape)
     if datatype is DataType.BYTES:
+        items = _bytes_elements(name, shape, expected, memoryview(raw))
         array = np.empty(expected, dtype=object)
-        array[:] = _bytes_elements(name, shape, expected, memoryview(raw))
+        array[:] = items
         return array.reshape(shape)
     dtype = datatype.numpy.newbyteorder("<")
     if len(raw) != expected * dtype.itemsize:
