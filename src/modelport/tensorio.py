@@ -49,12 +49,14 @@ def array_from_json(value: Any, datatype: DataType, name: str) -> npt.NDArray[An
         InvalidInput: naming the input and what was wrong with the value.
     """
     if isinstance(value, np.ndarray):
-        if value.dtype == np.float64 and datatype.numpy.kind == "f":
+        if value.dtype == np.float64 and datatype in _FLOAT_MAX:
             return _narrow(value, datatype, name)
         value = value.tolist()
     leaves, shape, types = _flatten(value, name)
     array: npt.NDArray[Any]
-    if datatype is DataType.BYTES:
+    if datatype in _FLOAT_MAX and types <= _NUMBERS:  # the usual case first
+        array = _narrow(_float64(leaves, datatype, name), datatype, name)
+    elif datatype is DataType.BYTES:
         array = _bytes_array(leaves, types, name)
     elif datatype is DataType.BOOL:
         array = _bool_array(leaves, types, name)
@@ -64,16 +66,19 @@ def array_from_json(value: Any, datatype: DataType, name: str) -> npt.NDArray[An
             f"input {name!r}: expected numbers for datatype {datatype.value}, "
             f"received non-numeric JSON ({received})"
         )
-    elif datatype.numpy.kind == "f":
-        array = _narrow(_float64(leaves, datatype, name), datatype, name)
     else:
         array = _integers(leaves, types, datatype, name)
-    return array.reshape(shape)
+    return array if len(shape) == 1 else array.reshape(shape)
 
 
 # ``type(v) in _NUMBERS``, not ``isinstance``: True and False are ints to Python, not to JSON.
 _NUMBERS = frozenset({int, float})
-_FLOAT_LIMITS: dict[DataType, float] = {}
+# The largest finite value of each float datatype.
+_FLOAT_MAX = {
+    DataType.FP16: 65504.0,
+    DataType.FP32: 3.4028234663852886e38,
+    DataType.FP64: 1.7976931348623157e308,
+}
 
 
 def _flatten(value: Any, name: str) -> tuple[list[Any], tuple[int, ...], set[type]]:
@@ -111,19 +116,22 @@ def _float64(leaves: list[Any], datatype: DataType, name: str) -> npt.NDArray[np
 def _narrow(array: npt.NDArray[np.float64], datatype: DataType, name: str) -> npt.NDArray[Any]:
     """``array`` as FP16/FP32/FP64, refusing values past the datatype's range (not inf)."""
     if datatype is DataType.FP64:
-        return array
-    limit = _FLOAT_LIMITS.get(datatype)
-    if limit is None:
-        limit = _FLOAT_LIMITS[datatype] = float(np.finfo(datatype.numpy).max) ** 2
-    # When the sum of squares is within max², so is every element: one fast reduction
-    # clears the usual case. Otherwise (or NaN, which ``--input`` JSON may hold) look.
-    if not array.dot(array) <= limit:
-        with np.errstate(over="ignore"):
-            narrowed = array.astype(datatype.numpy)
-        if (np.isinf(narrowed) & np.isfinite(array)).any():
-            raise _out_of_range(name, datatype)
-        return narrowed
-    return array.astype(datatype.numpy)
+        return array  # JSON numbers are float64 already
+    limit = _FLOAT_MAX[datatype]
+    if array.size < 4096:
+        # When the sum of squares is within limit², so is every element: one BLAS call,
+        # cheaper than two reductions on a small array. On a large one OpenBLAS wakes its
+        # threads, which costs more than it saves on a busy machine.
+        within = array.dot(array) <= limit * limit
+    else:
+        within = -limit <= array.min() and array.max() <= limit
+    if within:
+        return array.astype(datatype.numpy)
+    with np.errstate(over="ignore"):  # an overflow is what is looked for next
+        narrowed = array.astype(datatype.numpy)
+    if (np.isinf(narrowed) & np.isfinite(array)).any():
+        raise _out_of_range(name, datatype)
+    return narrowed  # NaN and inf (which --input JSON may hold) pass through
 
 
 def _integers(

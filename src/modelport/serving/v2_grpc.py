@@ -233,7 +233,7 @@ _CONTENTS: dict[DataType, str] = {
 
 
 def _inputs(request: Any, signature: Signature) -> Tensors:
-    """The request's tensors, each checked against ``signature`` before it is decoded.
+    """The request's tensors; raw ones checked against ``signature`` before they are decoded.
     Pure: runs in a worker thread for large requests."""
     raw = request.raw_input_contents
     if not request.inputs:
@@ -255,7 +255,6 @@ def _inputs(request: Any, signature: Signature) -> Tensors:
         except InvalidInput as exc:
             raise InvalidInput(f"input {name!r}: {exc}") from None
         shape = check_shape(name, list(tensor.shape))
-        check_declared(signature, name, datatype, shape)
         if not raw:
             inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
         elif tensor.HasField("contents"):
@@ -264,6 +263,9 @@ def _inputs(request: Any, signature: Signature) -> Tensors:
                 "send every input one way"
             )
         else:
+            # Raw data costs its decoding whatever the model takes: judge what it claims
+            # first. (Typed contents are decoded already; ``infer`` judges them.)
+            check_declared(signature, name, datatype, shape)
             inputs[name] = array_from_raw(name, datatype, shape, raw[index])
     return inputs
 

@@ -253,7 +253,6 @@ def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) 
             raise InvalidInput(f"input {name!r} appears twice")
         datatype = DataType.parse(str(item.get("datatype")))
         shape = check_shape(name, item.get("shape"))
-        check_declared(signature, name, datatype, shape)
         size = _parameters(item, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -261,6 +260,9 @@ def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) 
                     f"input {name!r}: binary_data_size {size!r} runs past the "
                     f"{len(binary)} bytes of binary data sent"
                 )
+            # Raw data costs its decoding whatever the model takes: judge what it claims
+            # first. (JSON data is parsed already; ``infer`` judges it once typed.)
+            check_declared(signature, name, datatype, shape)
             inputs[name] = array_from_raw(name, datatype, shape, binary[offset : offset + size])
             offset += size
         elif "data" in item:
