@@ -335,6 +335,58 @@ def test_json_nested_past_simdjsons_depth_is_a_400(server: Server) -> None:
     _assert_serves(server)
 
 
+def _nested(depth: int, leaf: bytes) -> bytes:
+    return b"[" * depth + leaf + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "message"),
+    [
+        (
+            "/v2/models/text/infer",
+            b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": %s}]}'
+            % _nested(40, b'"a"'),
+            "lists nested deeper than 32 levels",
+        ),
+        (
+            "/v2/models/iris/infer",
+            b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": %s, "data": [1]}]}'
+            % json.dumps([1] * 70).encode(),
+            "shape has 70 dimensions; at most 32",
+        ),
+        (
+            "/v1/models/text:predict",  # deeper than Python recurses
+            b'{"instances": %s}' % _nested(1000, b'{"b64": "YQ=="}'),
+            "lists nested deeper than 32 levels",
+        ),
+        (
+            "/v1/models/floats:predict",
+            b'{"instances": %s}' % _nested(100, b"1.0"),
+            "lists nested deeper than 32 levels",
+        ),
+    ],
+    ids=["v2-data", "v2-shape", "tf-b64", "tf-numbers"],
+)
+def test_deep_tensors_are_a_400(server: Server, path: str, content: bytes, message: str) -> None:
+    response = httpx.post(f"{server.http_url}{path}", content=content, timeout=60)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+    _assert_serves(server)
+
+
+def test_a_grpc_shape_of_too_many_dimensions_is_invalid_argument(server: Server) -> None:
+    request = service_pb2.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="input", datatype="FP32", shape=[1] * 70)
+    request.raw_input_contents.append(b"\x00" * 4)
+    with (
+        grpc.insecure_channel(server.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 32" in str(refused.value.details())
+
+
 # -- echo bounds: the id bounded, parameters not echoed -------------------------------------
 
 
