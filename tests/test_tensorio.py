@@ -52,6 +52,9 @@ def test_bytes_from_strings() -> None:
         ([1.0, None], DataType.FP32, r"non-numeric JSON \(null\)"),
         (["nan"], DataType.FP32, r"non-numeric JSON \(the string 'nan'\)"),
         ([1e39], DataType.FP32, r"outside the range of FP32"),
+        ([float("nan"), 1e39], DataType.FP32, "outside the range of FP32"),  # NaN from --input
+        ([1.0, float("nan"), -1e39], DataType.FP32, "outside the range of FP32"),
+        ([1.0] * 100 + [1e39], DataType.FP32, "outside the range of FP32"),
         ([70000], DataType.FP16, r"outside the range of FP16 \[-65504, 65504\]"),
         ([10**400], DataType.FP64, "outside the range of FP64"),
         ([2**63, 1.0], DataType.INT64, "outside the range of INT64"),
