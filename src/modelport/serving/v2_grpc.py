@@ -141,10 +141,10 @@ class InferenceServicer:
         # Inputs are checked against the addressed version's signature before their data
         # is decoded; ``infer`` validates the tensors again for the version it runs.
         deployment = await self.manager.deployment(request.model_name, request.model_version)
-        if request.ByteSize() < OFF_LOOP_BYTES:
-            inputs = _inputs(request, deployment.signature)
-        else:
+        if _decoding_may_stall(request):
             inputs = await asyncio.to_thread(_inputs, request, deployment.signature)
+        else:
+            inputs = _inputs(request, deployment.signature)
         outputs = _requested_outputs(request)
         result, deployment = await self.manager.infer(
             request.model_name,
@@ -230,6 +230,24 @@ _CONTENTS: dict[DataType, str] = {
     DataType.INT32: "int_contents", DataType.INT64: "int64_contents",
     DataType.FP32: "fp32_contents", DataType.FP64: "fp64_contents",
 }  # fmt: skip
+
+
+def _decoding_may_stall(request: Any) -> bool:
+    """Whether decoding ``request`` may hold the event loop long: ``OFF_LOOP_BYTES`` or more
+    of fixed-size data, or any BYTES, whose size only its contents tell.
+
+    Judged from what the inputs declare: protobuf copies a ``bytes`` field on every access,
+    and ``ByteSize()`` serializes the message (200 ms for 64 MiB), so the data is not looked at.
+    A declaration that is wrong is refused by the decoding itself.
+    """
+    for tensor in request.inputs:
+        itemsize = _ITEMSIZE.get(tensor.datatype)
+        if itemsize == 0 or (itemsize and math.prod(tensor.shape) * itemsize >= OFF_LOOP_BYTES):
+            return True
+    return False
+
+
+_ITEMSIZE = {datatype.value: datatype.itemsize for datatype in DataType}  # BYTES: 0
 
 
 def _inputs(request: Any, signature: Signature) -> Tensors:
