@@ -22,6 +22,7 @@ from modelport.errors import InvalidInput
 from modelport.types import DataType, Signature, Tensors
 
 __all__ = [
+    "MAX_RANK",
     "array_from_json",
     "read_signature",
     "read_tensors",
@@ -71,6 +72,9 @@ def array_from_json(value: Any, datatype: DataType, name: str) -> npt.NDArray[An
     return array if len(shape) == 1 else array.reshape(shape)
 
 
+MAX_RANK = 32
+"""The most dimensions a tensor from the wire may have (numpy's own limit is 64)."""
+
 # ``type(v) in _NUMBERS``, not ``isinstance``: True and False are ints to Python, not to JSON.
 _NUMBERS = frozenset({int, float})
 # The largest finite value of each float datatype.
@@ -102,6 +106,8 @@ def _flatten(value: Any, name: str) -> tuple[list[Any], tuple[int, ...], set[typ
             raise InvalidInput(
                 f"input {name!r}: nested lists are ragged; every row must have the same length"
             )
+        if len(shape) == MAX_RANK:
+            raise InvalidInput(f"input {name!r}: lists nested deeper than {MAX_RANK} levels")
         shape.append(lengths.pop())
         level = list(itertools.chain.from_iterable(level))
 

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import InvalidInput
-from modelport.tensorio import array_from_json
+from modelport.tensorio import MAX_RANK, array_from_json
 from modelport.types import DataType, Signature
 
 __all__ = [
@@ -56,12 +56,16 @@ def check_id(value: Any) -> str:
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A request's declared shape: a list of non-negative integers."""
+    """A request's declared shape: a list of at most ``MAX_RANK`` non-negative integers."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInput(
-            f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
+            f"input {name!r}: shape must be a list of non-negative integers, got {str(shape)[:80]}"
+        )
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_RANK} are supported"
         )
     return tuple(shape)
 

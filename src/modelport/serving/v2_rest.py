@@ -255,7 +255,7 @@ def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) 
         shape = check_shape(name, item.get("shape"))
         size = _parameters(item, f"input {name!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise InvalidInput(
                     f"input {name!r}: binary_data_size {size!r} runs past the "
                     f"{len(binary)} bytes of binary data sent"
