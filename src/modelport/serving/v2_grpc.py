@@ -138,8 +138,8 @@ class InferenceServicer:
     @_edge
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         request_id = check_id(request.id)
-        # Inputs are checked against the addressed version's signature before their data
-        # is decoded; ``infer`` validates the tensors again for the version it runs.
+        # Raw inputs are judged by the addressed version's signature before they are
+        # decoded; ``infer`` validates every tensor for the version it runs.
         deployment = await self.manager.deployment(request.model_name, request.model_version)
         if _decoding_may_stall(request):
             inputs = await asyncio.to_thread(_inputs, request, deployment.signature)
@@ -154,7 +154,7 @@ class InferenceServicer:
             PROTOCOL,
             timeout=_timeout(request, context),
         )
-        # Request parameters are options for this server, not data: not echoed (as Triton).
+        # Request parameters are options for this server, not data: never echoed.
         response = pb.ModelInferResponse(
             model_name=deployment.name, model_version=str(deployment.version), id=request_id
         )
