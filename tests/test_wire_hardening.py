@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 import subprocess
 import threading
@@ -27,6 +28,9 @@ import pytest
 from onnx import TensorProto
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from modelport.errors import InvalidInput
+from modelport.serving.v2_codec import array_from_raw
+from modelport.types import DataType
 from tests.onnx_models import make_identity_model, make_iris_onnx
 from tests.serving_fixtures import CLI, Server, cli_env, push_all, running_server
 
@@ -224,6 +228,42 @@ def test_a_large_bytes_request_does_not_stall_other_clients(server: Server) -> N
     assert large.status_code == 400, large.text
     assert "bytes of raw data are left after them" in large.json()["error"]
     _assert_serves(server)
+
+
+def _elements(*items: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [b"a\x00\x00"] * 5,  # one length: cut by numpy, trailing NULs kept
+        [b""] * 7,
+        [b"ab", b"", b"\x00", b"xyz"],  # lengths differ: one by one
+        [b"only one"],
+        [],
+    ],
+)
+def test_bytes_elements_decode_exactly(items: list[bytes]) -> None:
+    array = array_from_raw("x", DataType.BYTES, (len(items),), _elements(*items))
+    assert array.dtype == object
+    assert array.tolist() == items
+
+
+@pytest.mark.parametrize(
+    ("shape", "raw", "message"),
+    [
+        ((3,), _elements(b"a", b"b"), "needs 3 BYTES elements, at least 12 bytes"),
+        ((2,), _elements(b"a", b"b") + b"\x00", "1 bytes of raw data are left after them"),
+        ((2,), _elements(b"a") + b"\x09\x00\x00\x00ab", "of 9 bytes runs past the data"),
+        ((2,), _elements(b"abcdefgh") + b"\x00\x00", "raw data has 1"),
+    ],
+)
+def test_bytes_elements_that_do_not_fit_the_shape_are_refused(
+    shape: tuple[int, ...], raw: bytes, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        array_from_raw("x", DataType.BYTES, shape, raw)
 
 
 # -- 6. one rule for JSON values on every edge ----------------------------------------------

@@ -4,8 +4,9 @@ Pure functions from wire pieces to numpy and back, shared by the REST and gRPC f
 Raw data is little-endian, row-major; BOOL is one byte; each BYTES element is a 4-byte
 little-endian length followed by its bytes.
 
-A request's declared inputs are checked against the model's signature (``check_declared``)
-before any data is decoded, so that a tensor the model would refuse costs nothing to refuse.
+A raw tensor's declared datatype and shape are checked against the model's signature
+(``check_declared``) and against its byte count before it is decoded, so that a tensor the
+model would refuse costs nothing to refuse.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ MAX_ID_LENGTH = 256
 """The longest request ``id`` accepted, and so echoed in the response."""
 
 _LENGTH = struct.Struct("<I")
+_UNIFORM_LIMIT = 1 << 16  # elements larger than this are few: cut one by one
 
 
 def check_id(value: Any) -> str:
@@ -138,10 +140,11 @@ def _bytes_elements(name: str, shape: tuple[int, ...], count: int, view: memoryv
             f"input {name!r}: shape {list(shape)} needs {count} BYTES elements, at least "
             f"{count * _LENGTH.size} bytes with their length prefixes; got {size}"
         )
-    if count and size % count == 0:
-        # Elements all of one length (tokens, fixed-size records, empty strings) are
-        # checked and cut by numpy at once, without a Python step per element.
-        stride = size // count
+    stride = size // count if count > 1 else 0
+    if stride and size % count == 0 and stride <= _UNIFORM_LIMIT:
+        # Many elements all of one length (tokens, fixed-size records, empty strings) are
+        # checked and cut by numpy at once, without a Python step per element. (Had the
+        # lengths differed, reading element by element would not meet these prefixes.)
         lengths = np.ndarray((count,), "<u4", buffer=view, strides=(stride,))
         if (lengths == stride - _LENGTH.size).all():
             if stride == _LENGTH.size:
