@@ -253,7 +253,7 @@ def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) 
             raise InvalidInput(f"input {name!r} appears twice")
         datatype = DataType.parse(str(item.get("datatype")))
         shape = check_shape(name, item.get("shape"))
-        size = _parameters(item, f"input {name!r}").get("binary_data_size")
+        size = _parameters(item, "input").get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise InvalidInput(
@@ -276,19 +276,21 @@ def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) 
     return inputs
 
 
-def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
-    """``holder``'s ``parameters`` object ({} when absent)."""
+def _parameters(holder: dict[str, Any], kind: str = "request") -> dict[str, Any]:
+    """The ``parameters`` object of the request or of one of its inputs or outputs (``kind``);
+    {} when there is none."""
     parameters = holder.get("parameters")
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
-        raise InvalidInput(f"{what}: 'parameters' must be a JSON object")
+        where = kind if kind == "request" else f"{kind} {holder.get('name')!r}"
+        raise InvalidInput(f"{where}: 'parameters' must be a JSON object")
     return parameters
 
 
 def _timeout(document: dict[str, Any]) -> float | None:
     """The request's own ``timeout`` parameter (microseconds, as Triton's clients send it)."""
-    parameters = _parameters(document, "request")
+    parameters = _parameters(document)
     if "timeout" not in parameters:
         return None
     value = parameters["timeout"]
@@ -300,7 +302,7 @@ def _timeout(document: dict[str, Any]) -> float | None:
 
 
 def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[str] | bool]:
-    all_binary = bool(_parameters(document, "request").get("binary_data_output", False))
+    all_binary = bool(_parameters(document).get("binary_data_output", False))
     requested = document.get("outputs")
     if not requested:
         return None, all_binary
@@ -312,7 +314,7 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each requested output must be an object with a 'name'")
         names.append(item["name"])
-        wants_binary = _parameters(item, f"output {item['name']!r}").get("binary_data", all_binary)
+        wants_binary = _parameters(item, "output").get("binary_data", all_binary)
         if wants_binary:
             binary.add(item["name"])
     return names, binary
