@@ -135,3 +135,14 @@ def test_the_float_fast_path_takes_numbers_only(bad: object) -> None:
     assert document["inputs"][0]["data"] == data  # plain JSON, judged by the one rule
     with pytest.raises(InvalidInput, match="non-numeric JSON"):
         _tensor(_request(data, shape=[21]), v2_json.request_document)
+
+
+def test_a_large_body_gets_a_parser_of_its_own() -> None:
+    # A parser keeps the buffers of the largest document it parsed: the thread's own
+    # parser, kept for the next request, must not be the one that met a large body.
+    v2_json.request_document(_request([1.0, 2.0, 3.0, 4.0]))
+    kept = v2_json._local.parser
+    values = [0.5] * (3 * 2**20)  # about 12 MiB of JSON
+    document = v2_json.request_document(_request(values, shape=[len(values)]))
+    assert document["inputs"][0]["data"].size == len(values)
+    assert v2_json._local.parser is kept

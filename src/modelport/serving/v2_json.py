@@ -43,6 +43,7 @@ LARGE_BODY = 64 * 1024
 MAX_VALUES = 0xFFFFFF - 1
 """The most elements a JSON array in a request may hold: below simdjson's saturated count."""
 _UNCOUNTED = 2 * MAX_VALUES + 2  # bodies up to this size cannot hold a longer array
+_REUSED_UP_TO = 4 * 2**20  # each thread's parser takes bodies up to this size
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 _local = threading.local()
 
@@ -118,6 +119,12 @@ def json_object(body: bytes | memoryview) -> dict[str, Any]:
 
 
 def _parse(text: bytes) -> Any:
+    if len(text) > _REUSED_UP_TO:
+        # A parser keeps the buffers of the largest document it has parsed, for as long as
+        # it lives (3 per 64 MiB body: RSS stayed 128 MiB up). One for a large body is used
+        # once and dropped with the document; a fresh parser costs nothing below a few MiB
+        # and ~30% of the parse above (11 MiB: 18.6 ms instead of 13.9 ms).
+        return simdjson.Parser().parse(text)
     parser = getattr(_local, "parser", None)
     if parser is None:
         parser = _local.parser = simdjson.Parser()
