@@ -107,7 +107,7 @@ def test_client_timeouts_are_honoured(home: Path, tmp_path: Path) -> None:
             url, json={**_slow_body(1), "parameters": {"timeout": 60_000_000, "tag": 7}}
         )
         assert response.status_code == 200, response.text
-        assert response.json()["parameters"] == {"tag": 7}  # the timeout is not echoed
+        assert "parameters" not in response.json()  # request parameters are not echoed
 
         client = triton_grpc.InferenceServerClient(server.grpc_target)
         request = triton_grpc.InferInput("x", [2048, 512], "FP32")

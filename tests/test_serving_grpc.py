@@ -215,7 +215,7 @@ def test_iris_matches_in_process_prediction(
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"])
     response = result.get_response()
     assert (response.id, response.model_name, response.model_version) == ("req-7", "iris", "1")
-    assert response.parameters["trace"].string_param == "on"
+    assert not response.parameters  # request parameters are not echoed
 
 
 def test_requested_outputs_only(client: triton.InferenceServerClient) -> None:

@@ -43,6 +43,24 @@ def test_bytes_from_strings() -> None:
         ([None], DataType.FP32, "non-numeric"),
         ([{"a": 1}], DataType.FP32, "non-numeric"),
         ([1], DataType.BYTES, "must be strings"),
+        # Each of these was once taken, changed, on some edge (issue 9).
+        ([1.5, 2, 3, 4], DataType.INT32, "whole numbers"),
+        (["7"], DataType.FP32, r"non-numeric JSON \(the string '7'\)"),
+        ([True, 2.0], DataType.FP32, r"non-numeric JSON \(true\)"),
+        ([[1.0, False]], DataType.FP64, r"non-numeric JSON \(false\)"),
+        ([True], DataType.INT32, r"non-numeric JSON \(true\)"),
+        ([1.0, None], DataType.FP32, r"non-numeric JSON \(null\)"),
+        (["nan"], DataType.FP32, r"non-numeric JSON \(the string 'nan'\)"),
+        ([1e39], DataType.FP32, r"outside the range of FP32"),
+        ([float("nan"), 1e39], DataType.FP32, "outside the range of FP32"),  # NaN from --input
+        ([1.0, float("nan"), -1e39], DataType.FP32, "outside the range of FP32"),
+        ([1.0] * 100 + [1e39], DataType.FP32, "outside the range of FP32"),
+        ([70000], DataType.FP16, r"outside the range of FP16 \[-65504, 65504\]"),
+        ([10**400], DataType.FP64, "outside the range of FP64"),
+        ([2**63, 1.0], DataType.INT64, "outside the range of INT64"),
+        ([1, [2]], DataType.FP32, "ragged"),
+        ([[1], 2], DataType.FP32, "ragged"),
+        ([1.5], DataType.BOOL, "true/false"),
     ],
 )
 def test_json_values_that_would_change_are_refused(
@@ -50,6 +68,40 @@ def test_json_values_that_would_change_are_refused(
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         array_from_json(value, datatype, "t")
+
+
+@pytest.mark.parametrize(
+    ("value", "datatype", "expected"),
+    [
+        ([1.0, -2], DataType.INT32, [1, -2]),  # whole floats for integers
+        ([[1, 2.5]], DataType.FP32, [[1.0, 2.5]]),  # integers for floats
+        ([2**64 - 1], DataType.UINT64, [2**64 - 1]),
+        ([2**63 - 1, 1.0], DataType.INT64, [2**63 - 1, 1]),  # exact past 2**53
+        ([1, 0, True], DataType.BOOL, [True, False, True]),
+        ([[], []], DataType.FP32, [[], []]),
+        (3.5, DataType.FP32, 3.5),
+        ([1e300], DataType.FP64, [1e300]),
+    ],
+)
+def test_json_values_that_keep_their_value_are_taken(
+    value: object, datatype: DataType, expected: object
+) -> None:
+    array = array_from_json(value, datatype, "t")
+    assert array.dtype == datatype.numpy
+    assert array.tolist() == expected
+
+
+def test_a_float64_buffer_is_narrowed_with_the_same_rule() -> None:
+    # What v2_json hands over for a large body's flat float data.
+    buffer = np.array([1.5, -2.25, 3.0])
+    assert array_from_json(buffer, DataType.FP32, "t").tolist() == [1.5, -2.25, 3.0]
+    assert array_from_json(buffer, DataType.FP32, "t").dtype == np.float32
+    big = np.full(10_000, 1.0)
+    big[5_000] = 1e39
+    with pytest.raises(InvalidInput, match="outside the range of FP32"):
+        array_from_json(big, DataType.FP32, "t")
+    with pytest.raises(InvalidInput, match="whole numbers"):  # not a float datatype
+        array_from_json(buffer, DataType.INT8, "t")
 
 
 def test_nan_passes_through_to_the_model() -> None:

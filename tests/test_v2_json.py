@@ -103,3 +103,49 @@ def test_a_proxy_kept_alive_does_not_break_the_next_request() -> None:
     document = v2_json.request_document(_request([1.0, 2.0, 3.0, 4.0]))
     assert document["inputs"][0]["data"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert holder["a"].as_list() == [1, 2]
+
+
+def test_a_body_that_may_hold_an_array_past_simdjsons_count_is_refused_unparsed() -> None:
+    # simdjson counts an array's elements in 24 bits and pysimdjson trusts the saturated
+    # count (a heap corruption): no body that may hold more than MAX_VALUES reaches it.
+    from modelport.serving.http import PayloadTooLarge
+
+    def body(commas: int) -> bytes:
+        pad = b" " * (2 * v2_json.MAX_VALUES + 3 - commas)  # past the size rule's bound
+        return b'{"text": "%s", "pad": "%s"}' % (b"," * (commas - 1), pad)
+
+    with pytest.raises(PayloadTooLarge, match=f"at most {v2_json.MAX_VALUES} values"):
+        v2_json.request_body(body(v2_json.MAX_VALUES))
+    document = v2_json.request_body(body(v2_json.MAX_VALUES - 1))
+    assert len(document["text"]) == v2_json.MAX_VALUES - 2
+
+
+def test_json_nested_past_simdjsons_depth_is_invalid_input() -> None:
+    deep = b'{"inputs": ' + b"[" * 1100 + b"]" * 1100 + b', "pad": "' + b"x" * 70_000 + b'"}'
+    for _ in range(2):  # and the thread's parser still works afterwards
+        with pytest.raises(InvalidInput, match="not valid JSON"):
+            v2_json.request_document(deep)
+    assert v2_json.request_document(_request([1.0, 2.0, 3.0, 4.0]))["id"] == "42"
+
+
+@pytest.mark.parametrize("bad", [True, None, "1.0"])
+def test_the_float_fast_path_takes_numbers_only(bad: object) -> None:
+    data = [1.0] * 10 + [bad] + [2.0] * 10
+    document = v2_json.request_document(_request(data, shape=[21]))
+    assert document["inputs"][0]["data"] == data  # plain JSON, judged by the one rule
+    with pytest.raises(InvalidInput, match="non-numeric JSON"):
+        _tensor(_request(data, shape=[21]), v2_json.request_document)
+
+
+def test_a_large_body_gets_a_parser_of_its_own() -> None:
+    # A parser keeps the buffers of the largest document it parsed: the thread's own
+    # parser, kept for the next request, must not be the one that meets a large body.
+    import simdjson
+
+    kept = v2_json._local.parser = simdjson.Parser()
+    holder = kept.parse(b'{"a": [1, 2]}')  # kept cannot parse while this lives
+    values = [0.5] * (3 * 2**20)  # about 12 MiB of JSON
+    document = v2_json.request_document(_request(values, shape=[len(values)]))
+    assert document["inputs"][0]["data"].size == len(values)
+    assert v2_json._local.parser is kept  # not used, so not replaced either
+    assert holder["a"].as_list() == [1, 2]

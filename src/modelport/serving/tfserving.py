@@ -237,17 +237,29 @@ def _array(value: Any, datatype: DataType, name: str) -> npt.NDArray[Any]:
 
 
 def _decode_b64(value: Any, name: str) -> Any:
-    if isinstance(value, list):
-        return [_decode_b64(item, name) for item in value]
+    """``value`` with each ``{"b64": "..."}`` in it replaced by its bytes (in place: the
+    request's own lists). A loop, not recursion: JSON may nest deeper than Python recurses."""
     if isinstance(value, dict):
-        encoded = value.get("b64")
-        if len(value) != 1 or not isinstance(encoded, str):
-            raise InvalidInput(f'input {name!r}: objects in values must be {{"b64": "..."}}')
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except binascii.Error as exc:
-            raise InvalidInput(f"input {name!r}: invalid base64 ({exc})") from None
+        return _b64(value, name)
+    pending = [value] if isinstance(value, list) else []
+    while pending:
+        items = pending.pop()
+        for index, item in enumerate(items):
+            if isinstance(item, list):
+                pending.append(item)
+            elif isinstance(item, dict):
+                items[index] = _b64(item, name)
     return value
+
+
+def _b64(value: dict[str, Any], name: str) -> bytes:
+    encoded = value.get("b64")
+    if len(value) != 1 or not isinstance(encoded, str):
+        raise InvalidInput(f'input {name!r}: objects in values must be {{"b64": "..."}}')
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise InvalidInput(f"input {name!r}: invalid base64 ({exc})") from None
 
 
 # -- response: Tensors -> JSON ------------------------------------------------------------

@@ -9,6 +9,7 @@ sends); outputs always go back as ``raw_output_contents``, as Triton sends them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -37,9 +38,16 @@ from modelport.errors import (
 from modelport.serving.config import ServeConfig
 from modelport.serving.deployment import State
 from modelport.serving.manager import ModelManager
-from modelport.serving.v2_codec import array_from_raw, check_shape, raw_bytes
+from modelport.serving.v2_codec import (
+    OFF_LOOP_BYTES,
+    array_from_raw,
+    check_declared,
+    check_id,
+    check_shape,
+    raw_bytes,
+)
 from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
-from modelport.types import DataType, Tensors
+from modelport.types import DataType, Signature, Tensors
 
 __all__ = ["STATUS", "InferenceServicer", "start_grpc_server", "status_of"]
 
@@ -129,7 +137,14 @@ class InferenceServicer:
 
     @_edge
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-        inputs = _inputs(request)
+        request_id = check_id(request.id)
+        # Raw inputs are judged by the addressed version's signature before they are
+        # decoded; ``infer`` validates every tensor for the version it runs.
+        deployment = await self.manager.deployment(request.model_name, request.model_version)
+        if _decoding_may_stall(request):
+            inputs = await asyncio.to_thread(_inputs, request, deployment.signature)
+        else:
+            inputs = _inputs(request, deployment.signature)
         outputs = _requested_outputs(request)
         result, deployment = await self.manager.infer(
             request.model_name,
@@ -139,12 +154,10 @@ class InferenceServicer:
             PROTOCOL,
             timeout=_timeout(request, context),
         )
+        # Request parameters are options for this server, not data: never echoed.
         response = pb.ModelInferResponse(
-            model_name=deployment.name, model_version=str(deployment.version), id=request.id
+            model_name=deployment.name, model_version=str(deployment.version), id=request_id
         )
-        for key, value in request.parameters.items():
-            if key != "timeout":
-                response.parameters[key].CopyFrom(value)
         for name, array in result.items():
             datatype = DataType.from_numpy(array.dtype)
             response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
@@ -231,7 +244,27 @@ _CONTENTS: dict[DataType, str] = {
 }  # fmt: skip
 
 
-def _inputs(request: Any) -> Tensors:
+def _decoding_may_stall(request: Any) -> bool:
+    """Whether decoding ``request`` may hold the event loop long: ``OFF_LOOP_BYTES`` or more
+    of fixed-size data, or any BYTES, whose size only its contents tell.
+
+    Judged from what the inputs declare: protobuf copies a ``bytes`` field on every access,
+    and ``ByteSize()`` serializes the message (200 ms for 64 MiB), so the data is not looked at.
+    A declaration that is wrong is refused by the decoding itself.
+    """
+    for tensor in request.inputs:
+        itemsize = _ITEMSIZE.get(tensor.datatype)
+        if itemsize == 0 or (itemsize and math.prod(tensor.shape) * itemsize >= OFF_LOOP_BYTES):
+            return True
+    return False
+
+
+_ITEMSIZE = {datatype.value: datatype.itemsize for datatype in DataType}  # BYTES: 0
+
+
+def _inputs(request: Any, signature: Signature) -> Tensors:
+    """The request's tensors; raw ones checked against ``signature`` before they are decoded.
+    Pure: runs in a worker thread for large requests."""
     raw = request.raw_input_contents
     if not request.inputs:
         raise InvalidInput("request has no inputs")
@@ -260,6 +293,9 @@ def _inputs(request: Any) -> Tensors:
                 "send every input one way"
             )
         else:
+            # Raw data costs its decoding whatever the model takes: judge what it claims
+            # first. (Typed contents are decoded already; ``infer`` judges them.)
+            check_declared(signature, name, datatype, shape)
             inputs[name] = array_from_raw(name, datatype, shape, raw[index])
     return inputs
 

@@ -3,7 +3,9 @@ repository extensions. Translates wire <-> ``Tensors`` and calls the ``ModelMana
 
 from __future__ import annotations
 
+import asyncio
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,22 +27,26 @@ from modelport.serving.http import (
 )
 from modelport.serving.manager import ModelManager
 from modelport.serving.v2_codec import (
+    OFF_LOOP_BYTES,
     array_from_data,
     array_from_raw,
+    check_declared,
+    check_id,
     check_shape,
     data_for_json,
     raw_bytes,
 )
 from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
-from modelport.types import DataType, Tensors
+from modelport.types import DataType, Signature, Tensors
 
 __all__ = ["InferFirst", "routes"]
 
 _HEADER_LENGTH = "inference-header-content-length"
 _INFER_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH.encode())
 _JSON_HEADERS = ((b"content-type", b"application/json"),)
-_NOT_ECHOED = frozenset({"binary_data_output", "timeout"})  # request options, not data
 _BINARY_HEADERS = ((b"content-type", b"application/octet-stream"),)
+# Binary responses from this size up are sent in pieces rather than joined into one copy.
+_JOIN_LIMIT = 1 << 20
 # The infer routes' paths, as Starlette matches ``{name}`` and ``{version}``: [^/]+.
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
@@ -61,25 +67,40 @@ class InferEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
-        name = params["name"]
+        name, version = params["name"], params.get("version")
         manager = self._manager
-        manager.served(name)  # an unknown model is a 404 whatever the body says
+        # A dict lookup for the default version; an unknown model or version is a 404
+        # whatever the body says. Binary inputs are judged by this signature before they
+        # are decoded; ``infer`` validates every tensor for the version it runs.
+        signature = (await manager.deployment(name, version)).signature
         declared, encoding, header_length = header_values(scope["headers"], _INFER_HEADERS)
         body = await receive_body(receive, self._max_body, declared, encoding)
-        document, binary = _split_body(body, header_length)
-        inputs, outputs, binary_outputs = _parse_request(document, binary)
+        if len(body) < OFF_LOOP_BYTES:
+            request = _parse(body, header_length, signature)
+        else:
+            request = await asyncio.to_thread(_parse, body, header_length, signature)
+        del body  # what is left of it is referenced by the tensors that need it
         result, deployment = await manager.infer(
-            name, params.get("version"), inputs, outputs, "rest_v2", timeout=_timeout(document)
+            name, version, request.inputs, request.outputs, "rest_v2", timeout=request.timeout
         )
-        content, headers = _response(document, deployment, result, binary_outputs)
+        header, chunks, headers = _response(request, deployment, result)
+        length = len(header) + sum(map(len, chunks))
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*headers, (b"content-length", str(len(content)).encode())],
+                "headers": [*headers, (b"content-length", str(length).encode())],
             }
         )
-        await send({"type": "http.response.body", "body": content})
+        if not chunks:
+            await send({"type": "http.response.body", "body": header})
+            return
+        if length < _JOIN_LIMIT:
+            await send({"type": "http.response.body", "body": b"".join([header, *chunks])})
+            return
+        for part in [header, *chunks[:-1]]:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": chunks[-1]})
 
 
 class InferFirst:
@@ -147,7 +168,7 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
 
     async def repository_index(request: Request) -> Response:
         body = await read_body(request, 1 << 20)
-        only_ready = bool(_json_object(body).get("ready", False)) if body.strip() else False
+        only_ready = bool(v2_json.json_object(body).get("ready", False)) if body.strip() else False
         rows = [row for row in manager.index() if not only_ready or row["state"] == "READY"]
         return json_response(rows)
 
@@ -182,34 +203,43 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
     ]
 
 
-def _json_object(body: bytes | memoryview) -> dict[str, Any]:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return document
+@dataclass(slots=True)
+class _Request:
+    """What an infer request asks for, decoded and checked."""
+
+    inputs: Tensors
+    outputs: list[str] | None
+    binary_outputs: set[str] | bool
+    timeout: float | None
+    id: str | None
+
+
+def _parse(body: bytes, header_length: str | None, signature: Signature) -> _Request:
+    """An infer request from its body. Pure: runs in a worker thread for large bodies."""
+    document, binary = _split_body(body, header_length)
+    request_id = check_id(document["id"]) if "id" in document else None
+    inputs = _inputs(document, binary, signature)
+    outputs, binary_outputs = _requested_outputs(document)
+    return _Request(inputs, outputs, binary_outputs, _timeout(document), request_id)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
     if header_length is None:
-        if len(body) >= v2_json.LARGE_BODY and v2_json.available():
-            return v2_json.request_document(body), memoryview(b"")
-        return _json_object(body), memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
+        return v2_json.request_body(body), memoryview(b"")
+    # isascii(): isdigit() takes "²", which int() refuses.
+    if not (header_length.isascii() and header_length.isdigit()) or (
+        int(header_length) > len(body)
+    ):
         raise InvalidInput(
             f"Inference-Header-Content-Length {header_length!r} is not a length within the "
             f"{len(body)}-byte body"
         )
     cut = int(header_length)
     view = memoryview(body)
-    return _json_object(view[:cut]), view[cut:]
+    return v2_json.json_object(view[:cut]), view[cut:]
 
 
-def _parse_request(
-    document: dict[str, Any], binary: memoryview
-) -> tuple[Tensors, list[str] | None, set[str] | bool]:
+def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) -> Tensors:
     items = document.get("inputs")
     if not isinstance(items, list) or not items:
         raise InvalidInput("request has no 'inputs' list")
@@ -223,13 +253,16 @@ def _parse_request(
             raise InvalidInput(f"input {name!r} appears twice")
         datatype = DataType.parse(str(item.get("datatype")))
         shape = check_shape(name, item.get("shape"))
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(item, "input").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise InvalidInput(
                     f"input {name!r}: binary_data_size {size!r} runs past the "
                     f"{len(binary)} bytes of binary data sent"
                 )
+            # Raw data costs its decoding whatever the model takes: judge what it claims
+            # first. (JSON data is parsed already; ``infer`` judges it once typed.)
+            check_declared(signature, name, datatype, shape)
             inputs[name] = array_from_raw(name, datatype, shape, binary[offset : offset + size])
             offset += size
         elif "data" in item:
@@ -240,13 +273,25 @@ def _parse_request(
         raise InvalidInput(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input"
         )
-    return inputs, *_requested_outputs(document)
+    return inputs
+
+
+def _parameters(holder: dict[str, Any], kind: str = "request") -> dict[str, Any]:
+    """The ``parameters`` object of the request or of one of its inputs or outputs (``kind``);
+    {} when there is none."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        where = kind if kind == "request" else f"{kind} {holder.get('name')!r}"
+        raise InvalidInput(f"{where}: 'parameters' must be a JSON object")
+    return parameters
 
 
 def _timeout(document: dict[str, Any]) -> float | None:
     """The request's own ``timeout`` parameter (microseconds, as Triton's clients send it)."""
-    parameters = document.get("parameters")
-    if not parameters or "timeout" not in parameters:
+    parameters = _parameters(document)
+    if "timeout" not in parameters:
         return None
     value = parameters["timeout"]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -257,8 +302,7 @@ def _timeout(document: dict[str, Any]) -> float | None:
 
 
 def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[str] | bool]:
-    parameters = document.get("parameters") or {}
-    all_binary = bool(parameters.get("binary_data_output", False))
+    all_binary = bool(_parameters(document).get("binary_data_output", False))
     requested = document.get("outputs")
     if not requested:
         return None, all_binary
@@ -270,16 +314,22 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each requested output must be an object with a 'name'")
         names.append(item["name"])
-        wants_binary = (item.get("parameters") or {}).get("binary_data", all_binary)
+        wants_binary = _parameters(item, "output").get("binary_data", all_binary)
         if wants_binary:
             binary.add(item["name"])
     return names, binary
 
 
 def _response(
-    document: dict[str, Any], deployment: Deployment, outputs: Tensors, binary: set[str] | bool
-) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
-    """The response body and its headers (all but Content-Length)."""
+    request: _Request, deployment: Deployment, outputs: Tensors
+) -> tuple[bytes, list[bytes], tuple[tuple[bytes, bytes], ...]]:
+    """The response's JSON header, its binary chunks and its headers (all but Content-Length).
+
+    Echoes the request ``id`` (checked and bounded) and no request parameters: those are
+    options for this server, and response parameters are the server's own (Triton's carry
+    sequence state only). Echoing them let 33 KB of gzip come back as a 34 MB response.
+    """
+    binary = request.binary_outputs
     described = []
     chunks = []
     for name, array in outputs.items():
@@ -301,15 +351,10 @@ def _response(
         "model_version": str(deployment.version),
         "outputs": described,
     }
-    if "id" in document:
-        response["id"] = document["id"]
-    parameters = document.get("parameters")
-    if parameters:
-        passed = {k: v for k, v in parameters.items() if k not in _NOT_ECHOED}
-        if passed:
-            response["parameters"] = passed
+    if request.id is not None:
+        response["id"] = request.id
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
-        return header, _JSON_HEADERS
+        return header, chunks, _JSON_HEADERS
     length = (b"inference-header-content-length", str(len(header)).encode())
-    return b"".join([header, *chunks]), (*_BINARY_HEADERS, length)
+    return header, chunks, (*_BINARY_HEADERS, length)
