@@ -501,6 +501,24 @@ def test_json_bodies_have_their_own_limit(home: Path) -> None:
         big = httpx.post(url, json={"instances": [IRIS_ROW] * 100}, timeout=30)
         assert big.status_code == 413, big.text
         assert "1024-byte limit" in big.json()["error"]
+        # V2: a JSON body is held to the JSON limit; the same rows as binary data are not.
+        v2 = f"{server.http_url}/v2/models/iris/infer"
+        rows = np.array([IRIS_ROW] * 100, dtype=np.float32)
+        tensor = {"name": "input", "datatype": "FP32", "shape": list(rows.shape)}
+        as_json = httpx.post(v2, json={"inputs": [{**tensor, "data": rows.ravel().tolist()}]})
+        assert as_json.status_code == 413, as_json.text
+        assert "1024-byte limit" in as_json.json()["error"]
+        raw = rows.tobytes()
+        header = json.dumps(
+            {"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]}
+        ).encode()
+        as_binary = httpx.post(
+            v2,
+            content=header + raw,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            timeout=30,
+        )
+        assert as_binary.status_code == 200, as_binary.text
 
 
 def test_size_flags_exist_and_bad_values_are_one_line(home: Path) -> None:

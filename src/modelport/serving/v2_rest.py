@@ -64,6 +64,8 @@ class InferEndpoint:
     def __init__(self, manager: ModelManager, max_body: int) -> None:
         self._manager = manager
         self._max_body = max_body
+        # A body with no binary part is all JSON, which takes ~11 times its size to decode.
+        self._max_json = min(max_body, manager.config.json_limit())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
@@ -74,7 +76,8 @@ class InferEndpoint:
         # are decoded; ``infer`` validates every tensor for the version it runs.
         signature = (await manager.deployment(name, version)).signature
         declared, encoding, header_length = header_values(scope["headers"], _INFER_HEADERS)
-        body = await receive_body(receive, self._max_body, declared, encoding)
+        limit = self._max_json if header_length is None else self._max_body
+        body = await receive_body(receive, limit, declared, encoding)
         if len(body) < OFF_LOOP_BYTES:
             request = _parse(body, header_length, signature)
         else:
