@@ -117,9 +117,16 @@ def test_an_array_past_simdjsons_count_is_refused_and_the_server_lives(
     )
     packed = gzip.compress(body, compresslevel=9)
     assert len(packed) < 64 * 1024
-    # A body limit above the inflated size, so the parser meets the body whatever the
-    # default limits are.
-    with running_server(home, ["iris"], ["--max-request-size", "256MiB"]) as server:
+    # With the default limits the inflated body is over the JSON limit: a 413 before any
+    # parsing, and the server lives.
+    with running_server(home, ["iris"]) as server:
+        refused = _infer(server, "iris", content=packed, headers={"Content-Encoding": "gzip"})
+        assert refused.status_code == 413, refused.text
+        assert "decompressed request body is over" in refused.json()["error"]
+        _assert_serves(server)
+    # Limits above the inflated size, so that the parser meets the body.
+    limits = ["--max-request-size", "256MiB", "--max-json-size", "256MiB"]
+    with running_server(home, ["iris"], limits) as server:
         answers = []
         # Before the fix the server died (SIGSEGV) within the next few such requests.
         for content, headers in [(packed, {"Content-Encoding": "gzip"})] * 2 + [(body, {})]:
