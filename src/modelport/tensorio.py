@@ -49,6 +49,13 @@ def array_from_json(value: Any, datatype: DataType, name: str) -> npt.NDArray[An
     Raises:
         InvalidInput: naming the input and what was wrong with the value.
     """
+    if type(value) is list and 0 < len(value) <= 64 and datatype in _FLOAT_MAX:
+        # A few flat numbers (a tabular row), the commonest request: the whole rule in one
+        # pass (no bool, null or string; every value within range), else the general path.
+        # Python's min and max are sound with NaN: it fails the test or is skipped.
+        limit = _FLOAT_MAX[datatype]
+        if set(map(type, value)) <= _NUMBERS and -limit <= min(value) and max(value) <= limit:
+            return np.fromiter(value, datatype.numpy, count=len(value))
     if isinstance(value, np.ndarray):
         if value.dtype == np.float64 and datatype in _FLOAT_MAX:
             return _narrow(value, datatype, name)

@@ -68,7 +68,9 @@ def request_body(body: bytes) -> dict[str, Any]:
         InvalidInput: the body is not JSON, or not a JSON object.
         PayloadTooLarge: the body may hold an array of more than ``MAX_VALUES`` elements.
     """
-    if len(body) >= LARGE_BODY and _AVAILABLE:
+    if len(body) < LARGE_BODY:  # the hot path: too small to hold a long array
+        return json_object(body)
+    if _AVAILABLE:
         return request_document(body)
     _check_countable(body)
     return json_object(body)

@@ -71,11 +71,14 @@ class InferEndpoint:
         params = scope["path_params"]
         name, version = params["name"], params.get("version")
         manager = self._manager
-        # A dict lookup for the default version; an unknown model or version is a 404
-        # whatever the body says. Binary inputs are judged by this signature before they
-        # are decoded; ``infer`` validates every tensor for the version it runs.
-        signature = (await manager.deployment(name, version)).signature
         declared, encoding, header_length = header_values(scope["headers"], _INFER_HEADERS)
+        signature: Signature | None = None
+        if header_length is None:  # all JSON: ``infer`` judges the tensors once typed
+            manager.served(name)  # an unknown model is a 404 whatever the body says
+        else:
+            # Binary inputs are judged by the signature before they are decoded (a dict
+            # lookup for the default version; an unknown version is a 404 here too).
+            signature = (await manager.deployment(name, version)).signature
         limit = self._max_json if header_length is None else self._max_body
         body = await receive_body(receive, limit, declared, encoding)
         if len(body) < OFF_LOOP_BYTES:
@@ -206,6 +209,10 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
     ]
 
 
+_NO_PARAMETERS: dict[str, Any] = {}  # read only
+_NO_BINARY = memoryview(b"")
+
+
 @dataclass(slots=True)
 class _Request:
     """What an infer request asks for, decoded and checked."""
@@ -217,18 +224,24 @@ class _Request:
     id: str | None
 
 
-def _parse(body: bytes, header_length: str | None, signature: Signature) -> _Request:
-    """An infer request from its body. Pure: runs in a worker thread for large bodies."""
+def _parse(body: bytes, header_length: str | None, signature: Signature | None) -> _Request:
+    """An infer request from its body. Pure: runs in a worker thread for large bodies.
+
+    ``signature`` judges binary inputs before they are decoded; it is needed (and given)
+    only when the body has a binary part."""
     document, binary = _split_body(body, header_length)
     request_id = check_id(document["id"]) if "id" in document else None
     inputs = _inputs(document, binary, signature)
-    outputs, binary_outputs = _requested_outputs(document)
-    return _Request(inputs, outputs, binary_outputs, _timeout(document), request_id)
+    parameters = _parameters(document) if "parameters" in document else _NO_PARAMETERS
+    outputs, binary_outputs = _requested_outputs(document, parameters)
+    return _Request(inputs, outputs, binary_outputs, _timeout(parameters), request_id)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
     if header_length is None:
-        return v2_json.request_body(body), memoryview(b"")
+        if len(body) < v2_json.LARGE_BODY:  # the hot path, one call fewer
+            return v2_json.json_object(body), _NO_BINARY
+        return v2_json.request_body(body), _NO_BINARY
     # isascii(): isdigit() takes "²", which int() refuses.
     if not (header_length.isascii() and header_length.isdigit()) or (
         int(header_length) > len(body)
@@ -242,7 +255,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
     return v2_json.json_object(view[:cut]), view[cut:]
 
 
-def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) -> Tensors:
+def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature | None) -> Tensors:
     items = document.get("inputs")
     if not isinstance(items, list) or not items:
         raise InvalidInput("request has no 'inputs' list")
@@ -256,7 +269,9 @@ def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) 
             raise InvalidInput(f"input {name!r} appears twice")
         datatype = DataType.parse(str(item.get("datatype")))
         shape = check_shape(name, item.get("shape"))
-        size = _parameters(item, "input").get("binary_data_size")
+        size = (
+            None if "parameters" not in item else _parameters(item, "input").get("binary_data_size")
+        )
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise InvalidInput(
@@ -265,7 +280,8 @@ def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature) 
                 )
             # Raw data costs its decoding whatever the model takes: judge what it claims
             # first. (JSON data is parsed already; ``infer`` judges it once typed.)
-            check_declared(signature, name, datatype, shape)
+            if signature is not None:
+                check_declared(signature, name, datatype, shape)
             inputs[name] = array_from_raw(name, datatype, shape, binary[offset : offset + size])
             offset += size
         elif "data" in item:
@@ -291,9 +307,8 @@ def _parameters(holder: dict[str, Any], kind: str = "request") -> dict[str, Any]
     return parameters
 
 
-def _timeout(document: dict[str, Any]) -> float | None:
+def _timeout(parameters: dict[str, Any]) -> float | None:
     """The request's own ``timeout`` parameter (microseconds, as Triton's clients send it)."""
-    parameters = _parameters(document)
     if "timeout" not in parameters:
         return None
     value = parameters["timeout"]
@@ -304,8 +319,10 @@ def _timeout(document: dict[str, Any]) -> float | None:
     return value / 1_000_000
 
 
-def _requested_outputs(document: dict[str, Any]) -> tuple[list[str] | None, set[str] | bool]:
-    all_binary = bool(_parameters(document).get("binary_data_output", False))
+def _requested_outputs(
+    document: dict[str, Any], parameters: dict[str, Any]
+) -> tuple[list[str] | None, set[str] | bool]:
+    all_binary = bool(parameters.get("binary_data_output", False))
     requested = document.get("outputs")
     if not requested:
         return None, all_binary
