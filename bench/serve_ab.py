@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +54,16 @@ def worktree(commit: str, into: Path) -> Path:
     return into / "src"
 
 
+def push_models(home: Path, src: Path) -> None:
+    """The benchmark's models, pushed into ``home`` by the code in ``src``."""
+    modelport = Path(sys.executable).parent / "modelport"
+    env = dict(os.environ, MODELPORT_HOME=str(home), PYTHONPATH=str(src))
+    for model in ("iris", "cnn"):
+        path = BENCH / "out" / "models" / f"{model}.onnx"
+        argv = [str(modelport), "push", str(path), "--name", model, "--alias", "bench"]
+        subprocess.run(argv, env=env, check=True, capture_output=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="git commit to compare against")
@@ -80,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         base_src = worktree(args.base, Path(temp) / "base")
         try:
             refs = ["iris@bench", "cnn@bench"]
+            # The base gets a registry of its own, made by its own code: this tree may have
+            # migrated the shared one to a schema the base refuses to open.
             base_home = Path(temp) / "home"
-            shutil.copytree(OUT / "home", base_home)
+            push_models(base_home, base_src)
             servers = {
                 "this tree": modelport_server(OUT / "home", refs, OUT / "ab-this.log", []),
-                # A copy: this tree may migrate the registry to a schema the base refuses.
                 "base": modelport_server(base_home, refs, OUT / "ab-base.log", []),
             }
             servers["base"].env["PYTHONPATH"] = str(base_src)
