@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -33,6 +32,7 @@ from modelport.errors import InvalidInput, NotFound
 from modelport.serving.deployment import Deployment, State
 from modelport.serving.http import json_response, read_body
 from modelport.serving.manager import ModelManager
+from modelport.serving.v2_json import json_object
 from modelport.tensorio import array_from_json
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
@@ -166,12 +166,7 @@ def _signature_def_map(signature: Signature) -> dict[str, Any]:
 
 def _parse_request(body: bytes, signature: Signature) -> tuple[bool, Tensors]:
     """(row format?, tensors) from a predict body. Raises ``InvalidInput``."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidInput('request body must be a JSON object: {"instances": [...]}')
+    document = json_object(body, '{"instances": [...]}')
     name = document.get("signature_name", SIGNATURE_NAME)
     if name not in (SIGNATURE_NAME, ""):
         raise InvalidInput(f"unknown signature_name {name!r}; the model has {SIGNATURE_NAME!r}")

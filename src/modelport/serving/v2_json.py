@@ -109,14 +109,15 @@ def _check_countable(body: bytes) -> None:
             )
 
 
-def json_object(body: bytes | memoryview) -> dict[str, Any]:
-    """``body`` parsed by orjson: a JSON object, else ``InvalidInput``."""
+def json_object(body: bytes | memoryview, example: str = "") -> dict[str, Any]:
+    """``body`` parsed by orjson: a JSON object, else ``InvalidInput`` (which shows
+    ``example``, e.g. ``{"instances": [...]}``, when given)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise InvalidInput("request body must be a JSON object")
+        raise InvalidInput(f"request body must be a JSON object{': ' + example if example else ''}")
     return document
 
 
