@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,20 +47,21 @@ def database_error_text(exc: SQLAlchemyError) -> str:
     return text or type(cause).__name__
 
 
-def open_database(url: str, *, existing_store: Path | None = None) -> Engine:
+def open_database(url: str, *, holding_store: Callable[[], Path | None] | None = None) -> Engine:
     """Create an engine for ``url`` and bring its schema up to ``HEAD_REVISION``.
 
     SQLite runs in WAL mode so readers never wait for a writer, with foreign keys on and
     a generous busy timeout so concurrent pushes queue rather than fail.
 
-    ``existing_store`` names the artifact store when it already holds stored files. A
-    database with no schema is then not a new registry but a lost one (a file truncated by
+    ``holding_store`` names the artifact store when it already holds stored files (asked
+    only of a database with no schema, so an ordinary open reads no directory). Such a
+    database is then not a new registry but a lost one (a file truncated by
     a full disk, a bad restore): it is refused, since a registry started afresh over those
     files would reuse their version numbers, and its first gc would delete them all.
 
     Raises:
         StorageError: the database cannot be opened, was made by a newer modelport, or has
-            no schema while ``existing_store`` holds files.
+            no schema while the store ``holding_store`` names holds files.
     """
     try:
         parsed = make_url(url)
@@ -77,7 +78,7 @@ def open_database(url: str, *, existing_store: Path | None = None) -> Engine:
             "'modelport[postgres]' and use postgresql://user:password@host/dbname"
         ) from None
     try:
-        _migrate(engine, parsed.render_as_string(hide_password=True), existing_store)
+        _migrate(engine, parsed.render_as_string(hide_password=True), holding_store)
     except SQLAlchemyError as exc:
         engine.dispose()
         raise StorageError(
@@ -188,13 +189,16 @@ def _current_revision(connection: Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _migrate(engine: Engine, shown_url: str, existing_store: Path | None) -> None:
+def _migrate(
+    engine: Engine, shown_url: str, holding_store: Callable[[], Path | None] | None
+) -> None:
     with engine.connect() as connection:
         revision = _current_revision(connection)
         connection.rollback()
     if revision == HEAD_REVISION:
         return
-    if revision is None and existing_store is not None:
+    existing_store = holding_store() if revision is None and holding_store else None
+    if existing_store is not None:
         raise StorageError(
             f"the registry database {shown_url} is empty (it has no tables), but the artifact "
             f"store {existing_store} holds stored models: the database was lost or truncated "

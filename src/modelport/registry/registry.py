@@ -55,7 +55,7 @@ class Registry:
         self.store = LocalStore(self.settings.resolved_store_path())
         self.engine = open_database(
             self.settings.resolved_db_url(),
-            existing_store=self.store.root if self.store.holds_blobs() else None,
+            holding_store=lambda: self.store.root if self.store.holds_blobs() else None,
         )
         self._verified: set[str] = set()
 

@@ -6,6 +6,7 @@ Needs ``onnx`` only, never onnxruntime, so jobs that only describe models stay l
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -216,10 +217,7 @@ def _byte_size(tensor: Any) -> int | None:
     width = _ELEMENT_BYTES.get(tensor.data_type)
     if width is None:
         return None
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count * width
+    return int(math.prod(tensor.dims)) * width
 
 
 def _tensors(model: Any) -> Iterator[Any]:

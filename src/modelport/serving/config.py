@@ -194,12 +194,8 @@ class ServeConfig(BaseModel):
     defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)
     models: dict[str, ServedModel] = Field(default_factory=dict)
 
-    @field_validator("memory_budget", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> Any:
-        return None if value is None else parse_bytes(value)
-
     @field_validator(
+        "memory_budget",
         "max_request_bytes",
         "max_json_bytes",
         "grpc_max_message_bytes",
@@ -207,7 +203,7 @@ class ServeConfig(BaseModel):
         mode="before",
     )
     @classmethod
-    def _limit(cls, value: Any) -> Any:
+    def _size(cls, value: Any) -> Any:
         return parse_bytes(value) if isinstance(value, str) else value
 
     def json_limit(self) -> int:

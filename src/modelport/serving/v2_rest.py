@@ -239,8 +239,6 @@ def _parse(body: bytes, header_length: str | None, signature: Signature | None) 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
     if header_length is None:
-        if len(body) < v2_json.LARGE_BODY:  # the hot path, one call fewer
-            return v2_json.json_object(body), _NO_BINARY
         return v2_json.request_body(body), _NO_BINARY
     # isascii(): isdigit() takes "²", which int() refuses.
     if not (header_length.isascii() and header_length.isdigit()) or (
