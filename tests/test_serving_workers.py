@@ -67,15 +67,17 @@ def _workers_of(pid: int) -> set[int]:
             )
         except OSError:
             continue
-        if fields.get("PPid", "").strip() == str(pid) and fields.get("State", "")[:1] != "Z":
+        if fields.get("PPid", "").strip() != str(pid) or fields.get("State", "")[:1] == "Z":
+            continue
+        try:
+            # Read once: a process that just died (the killed worker) is gone between reads.
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # multiprocessing's spawn start also runs a resource tracker; workers run our main.
+        if b"spawn_main" in command and b"resource_tracker" not in command:
             children.add(int(status.parent.name))
-    # multiprocessing's spawn start also runs a resource tracker; workers run our main.
-    return {
-        child
-        for child in children
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
-        and b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
-    }
+    return children
 
 
 def _wait_for_workers(server: Server, count: int, timeout: float = 60) -> set[int]:
