@@ -43,12 +43,16 @@ def test_public_names() -> None:
 def test_errors_have_stable_codes_and_one_root() -> None:
     from modelport import errors
 
+    classes = [getattr(errors, name) for name in errors.__all__ if name[0].isupper()]
     codes = set()
-    for name in errors.__all__:
-        cls = getattr(errors, name)
+    for cls in classes:
         assert issubclass(cls, errors.ModelportError)
         codes.add(cls.code)
-    assert len(codes) == len(errors.__all__)
+        assert errors.error_class(cls.code) is cls
+        rebuilt = errors.error_from_code(cls.code, "why")
+        assert type(rebuilt) is cls and rebuilt.message == "why"
+    assert len(codes) == len(classes)
+    assert errors.error_class("from-a-newer-server") is errors.ModelportError
 
 
 def test_package_is_typed() -> None:

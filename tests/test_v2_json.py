@@ -108,7 +108,7 @@ def test_a_proxy_kept_alive_does_not_break_the_next_request() -> None:
 def test_a_body_that_may_hold_an_array_past_simdjsons_count_is_refused_unparsed() -> None:
     # simdjson counts an array's elements in 24 bits and pysimdjson trusts the saturated
     # count (a heap corruption): no body that may hold more than MAX_VALUES reaches it.
-    from modelport.serving.http import PayloadTooLarge
+    from modelport.errors import PayloadTooLarge
 
     def body(commas: int) -> bytes:
         pad = b" " * (2 * v2_json.MAX_VALUES + 3 - commas)  # past the size rule's bound

@@ -5,7 +5,8 @@ them once, by class, to its own status codes::
 
     ModelportError                 code            CLI exit
     ├── InvalidInput               invalid_input   2   bad request data, names, options
-    │   └── InvalidName            invalid_name    2   a model/alias/tag name that is not allowed
+    │   ├── InvalidName            invalid_name    2   a model/alias/tag name that is not allowed
+    │   └── PayloadTooLarge        payload_too_large 2 a request body or array over a limit
     ├── NotFound                   not_found       3   unknown model, version or alias
     ├── Conflict                   conflict        4   the change clashes with current state
     ├── UnsupportedFormat          unsupported     5   no runtime knows this model format
@@ -17,9 +18,14 @@ them once, by class, to its own status codes::
     │   └── Overloaded             overloaded      10  queue full or too many in flight: back off
     ├── Timeout                    timeout         11  a deadline passed
     ├── Unauthorized               unauthorized    12  no or bad credentials
-    └── Forbidden                  forbidden       13  credentials lack the right
+    ├── Forbidden                  forbidden       13  credentials lack the right
+    └── Internal                   internal        1   a deterministic failure inside a model
+                                                       or the server: retrying will not help
 
 Messages are written for the user: what was wrong, what was expected, what to do.
+The ``code`` travels with an error across processes and over the wire (the ``code`` field of
+a JSON error body, the ``modelport-error`` trailing metadata of a gRPC error), and
+``error_class(code)`` turns it back into the class.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import ClassVar
 __all__ = [
     "Conflict",
     "Forbidden",
+    "Internal",
     "InvalidInput",
     "InvalidModel",
     "InvalidName",
@@ -36,12 +43,15 @@ __all__ = [
     "ModelportError",
     "NotFound",
     "Overloaded",
+    "PayloadTooLarge",
     "StorageError",
     "Timeout",
     "Unauthorized",
     "Unavailable",
     "UnsupportedFormat",
     "VerificationFailed",
+    "error_class",
+    "error_from_code",
 ]
 
 
@@ -68,6 +78,12 @@ class InvalidName(InvalidInput):
     """A model, alias or tag name breaks the naming rules."""
 
     code = "invalid_name"
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body, or an array in it, is over a limit (HTTP 413)."""
+
+    code = "payload_too_large"
 
 
 class NotFound(ModelportError):
@@ -140,3 +156,33 @@ class Forbidden(ModelportError):
     """Valid credentials without the right to do this."""
 
     code = "forbidden"
+
+
+class Internal(ModelportError):
+    """A deterministic failure inside a model or the server (HTTP 500, gRPC INTERNAL).
+
+    Retrying the same request fails the same way, so it is never reported as ``Unavailable``.
+    """
+
+    code = "internal"
+
+
+def _subclasses(cls: type[ModelportError]) -> list[type[ModelportError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
+def error_class(code: str) -> type[ModelportError]:
+    """The class whose stable ``code`` is ``code``; ``ModelportError`` for a code unknown here
+    (an error from a newer server, say)."""
+    for cls in _subclasses(ModelportError):
+        if cls.code == code:
+            return cls
+    return ModelportError
+
+
+def error_from_code(code: str, message: str) -> ModelportError:
+    """Rebuild an error that crossed a process or the wire as its stable code and message."""
+    return error_class(code)(message)

@@ -20,6 +20,7 @@ from modelport.errors import (
     MissingDependency,
     ModelportError,
     NotFound,
+    PayloadTooLarge,
     StorageError,
     Timeout,
     Unauthorized,
@@ -29,7 +30,6 @@ from modelport.errors import (
 )
 
 __all__ = [
-    "PayloadTooLarge",
     "error_response",
     "header_values",
     "json_response",
@@ -45,6 +45,7 @@ millisecond or two; a thread hand-off would cost more than the small bodies clie
 
 STATUS: dict[type[ModelportError], int] = {
     InvalidInput: 400,
+    PayloadTooLarge: 413,
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
@@ -57,15 +58,6 @@ STATUS: dict[type[ModelportError], int] = {
     Unavailable: 503,
     Timeout: 504,
 }
-
-
-class PayloadTooLarge(InvalidInput):
-    """A request body over the server's limit (413)."""
-
-    code = "payload_too_large"
-
-
-STATUS[PayloadTooLarge] = 413
 
 
 def status_of(error: ModelportError) -> int:

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelport.errors import InvalidInput
-from modelport.serving.http import PayloadTooLarge
+from modelport.errors import InvalidInput, PayloadTooLarge
 
 __all__ = [
     "LARGE_BODY",
