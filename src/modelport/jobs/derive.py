@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from modelport.config import Settings
 from modelport.errors import InvalidModel, VerificationFailed
 from modelport.jobs.scratch import scratch_directory, sweep
 from modelport.registry import Lineage, ModelVersion, Registry
@@ -145,7 +146,7 @@ def derive(
     alias_list = [validate_alias(alias) for alias in aliases]
     target = validate_name(name) if name is not None else None
     record = registry.get(parent)
-    root = scratch_root(registry)
+    root = scratch_root(registry.settings)
     sweep(root)  # what jobs killed earlier left behind
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -213,9 +214,10 @@ def derive(
     return Derived(version, record, dict(version.lineage.parameters), report, seconds)
 
 
-def scratch_root(registry: Registry) -> Path:
-    """Where the registry's jobs keep their scratch directories (see ``jobs.scratch``)."""
-    return registry.settings.home.expanduser() / "jobs"
+def scratch_root(settings: Settings) -> Path:
+    """Where jobs keep their scratch directories (see ``jobs.scratch``): ``jobs/`` in the
+    home, local even when the store is not."""
+    return settings.home.expanduser() / "jobs"
 
 
 def conform(promised: Signature, given: Signature) -> list[str]:
