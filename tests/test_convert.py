@@ -28,7 +28,6 @@ from modelport.convert import (
     supported_formats,
 )
 from modelport.convert.converters import converter_for
-from modelport.jobs.parity import compare
 from modelport.errors import (
     InvalidInput,
     InvalidModel,
@@ -37,6 +36,7 @@ from modelport.errors import (
     NotFound,
     UnsupportedFormat,
 )
+from modelport.jobs.parity import compare
 from modelport.types import DataType, Tensors
 from tests.conftest import run_cli
 from tests.serving_fixtures import running_server
