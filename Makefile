@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The demo gets a virtualenv of its own with the core and the small `demo` extra only: a
+# fresh machine trying the quick start does not download TensorFlow or PyTorch.
+DEMO_VENV ?= .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed-stamp
 
 .PHONY: venv test lint typecheck pytest demo bench clean
 
@@ -25,8 +29,13 @@ pytest: venv
 
 test: lint typecheck pytest
 
-demo: venv
-	$(BIN)/python examples/demo.py
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/python examples/demo.py
 
 bench: venv
 	$(BIN)/python bench/push_vs_cp.py
@@ -34,7 +43,7 @@ bench: venv
 	$(BIN)/python bench/serve_bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # gRPC stubs for the Open Inference Protocol (proto/grpc_predict_v2.proto). The fix-ups: the
 # service module imports its messages from this package, and the messages live in a private

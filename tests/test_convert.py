@@ -28,7 +28,6 @@ from modelport.convert import (
     supported_formats,
 )
 from modelport.convert.converters import converter_for
-from modelport.convert.parity import compare
 from modelport.errors import (
     InvalidInput,
     InvalidModel,
@@ -37,6 +36,7 @@ from modelport.errors import (
     NotFound,
     UnsupportedFormat,
 )
+from modelport.jobs.parity import compare
 from modelport.types import DataType, Tensors
 from tests.conftest import run_cli
 from tests.serving_fixtures import running_server
@@ -411,7 +411,7 @@ def test_a_failed_parity_check_exits_non_zero_and_stores_nothing(
     assert convert(sqlite_registry, "cancer@1").version.ref == "cancer@2"
 
 
-def test_outputs_the_converted_model_does_not_give_fail_parity(
+def test_outputs_the_converted_model_does_not_give_are_refused(
     sqlite_registry: Registry, tmp_path: Path
 ) -> None:
     # binary:logitraw serves raw margins as `prediction`; onnxmltools makes a classifier.
@@ -421,8 +421,11 @@ def test_outputs_the_converted_model_does_not_give_fail_parity(
     with pytest.raises(InvalidModel) as caught:
         convert(sqlite_registry, "raw@1")
 
-    assert "'prediction': the converted model does not give this output" in str(caught.value)
-    assert "--tolerance" not in str(caught.value)  # no tolerance would help
+    # Refused before parity is even measured: the job's conform step sees it missing.
+    assert str(caught.value) == (
+        "the version derived from raw@1 by convert does not promise what raw@1 promised: "
+        "output 'prediction' is missing; nothing was stored"
+    )
     assert [v.ref for v in sqlite_registry.list_versions("raw")] == ["raw@1"]
 
 

@@ -27,6 +27,26 @@ app = typer.Typer(
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from modelport import __version__
+
+        typer.echo(f"modelport {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Turn trained models into production services."""
+
+
 def _registry() -> Registry:
     return Registry(load_settings())
 
@@ -243,6 +263,16 @@ def gc() -> None:
         f"{report.staging_removed} interrupted push(es), {report.checkouts_removed} checkout(s), "
         f"{report.derived_removed} derived cache(s)"
     )
+    _sweep_jobs()
+
+
+def _sweep_jobs() -> None:
+    from modelport.jobs.derive import scratch_root
+    from modelport.jobs.scratch import sweep
+
+    swept = sweep(scratch_root(load_settings()))
+    if swept:
+        render.console().print(f"removed the scratch of {swept} interrupted job(s)")
 
 
 app.command()(serve_command)

@@ -6,12 +6,12 @@
     report.version.ref, report.parity.metrics()
 
 The converters by source format are in ``converters``; what "computes the same" means is in
-``parity``.
+``modelport.jobs.parity``.
 """
 
 from modelport.convert.conversion import ConversionReport, convert
 from modelport.convert.converters import TARGETS, supported_formats
-from modelport.convert.parity import (
+from modelport.jobs.parity import (
     DEFAULT_TOLERANCES,
     LABEL_AGREEMENT,
     OutputParity,

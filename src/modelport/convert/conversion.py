@@ -1,9 +1,10 @@
 """The conversion job: a version in, a parity-checked ONNX version out.
 
-``convert`` exports the source version into a temporary directory, fits the graph to the
-source's signature, runs both models on the same inputs, and pushes the result only when
-every output agrees within its tolerance. A conversion that fails parity stores nothing:
-no version exists, even for a moment, that a server or an alias could pick up. The new
+``convert`` is a derive job (``modelport.jobs.derive``): it exports the source version into
+the job's scratch directory, fits the graph to the source's signature, and has the job run
+both models on the same inputs (``jobs.parity``); the result is pushed only when every
+output agrees within its tolerance. A conversion that fails parity stores nothing: no
+version exists, even for a moment, that a server or an alias could pick up. The new
 version records its lineage (parent, ``convert``, converter and version, exporter, opset)
 and the parity report as its metrics.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +21,14 @@ from typing import Any
 import onnx
 
 from modelport.convert.converters import ConversionSource, Converter, Exported, converter_for
-from modelport.convert.inputs import parity_inputs
 from modelport.convert.onnx_graph import conform, opsets
-from modelport.convert.parity import ParityReport, compare
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
-from modelport.registry import Lineage, ModelVersion, Registry
-from modelport.runtimes import LoadedModel, LoadOptions
-from modelport.types import ModelRef, Tensors, validate_alias, validate_name
+from modelport.jobs import Checkout, Produced, derive
+from modelport.jobs.inputs import parity_inputs
+from modelport.jobs.parity import ParityReport, compare
+from modelport.registry import ModelVersion, Registry
+from modelport.runtimes import LoadedModel
+from modelport.types import ModelRef, Tensors
 
 __all__ = ["ConversionReport", "convert"]
 
@@ -108,9 +109,9 @@ def convert(
         opset: the ONNX operator set to write; default: the converter's choice.
         dataset: parity inputs, a ``.npz`` (one array per input name) or ``.npy`` (one
             input); its first ``rows`` rows are used. Default: inputs generated from the
-            signature (see ``parity.generated_inputs``).
+            signature (see ``jobs.inputs.generated_inputs``).
         tolerance: absolute and relative tolerance for floating-point outputs, replacing
-            the per-datatype defaults (``parity.DEFAULT_TOLERANCES``).
+            the per-datatype defaults (``jobs.parity.DEFAULT_TOLERANCES``).
         name: the model to store the version under; default: the source's model.
         aliases: aliases to point at the new version.
 
@@ -122,44 +123,81 @@ def convert(
         MissingDependency: the converter's library is not installed (names the extra).
         InvalidModel: the converted model does not compute what the source does (nothing is
             stored), or the source is refused as its runtime refuses it.
+        VerificationFailed: the source's stored files are damaged.
     """
     _check_options(opset, tolerance)
-    alias_list = [validate_alias(alias) for alias in aliases]
-    if name is not None:
-        validate_name(name)
     record = registry.get(ref)
-    converter = converter_for(record, to)
-    inputs, origin = parity_inputs(
+    job = _Conversion(record, converter_for(record, to), opset, tolerance)
+    job.inputs, job.origin = parity_inputs(
         record.signature, Path(dataset).expanduser() if dataset else None, rows
     )
-    # Loading first verifies the stored files (per the verify policy) before a converter
-    # reads the same checkout.
-    source_model = registry.load(record.ref)
-    try:
-        with tempfile.TemporaryDirectory(prefix="modelport-convert-") as scratch:
-            checkout = registry.store.checkout(list(record.files))
-            job = ConversionSource(record, checkout / record.entry, opset, Path(scratch))
-            exported = _export(converter, job)
-            conform(exported.path, record.signature)
-            parameters = _parameters(
-                record, exported, opset=opset, origin=origin, tolerance=tolerance
+    derived = derive(
+        registry, record.ref, job.produce, kind="convert", check=job.check,
+        parameters=job.parameters(), name=name, aliases=aliases,
+    )  # fmt: skip
+    return ConversionReport(derived.version, derived.parent, derived.parameters, derived.report)
+
+
+class _Conversion:
+    """The two steps conversion adds to a derive job, and what they share."""
+
+    def __init__(
+        self, record: ModelVersion, converter: Converter, opset: int | None, tolerance: float | None
+    ) -> None:
+        self.record = record
+        self.converter = converter
+        self.opset = opset
+        self.tolerance = tolerance
+        self.inputs: Tensors = {}
+        self.origin = "generated"
+        self.made_with = ""
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "to": "onnx",
+            "from": self.record.format,
+            "opset_requested": self.opset,
+            "parity_inputs": self.origin,
+            "tolerance": self.tolerance,
+            # Converting loads the source; a pickle-based one only because it was trusted.
+            "source_trust_pickle": self.record.trust_pickle,
+        }
+
+    def produce(self, checkout: Checkout, directory: Path) -> Produced:
+        exported = _export(
+            self.converter, ConversionSource(self.record, checkout.entry, self.opset, directory)
+        )
+        conform(exported.path, self.record.signature)
+        self.made_with = exported.converter
+        written = opsets(exported.path)
+        made: dict[str, Any] = {
+            "converter": exported.converter,
+            "converter_version": exported.converter_version,
+            "opset": written.get("ai.onnx"),
+            "opsets": written,
+        }
+        if exported.exporter is not None:
+            made["exporter"] = exported.exporter
+        return Produced(
+            exported.path,
+            format="onnx",
+            parameters=made,
+            description=f"{self.record.ref} converted to ONNX with {exported.converter}",
+        )
+
+    def check(self, source: LoadedModel, converted: LoadedModel) -> ParityReport:
+        report = compare(source, converted, self.inputs, tolerance=self.tolerance,
+                         origin=self.origin)  # fmt: skip
+        if not report.passed:
+            where = "generated" if self.origin == "generated" else f"{self.origin}'s"
+            hint = ""
+            if any(out.tolerance is not None and not out.passed for out in report.outputs):
+                hint = " (--tolerance accepts larger floating-point differences)"
+            raise InvalidModel(
+                f"the ONNX conversion of {self.record.ref} ({self.made_with}) does not match it "
+                f"on {report.rows} {where} rows: {report.failures()}; nothing was stored{hint}"
             )
-            report = _parity(
-                registry, record, exported, source_model,
-                inputs=inputs, tolerance=tolerance, origin=origin,
-            )  # fmt: skip
-            version = registry.push(
-                exported.path,
-                name or record.model,
-                format="onnx",
-                aliases=alias_list,
-                description=f"{record.ref} converted to ONNX with {exported.converter}",
-                lineage=Lineage(record.ref, "convert", parameters),
-                metrics=report.metrics(),
-            )
-    finally:
-        source_model.close()
-    return ConversionReport(version, record, parameters, report)
+        return report
 
 
 def _check_options(opset: int | None, tolerance: float | None) -> None:
@@ -188,60 +226,6 @@ def _export(converter: Converter, job: ConversionSource) -> Exported:
             f"(it wrote opset {written}); ask for --opset {written} or newer"
         )
     return exported
-
-
-def _parity(
-    registry: Registry,
-    record: ModelVersion,
-    exported: Exported,
-    source_model: LoadedModel,
-    *,
-    inputs: Tensors,
-    tolerance: float | None,
-    origin: str,
-) -> ParityReport:
-    converted = registry.runtimes.get("onnx").load(exported.path, LoadOptions())
-    try:
-        report = compare(source_model, converted, inputs, tolerance=tolerance, origin=origin)
-    finally:
-        converted.close()
-    if not report.passed:
-        where = "generated" if origin == "generated" else f"{origin}'s"
-        hint = ""
-        if any(output.tolerance is not None and not output.passed for output in report.outputs):
-            hint = " (--tolerance accepts larger floating-point differences)"
-        raise InvalidModel(
-            f"the ONNX conversion of {record.ref} ({exported.converter}) does not match it on "
-            f"{report.rows} {where} rows: {report.failures()}; nothing was stored{hint}"
-        )
-    return report
-
-
-def _parameters(
-    record: ModelVersion,
-    exported: Exported,
-    *,
-    opset: int | None,
-    origin: str,
-    tolerance: float | None,
-) -> dict[str, Any]:
-    written = opsets(exported.path)
-    parameters: dict[str, Any] = {
-        "to": "onnx",
-        "from": record.format,
-        "converter": exported.converter,
-        "converter_version": exported.converter_version,
-        "opset": written.get("ai.onnx"),
-        "opsets": written,
-        "opset_requested": opset,
-        "parity_inputs": origin,
-        "tolerance": tolerance,
-        # Converting loads the source; a pickle-based one only because it was trusted at push.
-        "source_trust_pickle": record.trust_pickle,
-    }
-    if exported.exporter is not None:
-        parameters["exporter"] = exported.exporter
-    return parameters
 
 
 def _number(value: float | None) -> str:

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelport.convert.converters import ConversionSource, Exported, require
-from modelport.convert.inputs import generated_inputs
 from modelport.errors import UnsupportedFormat
+from modelport.jobs.inputs import generated_inputs
 from modelport.runtimes.pytorch import read_exported_program, read_torchscript
 from modelport.runtimes.pytorch_signature import exported_signature
 from modelport.types import TensorSpec

@@ -1,15 +1,16 @@
-"""Parity: does a converted model compute what its source computes, on the same inputs?
+"""Parity: does a derived model compute what its parent computes, on the same inputs?
 
-Both models run on the same inputs (see ``inputs``), and every output of the source is
-compared with the converted model's output of the same name:
+The check a derive job (``jobs.derive``) runs when the new version must behave like the old
+one (a conversion, an optimization). Both models run on the same inputs (see ``inputs``),
+and every output of the source is compared with the derived model's output of the same name:
 
-- floating-point outputs agree element by element within ``|converted - source| <= abs +
+- floating-point outputs agree element by element within ``|derived - source| <= abs +
   rel * |source|`` (NaN matching NaN); the tolerance is that of the coarser of the two
   datatypes (``DEFAULT_TOLERANCES``) unless one value overrides both;
 - ``label`` outputs (classifiers, clusterers) must agree on at least ``LABEL_AGREEMENT`` of
   the rows: a probability on the edge of a decision may round the other way;
 - other integer, boolean and BYTES outputs must match exactly;
-- an output the converted model does not give, or gives in another shape, fails.
+- an output the derived model does not give, or gives in another shape, fails.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class OutputParity:
 
 @dataclass(frozen=True, slots=True)
 class ParityReport:
-    """The comparison of every output of the source with the converted model's."""
+    """The comparison of every output of the source with the derived model's."""
 
     rows: int
     inputs: str
@@ -111,7 +112,7 @@ class ParityReport:
 
 def compare(
     source: LoadedModel,
-    converted: LoadedModel,
+    derived: LoadedModel,
     inputs: Tensors,
     *,
     tolerance: float | None = None,
@@ -124,15 +125,15 @@ def compare(
 
     Raises:
         InvalidInput: the source model refuses the inputs (a dataset that does not fit).
-        InvalidModel: the converted model cannot run on inputs the source takes.
+        InvalidModel: the derived model cannot run on inputs the source takes.
     """
     expected = _run_chunked(source, inputs)
     try:
-        actual = _run_chunked(converted, inputs)
+        actual = _run_chunked(derived, inputs)
     except InvalidInput as exc:
-        message = f"the converted model cannot run on the inputs its source takes: {exc}"
+        message = f"the derived model cannot run on the inputs its source takes: {exc}"
         raise InvalidModel(message) from exc
-    given = {spec.name: spec.datatype for spec in converted.signature.outputs}
+    given = {spec.name: spec.datatype for spec in derived.signature.outputs}
     results = tuple(
         _compare_output(spec, expected[spec.name], actual.get(spec.name), given, tolerance)
         for spec in source.signature.outputs
@@ -163,14 +164,14 @@ def _compare_output(
 ) -> OutputParity:
     name = spec.name
     if actual is None:
-        return OutputParity(name, problem="the converted model does not give this output")
+        return OutputParity(name, problem="the derived model does not give this output")
     if actual.shape != expected.shape:
         return OutputParity(
             name, problem=f"shape {_shape(actual)} where the source gives {_shape(expected)}"
         )
-    converted_type = given.get(name, DataType.from_numpy(actual.dtype))
-    if spec.datatype in DEFAULT_TOLERANCES and converted_type in DEFAULT_TOLERANCES:
-        coarser = min(spec.datatype, converted_type, key=_PRECISION.index)
+    derived_type = given.get(name, DataType.from_numpy(actual.dtype))
+    if spec.datatype in DEFAULT_TOLERANCES and derived_type in DEFAULT_TOLERANCES:
+        coarser = min(spec.datatype, derived_type, key=_PRECISION.index)
         allowed = DEFAULT_TOLERANCES[coarser]
         if tolerance is not None:
             allowed = Tolerance(tolerance, tolerance)
