@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,15 @@ from modelport._generated import grpc_predict_v2_pb2 as pb
 from modelport._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelport.errors import error_from_code
 from tests.onnx_models import make_graph_model, make_iris_onnx, tensor
-from tests.serving_fixtures import CLI, Server, cli_env, free_port, push_all, running_server
+from tests.serving_fixtures import (
+    CLI,
+    Server,
+    cli_env,
+    free_port,
+    push_all,
+    running_server,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -250,3 +260,53 @@ def test_a_config_path_that_is_not_an_import_path_is_refused(tmp_path: Path) -> 
     assert failed.returncode == 2
     assert "grpc_interceptors" in failed.stderr
     assert "'module:name'" in failed.stderr
+
+
+SDK_SERVER = """
+import sys
+from pathlib import Path
+from modelport import Registry, Settings
+from modelport.serving.config import ServeConfig
+from modelport.serving.server import run
+from tests.pipeline_probe import Recorder, outer
+registry = Registry(Settings(home=Path(sys.argv[1])))
+config = ServeConfig(http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]))
+run(registry, config, ["iris"], wrappers=[outer], interceptors=[Recorder()])
+"""
+
+
+def test_wrappers_and_interceptors_given_to_run_in_python(
+    setup: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    home, _, env = setup
+    log = tmp_path / "rpcs.log"
+    http_port, grpc_port = free_port(), free_port()
+    output = tmp_path / "sdk.log"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SDK_SERVER, str(home), str(http_port), str(grpc_port)],
+            env=cli_env(home, {**env, "PIPELINE_PROBE_LOG": str(log)}),
+            stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, output.read_text()
+            try:
+                return httpx.get(f"{base}/v2/health/ready").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, "the server ready")
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
+        answer = httpx.post(f"{base}/v2/models/iris/infer", json=body)
+        assert answer.status_code == 200
+        assert answer.headers.get_list("x-probe") == ["outer"]
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            assert stub.ServerLive(pb.ServerLiveRequest()).live
+        assert "/inference.GRPCInferenceService/ServerLive" in log.read_text().split()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, output.read_text()

@@ -266,18 +266,31 @@ async def _watch(manager: ModelManager, interval: float) -> None:
 
 
 def run(
-    registry: Registry, config: ServeConfig, refs: Sequence[str] = (), aliased: str | None = None
+    registry: Registry,
+    config: ServeConfig,
+    refs: Sequence[str] = (),
+    aliased: str | None = None,
+    *,
+    wrappers: Sequence[Wrapper] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> None:
     """Serve until SIGINT/SIGTERM, as ``modelport serve`` does; blocking, on uvloop.
 
     With ``config.workers`` above 1 this process supervises that many worker processes,
-    each opening the registry ``registry.settings`` describe.
+    each opening the registry ``registry.settings`` describe. ``wrappers`` and
+    ``interceptors`` join the config's (``pipeline``) in a single process; worker processes
+    build theirs from the config's import paths alone.
 
     Raises:
         NotFound, InvalidInput, Unavailable: at start-up (unknown model, nothing to serve,
-        a port in use).
+        a port in use, wrappers given for worker processes).
     """
     if config.process_count() > 1:
+        if wrappers or interceptors:
+            raise InvalidInput(
+                "wrappers and interceptors passed as objects cannot reach worker processes; "
+                "name them in the config (http_wrappers, grpc_interceptors) as 'module:name'"
+            )
         from modelport.serving.workers import run_workers
 
         run_workers(registry.settings, config, refs, aliased)
@@ -285,4 +298,6 @@ def run(
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(registry, config, refs, aliased))
+        runner.run(
+            serve(registry, config, refs, aliased, wrappers=wrappers, interceptors=interceptors)
+        )
