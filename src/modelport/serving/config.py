@@ -11,6 +11,8 @@ anything per model::
     workers = 2               # processes sharing the ports (both cores for small models)
     max_request_bytes = "128MiB"   # REST bodies; JSON ones stop at max_json_bytes (32MiB)
     keep_alive_timeout = 75   # seconds; above a load balancer's idle timeout
+    http_wrappers = ["mypackage.audit:wrap"]          # ASGI middleware factories, outermost first
+    grpc_interceptors = ["mypackage.audit:Interceptor"]  # each makes a grpc.aio.ServerInterceptor
 
     [defaults]            # applies to every model unless it says otherwise
     max_batch_size = 32
