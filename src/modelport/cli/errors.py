@@ -7,9 +7,6 @@ import sys
 
 from modelport.errors import ModelportError
 
-GENERIC_EXIT = ModelportError.exit_code
-"""What an error with no more precise class exits with."""
-
 
 def exit_code(error: ModelportError) -> int:
     """The process exit code for ``error``."""

@@ -34,7 +34,6 @@ __all__ = [
     "json_response",
     "read_body",
     "receive_body",
-    "status_of",
 ]
 
 INFLATE_INLINE_BYTES = 1024
@@ -43,11 +42,6 @@ Deflate expands at most ~1,032-fold, so inline inflation costs at most ~1 MiB an
 millisecond or two; a thread hand-off would cost more than the small bodies clients send."""
 
 _RETRY = {"Retry-After": "1"}
-
-
-def status_of(error: ModelportError) -> int:
-    """The HTTP status of ``error`` (its class's ``http_status``)."""
-    return error.http_status
 
 
 def json_response(
