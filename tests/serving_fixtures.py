@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +166,32 @@ def _wait_ready(server: Server, timeout: float) -> bool:
             pass
         time.sleep(0.05)
     raise AssertionError(f"server not ready within {timeout}s:\n{server.output()}")
+
+
+def wait_until(
+    condition: Callable[[], object], what: str, timeout: float = 30, poll: float = 0.02
+) -> None:
+    """Return once ``condition()`` is true; AssertionError naming ``what`` after ``timeout``.
+
+    What tests wait on instead of sleeping: something observable (a metric, a count of
+    answers), checked every ``poll`` seconds until a deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(poll)
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    """One sample of the server's ``/metrics`` (0 when absent); ``labels`` as exposed,
+    e.g. ``'reason="x"'``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    selector = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(selector):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 @contextlib.contextmanager

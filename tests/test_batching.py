@@ -126,7 +126,7 @@ def test_full_queue_refuses_at_once_and_deadlines_hold(registry: Registry, tmp_p
         batcher = Batcher(model, ModelServeConfig(max_batch_size=0, max_queue_size=2))
         batcher.start()
         first = asyncio.create_task(batcher.submit({"x": x}))
-        await asyncio.sleep(0.05)  # running now
+        await _running(batcher)
         waiting = [asyncio.create_task(batcher.submit({"x": x})) for _ in range(2)]
         await asyncio.sleep(0)  # the queue is full
         with pytest.raises(Unavailable, match="overloaded: 2 requests queued"):
@@ -134,13 +134,20 @@ def test_full_queue_refuses_at_once_and_deadlines_hold(registry: Registry, tmp_p
         results = await asyncio.gather(first, *waiting, return_exceptions=True)
         assert all(isinstance(r, dict) for r in results), results
         blocker = asyncio.create_task(batcher.submit({"x": x}))
-        await asyncio.sleep(0.05)
+        await _running(batcher)
         with pytest.raises(Timeout, match="no result within"):
             await batcher.submit({"x": x}, timeout=0.001)
         await blocker
         await batcher.drain(5)
 
     _run(main())
+
+
+async def _running(batcher: Batcher, timeout: float = 30) -> None:
+    """Return once the batcher has taken what was queued and is running it."""
+    async with asyncio.timeout(timeout):
+        while batcher.depth or not batcher.busy:
+            await asyncio.sleep(0)
 
 
 def test_a_bad_request_in_a_batch_fails_alone(registry: Registry, iris_onnx: Path) -> None:

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from tests.onnx_models import make_add_model, make_iris_onnx, make_slow_model
-from tests.serving_fixtures import CLI, cli_env, continuous_load, push, running_server
+from tests.serving_fixtures import (
+    CLI,
+    cli_env,
+    continuous_load,
+    metric,
+    push,
+    running_server,
+    wait_until,
+)
 
 IRIS = {
     "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
@@ -54,7 +62,12 @@ def test_full_queue_gets_fast_503_and_health_stays_up(home: Path, tmp_path: Path
         threads = [threading.Thread(target=send) for _ in range(12)]
         for thread in threads:
             thread.start()
-        time.sleep(0.2)
+        # health is asked while the model is busy and its queue full (or, on a fast
+        # machine, once the first answers are back)
+        wait_until(
+            lambda: finished or metric(server.http_url, "modelport_requests_in_flight") >= 1,
+            "a request in flight",
+        )
         health = httpx.get(f"{server.http_url}/v2/health/live", timeout=5)
         for thread in threads:
             thread.join(120)
@@ -175,7 +188,7 @@ def test_alias_move_swaps_versions_with_zero_failed_requests(home: Path, tmp_pat
     with running_server(home, ["iris@production"], ["--no-grpc"]) as server:
         url = f"{server.http_url}/v2/models/iris/infer"
         with continuous_load(url, IRIS) as seen:
-            time.sleep(0.5)
+            wait_until(lambda: seen[(200, "1")] >= 20, "answers from version 1")
             moved = subprocess.run(
                 [CLI, "alias", "iris@2", "production"],
                 env=cli_env(home),
@@ -185,7 +198,7 @@ def test_alias_move_swaps_versions_with_zero_failed_requests(home: Path, tmp_pat
             assert moved.returncode == 0
             load = f"{server.http_url}/v2/repository/models/iris/load"
             assert httpx.post(load, timeout=60).status_code == 200
-            time.sleep(0.5)
+            wait_until(lambda: seen[(200, "2")] >= 20, "answers from version 2")
         assert {status for status, _ in seen} == {200}, seen
         assert seen[(200, "1")] > 0 and seen[(200, "2")] > 0, seen
         index = httpx.post(f"{server.http_url}/v2/repository/index", json={}).json()
@@ -331,7 +344,10 @@ def test_sigterm_finishes_in_flight_requests(home: Path, tmp_path: Path) -> None
             )
         )
         sender.start()
-        time.sleep(0.3)  # the request is in flight
+        wait_until(
+            lambda: metric(server.http_url, "modelport_requests_in_flight") >= 1,
+            "the request in flight",
+        )
         server.proc.send_signal(signal.SIGTERM)
         sender.join(60)
         assert server.proc.wait(60) == 0

@@ -292,7 +292,9 @@ def _raw(datatype: str, shape: list[int], raw: bytes) -> Any:
             _typed("wide", "FP32", [1, 2], fp32_contents=[1, 2, 3]), "needs 2 elements", id="count"
         ),
         pytest.param(
-            _typed("wide", "INT8", [1, 2], int_contents=[1, 300]), "not valid INT8", id="range"
+            _typed("wide", "INT8", [1, 2], int_contents=[1, 300]),
+            "outside the range of INT8",
+            id="range",
         ),
         pytest.param(
             _typed("wide", "FP33", [1, 2], fp32_contents=[1, 2]),

@@ -311,6 +311,6 @@ def test_failures_answer_in_tf_shape_and_server_still_serves(
         response = served.client.request(method, path, json=body)
     assert response.status_code == status, response.text
     document = response.json()
-    assert list(document) == ["error"]
+    assert list(document) == ["error", "code"]
     assert says in document["error"]
     _assert_serves(served)

@@ -32,6 +32,7 @@ from tests.serving_fixtures import (
     predict_in_process,
     push,
     running_server,
+    wait_until,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -185,7 +186,7 @@ def test_repository_calls_reach_every_worker(home: Path, tmp_path: Path) -> None
 
         # an alias moved, then one load call: every worker swaps, no request fails
         with continuous_load(f"{base}/v2/models/iris/infer", _body(ROWS[1])) as seen:
-            time.sleep(0.5)
+            wait_until(lambda: seen[(200, "1")] >= 20, "answers from version 1")
             subprocess.run(
                 [CLI, "alias", "iris@2", "production"], env=cli_env(home), check=True, timeout=60
             )

@@ -1,31 +1,37 @@
 """The one error hierarchy of modelport.
 
-Every failure a user can cause or meet is one of these; each edge (CLI, HTTP, gRPC) maps
-them once, by class, to its own status codes::
+Every failure a user can cause or meet is one of these::
 
-    ModelportError                 code            CLI exit
-    ├── InvalidInput               invalid_input   2   bad request data, names, options
-    │   ├── InvalidName            invalid_name    2   a model/alias/tag name that is not allowed
-    │   └── PayloadTooLarge        payload_too_large 2 a request body or array over a limit
-    ├── NotFound                   not_found       3   unknown model, version or alias
-    ├── Conflict                   conflict        4   the change clashes with current state
-    ├── UnsupportedFormat          unsupported     5   no runtime knows this model format
-    ├── InvalidModel               invalid_model   6   corrupt, truncated or unsafe model file
-    ├── VerificationFailed         verification    7   stored bytes do not match the manifest
-    ├── MissingDependency          missing_dep     8   an optional extra is not installed
-    ├── StorageError               storage         9   the disk or database refused a write
-    ├── Unavailable                unavailable     10  not ready, unloaded, shutting down
-    │   └── Overloaded             overloaded      10  queue full or too many in flight: back off
-    ├── Timeout                    timeout         11  a deadline passed
-    ├── Unauthorized               unauthorized    12  no or bad credentials
-    ├── Forbidden                  forbidden       13  credentials lack the right
-    └── Internal                   internal        1   a deterministic failure inside a model
-                                                       or the server: retrying will not help
+    ModelportError                 a failure with no more precise class
+    ├── InvalidInput               bad request data, names, options
+    │   ├── InvalidName            a model/alias/tag name that is not allowed
+    │   └── PayloadTooLarge        a request body or array over a limit
+    ├── NotFound                   unknown model, version or alias
+    ├── Conflict                   the change clashes with current state
+    ├── UnsupportedFormat          no runtime knows this model format
+    ├── InvalidModel               corrupt, truncated or unsafe model file
+    ├── VerificationFailed         stored bytes do not match the manifest
+    ├── MissingDependency          an optional extra is not installed
+    ├── StorageError               the disk or database refused a write
+    ├── Unavailable                not ready, unloaded, shutting down: retry
+    │   └── Overloaded             queue full or too many in flight: back off, retry
+    ├── Timeout                    a deadline passed
+    ├── Unauthorized               no or bad credentials
+    ├── Forbidden                  credentials lack the right
+    └── Internal                   a deterministic failure inside a model or the server:
+                                   retrying will not help
+
+The one source of truth for what each error is at every edge is the class itself: its
+stable ``code``, ``http_status``, ``grpc_status`` (a ``grpc.StatusCode`` name, so this module
+imports no grpc) and ``exit_code`` (the CLI's), inherited by subclasses that do not set
+their own. ``ERRORS`` lists every class; docs/errors.md prints the table and a test holds it
+to these attributes.
 
 Messages are written for the user: what was wrong, what was expected, what to do.
 The ``code`` travels with an error across processes and over the wire (the ``code`` field of
-a JSON error body, the ``modelport-error`` trailing metadata of a gRPC error), and
-``error_class(code)`` turns it back into the class.
+a JSON error body ``{"error": message, "code": code}``, the ``modelport-error`` trailing
+metadata of a gRPC error), and ``error_from_code(code, message)`` turns it back into the
+error.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ERRORS",
     "Conflict",
     "Forbidden",
     "Internal",
@@ -59,6 +66,9 @@ class ModelportError(Exception):
     """Base of every error modelport raises on purpose."""
 
     code: ClassVar[str] = "error"
+    http_status: ClassVar[int] = 500
+    grpc_status: ClassVar[str] = "INTERNAL"
+    exit_code: ClassVar[int] = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -72,6 +82,9 @@ class InvalidInput(ModelportError):
     """The request, its tensors or an option is malformed."""
 
     code = "invalid_input"
+    http_status = 400
+    grpc_status = "INVALID_ARGUMENT"
+    exit_code = 2
 
 
 class InvalidName(InvalidInput):
@@ -84,78 +97,106 @@ class PayloadTooLarge(InvalidInput):
     """A request body, or an array in it, is over a limit (HTTP 413)."""
 
     code = "payload_too_large"
+    http_status = 413
 
 
 class NotFound(ModelportError):
     """A model, version, alias or file does not exist."""
 
     code = "not_found"
+    http_status = 404
+    grpc_status = "NOT_FOUND"
+    exit_code = 3
 
 
 class Conflict(ModelportError):
     """The change clashes with the current state (e.g. deleting an aliased version)."""
 
     code = "conflict"
+    http_status = 409
+    grpc_status = "FAILED_PRECONDITION"
+    exit_code = 4
 
 
 class UnsupportedFormat(ModelportError):
     """No runtime recognises the model, or it uses a feature we cannot serve."""
 
     code = "unsupported"
+    http_status = 501
+    grpc_status = "UNIMPLEMENTED"
+    exit_code = 5
 
 
 class InvalidModel(ModelportError):
     """The model file is corrupt, truncated, empty or unsafe to load."""
 
     code = "invalid_model"
+    exit_code = 6
 
 
 class VerificationFailed(ModelportError):
     """Stored bytes no longer match their manifest digest (tampering or disk corruption)."""
 
     code = "verification"
+    exit_code = 7
 
 
 class MissingDependency(ModelportError):
     """An optional framework is needed but not installed."""
 
     code = "missing_dependency"
+    exit_code = 8
 
 
 class StorageError(ModelportError):
     """The artifact store or the database could not complete a write."""
 
     code = "storage"
+    http_status = 507
+    exit_code = 9
 
 
 class Unavailable(ModelportError):
     """The service cannot take the request now (not ready, overloaded, draining)."""
 
     code = "unavailable"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+    exit_code = 10
 
 
 class Overloaded(Unavailable):
     """Too much work queued or in flight: retry later (HTTP 503, gRPC RESOURCE_EXHAUSTED)."""
 
     code = "overloaded"
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class Timeout(ModelportError):
     """The request's deadline passed before it completed."""
 
     code = "timeout"
+    http_status = 504
+    grpc_status = "DEADLINE_EXCEEDED"
+    exit_code = 11
 
 
 class Unauthorized(ModelportError):
     """No credentials, or credentials that are not valid."""
 
     code = "unauthorized"
+    http_status = 401
+    grpc_status = "UNAUTHENTICATED"
+    exit_code = 12
 
 
 class Forbidden(ModelportError):
     """Valid credentials without the right to do this."""
 
     code = "forbidden"
+    http_status = 403
+    grpc_status = "PERMISSION_DENIED"
+    exit_code = 13
 
 
 class Internal(ModelportError):
@@ -165,22 +206,39 @@ class Internal(ModelportError):
     """
 
     code = "internal"
+    http_status = 500
+    grpc_status = "INTERNAL"
+    exit_code = 1
 
 
-def _subclasses(cls: type[ModelportError]) -> list[type[ModelportError]]:
-    found = [cls]
-    for sub in cls.__subclasses__():
-        found.extend(_subclasses(sub))
-    return found
+ERRORS: tuple[type[ModelportError], ...] = (
+    ModelportError,
+    InvalidInput,
+    InvalidName,
+    PayloadTooLarge,
+    NotFound,
+    Conflict,
+    UnsupportedFormat,
+    InvalidModel,
+    VerificationFailed,
+    MissingDependency,
+    StorageError,
+    Unavailable,
+    Overloaded,
+    Timeout,
+    Unauthorized,
+    Forbidden,
+    Internal,
+)
+"""Every error class, in the order of the docstring's tree (and of docs/errors.md)."""
+
+_BY_CODE = {cls.code: cls for cls in ERRORS}
 
 
 def error_class(code: str) -> type[ModelportError]:
     """The class whose stable ``code`` is ``code``; ``ModelportError`` for a code unknown here
     (an error from a newer server, say)."""
-    for cls in _subclasses(ModelportError):
-        if cls.code == code:
-            return cls
-    return ModelportError
+    return _BY_CODE.get(code, ModelportError)
 
 
 def error_from_code(code: str, message: str) -> ModelportError:

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
+from modelport.errors import (
+    Internal,
+    InvalidInput,
+    InvalidModel,
+    MissingDependency,
+    ModelportError,
+    Unavailable,
+)
 from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions, requested_outputs
 from modelport.runtimes.onnx_cache import shared_session
 from modelport.runtimes.onnx_inspection import (
@@ -146,6 +153,7 @@ class OnnxModel:
         Raises:
             InvalidInput: inputs that do not match the signature, unknown output names, or
                 values the model rejects while running.
+            Internal: the model failed while running on inputs it accepts.
             Unavailable: the model was closed.
         """
         self._signature.validate(inputs)
@@ -165,8 +173,7 @@ class OnnxModel:
         try:
             results = session.run(names, feed)
         except self._run_errors as exc:
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
+            raise _run_failure(exc) from exc
         return {name: _from_result(value) for name, value in zip(names, results, strict=True)}
 
     def close(self) -> None:
@@ -195,6 +202,18 @@ def _open_session(ort: Any, entry: Path, session_options: Any) -> Any:
     except Exception as exc:  # onnxruntime's errors share no narrower base
         message = f"onnxruntime could not load {entry.name}: {short_message(exc)}"
         raise InvalidModel(message) from exc
+
+
+def _run_failure(exc: Exception) -> ModelportError:
+    """What an onnxruntime error on inputs the signature accepted is.
+
+    INVALID_ARGUMENT is onnxruntime refusing the values (an index out of range, say): the
+    request's fault. Anything else (FAIL, RUNTIME_EXCEPTION, ...) is the model failing: the
+    same request fails the same way, so it is ``Internal``, never a retry-me ``Unavailable``.
+    """
+    if type(exc).__name__ == "InvalidArgument":
+        return InvalidInput(f"the model could not run on these inputs: {short_message(exc)}")
+    return Internal(f"the model failed while running: {short_message(exc)}")
 
 
 def _onnxruntime_errors(ort: Any) -> tuple[type[Exception], ...]:

@@ -1,9 +1,11 @@
 """The ASGI app: every REST front-end's routes, /metrics, and the error handlers.
 
-Every error the HTTP edge answers is JSON ``{"error": ...}``: a ``ModelportError`` with the
-status of ``http.STATUS``, Starlette's own 404/405 (the ``Allow`` header kept), and anything
-unexpected as a 500 whose traceback is logged once. A client that goes away mid-request is
-counted (``modelport_client_disconnects_total``), not logged as an error.
+One chain (``pipeline``): ``ErrorBoundary`` -> the wrappers, in order -> ``InferFirst`` (the
+fast ``/infer``) -> Starlette. Every error the HTTP edge answers is JSON ``{"error": ...,
+"code": ...}``: a ``ModelportError`` with its class's ``http_status``, Starlette's own
+404/405 (the ``Allow`` header kept), and anything unexpected as a 500 (code ``internal``)
+whose traceback is logged once. A client that goes away mid-request is counted
+(``modelport_client_disconnects_total``), not logged as an error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,11 +24,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelport.errors import ModelportError
+from modelport.errors import Internal, ModelportError
 from modelport.serving import tfserving, v2_rest
-from modelport.serving.http import error_response, json_response
+from modelport.serving.http import code_for_status, error_response, json_response
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
+from modelport.serving.pipeline import Wrapper, wrap
 
 __all__ = ["ErrorBoundary", "create_app", "load_all"]
 
@@ -38,13 +41,18 @@ StartHook = Callable[[], Awaitable[Any]]
 def create_app(
     manager: ModelManager,
     *,
+    wrappers: Sequence[Wrapper] = (),
     on_start: list[StartHook] | None = None,
     on_loaded: list[StartHook] | None = None,
     on_stop: list[StartHook] | None = None,
 ) -> ASGIApp:
     """The server's ASGI app. Models load in the background after start-up: the server is
     live at once and ready (``/v2/health/ready``) when every model is loaded and warm.
-    ``on_loaded`` hooks run once that loading has finished, whether or not all succeeded."""
+    ``on_loaded`` hooks run once that loading has finished, whether or not all succeeded.
+
+    ``wrappers`` (ASGI middleware factories, the first outermost) see every request, ``/infer``
+    included, inside the error boundary: what one raises is answered as JSON, a
+    ``ModelportError`` with its status (an auth wrapper's ``Unauthorized`` is a 401)."""
     max_body = manager.config.max_request_bytes
 
     async def metrics(_: Request) -> Response:
@@ -58,14 +66,14 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return json_response(
-            {"error": _http_error_message(request, exc)}, exc.status_code, exc.headers
-        )
+        message = _http_error_message(request, exc)
+        code = code_for_status(exc.status_code)
+        return json_response({"error": message, "code": code}, exc.status_code, exc.headers)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         # Starlette answers with this, then raises ``exc`` on to ErrorBoundary, which logs it.
         request.scope[_ANSWERED] = True
-        return json_response({"error": INTERNAL_ERROR}, 500)
+        return error_response(_INTERNAL)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -95,10 +103,12 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    return ErrorBoundary(v2_rest.InferFirst(app, manager, max_body), manager.metrics)
+    inner = wrap(v2_rest.InferFirst(app, manager, max_body), wrappers)
+    return ErrorBoundary(inner, manager.metrics)
 
 
 INTERNAL_ERROR = "internal error; see the server log"
+_INTERNAL = Internal(INTERNAL_ERROR)  # read only: what every unexpected failure is answered
 _ANSWERED = "modelport.error_answered"  # scope key: the error's response is sent already
 
 
@@ -107,8 +117,10 @@ class ErrorBoundary:
 
     A client that went away (``ClientDisconnect``) is counted in ``client_disconnects`` and
     logged at debug level; uvicorn would log a 16-line traceback for each, which any client
-    could use to fill the log. Any other exception is logged once with its traceback and
-    answered with a JSON 500, unless the app's own handler answered already.
+    could use to fill the log. A ``ModelportError`` (raised by a wrapper: the app and
+    ``InferFirst`` answer their own) is answered with its status. Any other exception is
+    logged once with its traceback and answered with a JSON 500 (code ``internal``), unless
+    the app's own handler answered already.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
@@ -129,13 +141,16 @@ class ErrorBoundary:
             protocol = _protocol(scope["path"])
             self._disconnects.labels(protocol).inc()
             log.debug("%s client went away before sending its whole request", protocol)
+        except ModelportError as exc:
+            with contextlib.suppress(RuntimeError):  # as below: a response was under way
+                await error_response(exc)(scope, receive, send)
         except Exception:
             log.exception("%s %r failed", scope["method"], _shorten(scope["path"]))
             if not scope.get(_ANSWERED):
                 # A RuntimeError here means a response was under way (uvicorn refuses a
                 # second start): the client gets a cut-off response, as it would anyway.
                 with contextlib.suppress(RuntimeError):
-                    await json_response({"error": INTERNAL_ERROR}, 500)(scope, receive, send)
+                    await error_response(_INTERNAL)(scope, receive, send)
 
 
 def _protocol(path: str) -> str:

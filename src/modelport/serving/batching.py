@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from modelport.errors import InvalidInput, ModelportError, Overloaded, Timeout, Unavailable
+from modelport.errors import (
+    Internal,
+    InvalidInput,
+    ModelportError,
+    Overloaded,
+    Timeout,
+    Unavailable,
+)
 from modelport.runtimes import LoadedModel
 from modelport.serving.config import ModelServeConfig
 from modelport.types import Tensors
@@ -118,6 +125,7 @@ class Batcher:
             Unavailable: the queue is full or the batcher is closing.
             Timeout: the deadline passed before the outputs were ready.
             InvalidInput: the runtime refused this request's inputs.
+            Internal: the model raised an error no runtime translated (a bug, not load).
         """
         if self._closed:
             raise Unavailable("the model is being unloaded; retry")
@@ -161,7 +169,7 @@ class Batcher:
             raise
         except Exception as exc:
             log.exception("inference failed")
-            raise Unavailable(f"inference failed: {type(exc).__name__}") from exc
+            raise _failed(exc) from exc
         compute = time.monotonic() - started
         self._measure(compute)
         if self._on_batch is not None:
@@ -273,8 +281,9 @@ class Batcher:
             return
         except Exception as exc:
             log.exception("inference failed")
+            error = _failed(exc)
             for pending in batch:
-                _fail(pending, Unavailable(f"inference failed: {type(exc).__name__}"))
+                _fail(pending, error)
             return
         results, compute = timed
         if len(batch) == 1 and _is_small(batch[0].inputs):
@@ -326,6 +335,15 @@ class Batcher:
 
 
 _SMALL_BYTES = 64 * 1024
+
+
+def _failed(exc: Exception) -> Internal:
+    """What a request gets when the model raised something no runtime translated.
+
+    ``Internal``, not ``Unavailable``: the same inputs fail the same way, so a client told
+    to retry (503, Retry-After) would only repeat the failure. The traceback is in the log.
+    """
+    return Internal(f"inference failed: {type(exc).__name__}; see the server log")
 
 
 def _is_small(inputs: Tensors) -> bool:

@@ -11,6 +11,8 @@ anything per model::
     workers = 2               # processes sharing the ports (both cores for small models)
     max_request_bytes = "128MiB"   # REST bodies; JSON ones stop at max_json_bytes (32MiB)
     keep_alive_timeout = 75   # seconds; above a load balancer's idle timeout
+    http_wrappers = ["mypackage.audit:wrap"]          # ASGI middleware factories, outermost first
+    grpc_interceptors = ["mypackage.audit:Interceptor"]  # each makes a grpc.aio.ServerInterceptor
 
     [defaults]            # applies to every model unless it says otherwise
     max_batch_size = 32
@@ -191,6 +193,16 @@ class ServeConfig(BaseModel):
         description="Server processes sharing the ports, each with every model; 0: one per "
         "CPU core. ONNX weights are mmapped, so workers share one copy of most of them.",
     )
+    http_wrappers: list[str] = Field(
+        default_factory=list,
+        description="ASGI middleware factories ('module:name'), outermost first: each is "
+        "given the app and returns the app that wraps it; every REST request passes them.",
+    )
+    grpc_interceptors: list[str] = Field(
+        default_factory=list,
+        description="Zero-argument callables ('module:name') that each make a "
+        "grpc.aio.ServerInterceptor, outermost first; every RPC passes them.",
+    )
     defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)
     models: dict[str, ServedModel] = Field(default_factory=dict)
 
@@ -205,6 +217,14 @@ class ServeConfig(BaseModel):
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_bytes(value) if isinstance(value, str) else value
+
+    @field_validator("http_wrappers", "grpc_interceptors")
+    @classmethod
+    def _import_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not re.fullmatch(r"[\w.]+:[\w.]+", path):
+                raise ValueError(f"{path!r} is not an import path; write 'module:name'")
+        return paths
 
     def json_limit(self) -> int:
         """Bytes a JSON request body may take: ``max_json_bytes`` within ``max_request_bytes``."""

@@ -15,8 +15,9 @@ stays open forever, and a request head may be any size (63 MiB of headers were a
   uvicorn's ``limit_concurrency``, which answers text/plain and logs each refusal);
 - malformed HTTP gets a JSON 400 without a log line per request.
 
-Every refusal is JSON ``{"error": ...}``, counted in ``modelport_http_refused_total{reason}``
-and not logged: a client must not be able to fill the log. Timers are armed only when a head
+Every refusal is JSON ``{"error": ..., "code": ...}``, counted in
+``modelport_http_refused_total{reason}`` and not logged: a client must not be able to fill
+the log. Timers are armed only when a head
 or body is still incomplete after a read, so a request that arrives in one read (the common
 case) arms no timer and pays only a few attribute checks.
 """
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from modelport.serving.http import code_for_status, error_body
 
 __all__ = ["HttpLimits", "limited_protocol"]
 
@@ -213,7 +215,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's request (if any) ends; its send is dropped
             self.cycle.message_event.set()
-        body = orjson.dumps({"error": message})
+        body = error_body(message, code_for_status(status))
         head = [
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
             "content-type: application/json",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.errors import InvalidInput, ModelportError
+from modelport.errors import Internal, InvalidInput, ModelportError
 from modelport.registry import ModelVersion, Registry
 from modelport.runtimes import LoadedModel, LoadOptions
 from modelport.serving.batching import Batcher, BatchStats
@@ -193,8 +193,9 @@ def _warm_up(model: LoadedModel, ref: str) -> None:
     inputs = {spec.name: _zeros(spec.datatype, spec.shape) for spec in model.signature.inputs}
     try:
         model.predict(inputs)
-    except InvalidInput as exc:
-        # Zeros are not every model's idea of a valid input; it loaded, so it can serve.
+    except (InvalidInput, Internal) as exc:
+        # Zeros are not every model's idea of a valid input (nor one some models run on);
+        # it loaded, so it can serve: each request then gets its own answer.
         log.warning("warm-up of %s skipped: %s", ref, exc)
     except ModelportError:
         raise

@@ -1,4 +1,8 @@
-"""HTTP edge helpers: JSON responses, bounded body reads, and the one error -> status table."""
+"""HTTP edge helpers: JSON responses, bounded body reads, and error responses.
+
+An error's status is its class's ``http_status`` (errors.py is the one table); its body is
+the wire contract ``{"error": message, "code": code}``.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +17,23 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from modelport.errors import (
-    Conflict,
-    Forbidden,
+    Internal,
     InvalidInput,
-    InvalidModel,
-    MissingDependency,
     ModelportError,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
-    StorageError,
     Timeout,
-    Unauthorized,
-    Unavailable,
-    UnsupportedFormat,
-    VerificationFailed,
 )
 
 __all__ = [
+    "code_for_status",
+    "error_body",
     "error_response",
     "header_values",
     "json_response",
     "read_body",
     "receive_body",
-    "status_of",
 ]
 
 INFLATE_INLINE_BYTES = 1024
@@ -43,28 +41,7 @@ INFLATE_INLINE_BYTES = 1024
 Deflate expands at most ~1,032-fold, so inline inflation costs at most ~1 MiB and a
 millisecond or two; a thread hand-off would cost more than the small bodies clients send."""
 
-STATUS: dict[type[ModelportError], int] = {
-    InvalidInput: 400,
-    PayloadTooLarge: 413,
-    Unauthorized: 401,
-    Forbidden: 403,
-    NotFound: 404,
-    Conflict: 409,
-    UnsupportedFormat: 501,
-    InvalidModel: 500,
-    VerificationFailed: 500,
-    MissingDependency: 500,
-    StorageError: 507,
-    Unavailable: 503,
-    Timeout: 504,
-}
-
-
-def status_of(error: ModelportError) -> int:
-    for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+_RETRY = {"Retry-After": "1"}
 
 
 def json_response(
@@ -78,10 +55,40 @@ def json_response(
     )
 
 
+# The code of an error answered below the app (the HTTP parser, Starlette's router), which
+# knows only a status: the class a client would map that status to.
+_CODE_OF_STATUS = {
+    404: NotFound.code,
+    408: Timeout.code,
+    413: PayloadTooLarge.code,
+    431: PayloadTooLarge.code,
+    503: Overloaded.code,
+}
+
+
+def code_for_status(status: int) -> str:
+    """The error code of a refusal known only by its HTTP ``status``."""
+    found = _CODE_OF_STATUS.get(status)
+    if found is not None:
+        return found
+    return InvalidInput.code if status < 500 else Internal.code
+
+
+def error_body(message: str, code: str) -> bytes:
+    """The wire contract of an HTTP error: ``{"error": message, "code": code}``."""
+    return orjson.dumps({"error": message, "code": code})
+
+
 def error_response(error: ModelportError) -> Response:
-    status = status_of(error)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return json_response({"error": error.message}, status, headers)
+    """``error`` as its status and JSON body; a 503 (not ready, overloaded: worth a retry)
+    says when to retry. No other status does: retrying a deterministic failure fails again."""
+    status = error.http_status
+    return Response(
+        error_body(error.message, error.code),
+        status_code=status,
+        media_type="application/json",
+        headers=_RETRY if status == 503 else None,
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from modelport.errors import (
     Conflict,
+    Internal,
     InvalidInput,
     InvalidName,
     ModelportError,
@@ -231,6 +232,9 @@ class ModelManager:
             raise
         except asyncio.CancelledError:  # the client went away (gRPC cancel or deadline)
             outcome = "cancelled"
+            raise
+        except Exception:  # a bug; the edge logs it and answers 500
+            outcome = Internal.code
             raise
         finally:
             self.in_flight -= 1

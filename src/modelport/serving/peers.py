@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from modelport import errors
-from modelport.errors import ModelportError, Unavailable
+from modelport.errors import InvalidInput, ModelportError, Unavailable, error_from_code
 
 if TYPE_CHECKING:
     from modelport.serving.manager import ModelManager
@@ -113,7 +112,7 @@ class PeerGroup:
         )
         for index, result in zip(self.others, results, strict=True):
             if isinstance(result, ModelportError):
-                raise type(result)(f"worker {index}: {result.message}")
+                raise error_from_code(result.code, f"worker {index}: {result.message}")
             if isinstance(result, _NOT_RUNNING):
                 continue  # starting or restarting: it takes the state when it joins
             if isinstance(result, BaseException):
@@ -163,7 +162,7 @@ class PeerGroup:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
         if "error" in answer:
-            raise _error_class(answer["kind"])(answer["error"])
+            raise error_from_code(answer["code"], answer["error"])
         return answer["result"]
 
     # -- answering -------------------------------------------------------------------------
@@ -174,7 +173,7 @@ class PeerGroup:
             try:
                 answer = {"result": await self._apply(message)}
             except ModelportError as exc:
-                answer = {"error": exc.message, "kind": type(exc).__name__}
+                answer = {"error": exc.message, "code": exc.code}
             writer.write(orjson.dumps(answer) + b"\n")
             await writer.drain()
         except Exception:
@@ -199,11 +198,4 @@ class PeerGroup:
         if op == "unload":
             await self.manager.unload(message["name"], everywhere=False)
             return None
-        raise errors.InvalidInput(f"unknown message {op!r} between workers")
-
-
-def _error_class(name: str) -> type[ModelportError]:
-    found = getattr(errors, name, None)
-    if isinstance(found, type) and issubclass(found, ModelportError):
-        return found
-    return ModelportError
+        raise InvalidInput(f"unknown message {op!r} between workers")

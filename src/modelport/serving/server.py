@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.errors import InvalidInput, Unavailable
 from modelport.registry import Registry
@@ -26,6 +26,10 @@ from modelport.serving.connections import HttpLimits, limited_protocol
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
 from modelport.serving.peers import PeerGroup
+from modelport.serving.pipeline import Wrapper, http_wrappers, server_interceptors
+
+if TYPE_CHECKING:
+    import grpc.aio
 
 __all__ = ["WorkerRole", "serve"]
 
@@ -77,10 +81,19 @@ async def serve(
     aliased: str | None = None,
     *,
     role: WorkerRole | None = None,
+    wrappers: Sequence[Wrapper] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> None:
-    """Serve until SIGINT/SIGTERM: stop accepting, finish in-flight requests, then exit."""
+    """Serve until SIGINT/SIGTERM: stop accepting, finish in-flight requests, then exit.
+
+    Every REST request passes the config's ``http_wrappers`` then ``wrappers``; every RPC the
+    config's ``grpc_interceptors`` then ``interceptors`` (``pipeline``).
+    """
     import uvicorn
 
+    # Built (and their imports checked) before anything starts: a bad path is one clear error.
+    http_chain = http_wrappers(config, wrappers)
+    grpc_chain = server_interceptors(config, interceptors) if config.grpc_port is not None else []
     manager = await build_manager(registry, config, refs, aliased)
     peers = await _join_peers(manager, role) if role is not None else None
     # Bind both ports before anything starts, so a busy port is one clear error, not a
@@ -91,7 +104,7 @@ async def serve(
         from modelport.serving.v2_grpc import start_grpc_server
 
         try:
-            grpc_server = await start_grpc_server(manager, config)
+            grpc_server = await start_grpc_server(manager, config, grpc_chain)
         except BaseException:
             http_socket.close()
             raise
@@ -121,6 +134,7 @@ async def serve(
 
     app = create_app(
         manager,
+        wrappers=http_chain,
         on_start=[start_watch],
         on_loaded=[report_loaded],
         on_stop=[stop_watch, stop_grpc, stop_peers],
@@ -252,18 +266,31 @@ async def _watch(manager: ModelManager, interval: float) -> None:
 
 
 def run(
-    registry: Registry, config: ServeConfig, refs: Sequence[str] = (), aliased: str | None = None
+    registry: Registry,
+    config: ServeConfig,
+    refs: Sequence[str] = (),
+    aliased: str | None = None,
+    *,
+    wrappers: Sequence[Wrapper] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> None:
     """Serve until SIGINT/SIGTERM, as ``modelport serve`` does; blocking, on uvloop.
 
     With ``config.workers`` above 1 this process supervises that many worker processes,
-    each opening the registry ``registry.settings`` describe.
+    each opening the registry ``registry.settings`` describe. ``wrappers`` and
+    ``interceptors`` join the config's (``pipeline``) in a single process; worker processes
+    build theirs from the config's import paths alone.
 
     Raises:
         NotFound, InvalidInput, Unavailable: at start-up (unknown model, nothing to serve,
-        a port in use).
+        a port in use, wrappers given for worker processes).
     """
     if config.process_count() > 1:
+        if wrappers or interceptors:
+            raise InvalidInput(
+                "wrappers and interceptors passed as objects cannot reach worker processes; "
+                "name them in the config (http_wrappers, grpc_interceptors) as 'module:name'"
+            )
         from modelport.serving.workers import run_workers
 
         run_workers(registry.settings, config, refs, aliased)
@@ -271,4 +298,6 @@ def run(
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(registry, config, refs, aliased))
+        runner.run(
+            serve(registry, config, refs, aliased, wrappers=wrappers, interceptors=interceptors)
+        )

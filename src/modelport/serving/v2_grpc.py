@@ -2,9 +2,10 @@
 
 Wire-compatible with Triton's service, so ``tritonclient.grpc`` and other V2 clients work
 unchanged; includes the model repository extension and Triton's ModelConfig. Translates
-messages <-> ``Tensors`` and calls the ``ModelManager``; errors map to status codes once, in
-``STATUS``. Tensors come as typed ``contents`` or as ``raw_input_contents`` (what tritonclient
-sends); outputs always go back as ``raw_output_contents``, as Triton sends them.
+messages <-> ``Tensors`` and calls the ``ModelManager``; an error aborts the call with its
+class's ``grpc_status`` and the trailing metadata ``("modelport-error", code)``. Tensors
+come as typed ``contents`` or as ``raw_input_contents`` (what tritonclient sends); outputs
+always go back as ``raw_output_contents``, as Triton sends them.
 """
 
 from __future__ import annotations
@@ -13,28 +14,16 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-import numpy as np
 import numpy.typing as npt
 
 from modelport import __version__
 from modelport._generated import grpc_predict_v2_pb2 as pb
 from modelport._generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from modelport.errors import (
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    ModelportError,
-    NotFound,
-    Overloaded,
-    Timeout,
-    Unauthorized,
-    Unavailable,
-    UnsupportedFormat,
-)
+from modelport.errors import Internal, InvalidInput, ModelportError, Unavailable
 from modelport.serving.config import ServeConfig
 from modelport.serving.deployment import State
 from modelport.serving.manager import ModelManager
@@ -47,54 +36,55 @@ from modelport.serving.v2_codec import (
     raw_bytes,
 )
 from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
+from modelport.tensorio import array_from_json
 from modelport.types import DataType, Signature, Tensors
 
-__all__ = ["STATUS", "InferenceServicer", "start_grpc_server", "status_of"]
+__all__ = ["ERROR_METADATA", "InferenceServicer", "abort", "start_grpc_server", "status_of"]
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "grpc_v2"
 
-STATUS: dict[type[ModelportError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    UnsupportedFormat: grpc.StatusCode.UNIMPLEMENTED,
-    Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
-    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
-}
+ERROR_METADATA = "modelport-error"
+"""The trailing metadata key whose value is the error's stable ``code`` (the wire contract)."""
 
 
 def status_of(error: ModelportError) -> grpc.StatusCode:
-    """The gRPC status for ``error``: the nearest class in ``STATUS``, else INTERNAL.
+    """The gRPC status for ``error``: its class's ``grpc_status``.
 
     A full queue or too many requests in flight is RESOURCE_EXHAUSTED, not UNAVAILABLE, so
     that clients can tell "back off" from "not there".
     """
-    for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return grpc.StatusCode.INTERNAL
+    return _STATUS_CODES[error.grpc_status]
 
+
+_STATUS_CODES = {code.name: code for code in grpc.StatusCode}
+
+
+async def abort(context: Any, error: ModelportError) -> None:
+    """End the call with ``error``'s status, message and code (raises, as ``abort`` does)."""
+    await context.abort(
+        status_of(error), error.message, trailing_metadata=((ERROR_METADATA, error.code),)
+    )
+
+
+INTERNAL_ERROR = "internal error; see the server log"
 
 Handler = Callable[[Any, Any, Any], Awaitable[Any]]
 
 
 def _edge(method: Handler) -> Handler:
-    """Abort the call with the mapped status and the error's message."""
+    """Abort the call with the mapped status, the error's message and its code."""
 
     @functools.wraps(method)
     async def handle(self: Any, request: Any, context: Any) -> Any:
         try:
             return await method(self, request, context)
         except ModelportError as exc:
-            await context.abort(status_of(exc), exc.message)
+            await abort(context, exc)
         except Exception:
             log.exception("gRPC %s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await abort(context, Internal(INTERNAL_ERROR))
 
     return handle
 
@@ -185,8 +175,14 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
 
-async def start_grpc_server(manager: ModelManager, config: ServeConfig) -> grpc.aio.Server:
+async def start_grpc_server(
+    manager: ModelManager,
+    config: ServeConfig,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
     """Serve ``inference.GRPCInferenceService`` on ``config.host:config.grpc_port``.
+
+    ``interceptors`` (``pipeline.server_interceptors``, the first outermost) see every RPC.
 
     Messages up to ``config.grpc_max_message_bytes`` pass both ways (grpcio's own default is
     4 MB). Overload is answered RESOURCE_EXHAUSTED by the manager (``max_concurrency``, a full
@@ -206,6 +202,8 @@ async def start_grpc_server(manager: ModelManager, config: ServeConfig) -> grpc.
     # server stops asking for calls instead of refusing them, so this queue fills faster.
     pending = config.grpc_max_pending_calls
     server = grpc.aio.server(
+        # None, not []: no interceptor machinery on any call when there is none.
+        interceptors=list(interceptors) or None,
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -215,7 +213,7 @@ async def start_grpc_server(manager: ModelManager, config: ServeConfig) -> grpc.
             # half the connections; a port in use must be an error. Worker processes of one
             # server share the port on purpose: their supervisor checked it was free first.
             ("grpc.so_reuseport", 1 if config.process_count() > 1 else 0),
-        ]
+        ],
     )
     servicer = InferenceServicer(manager)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
@@ -321,16 +319,10 @@ def _from_contents(
             f"input {name!r}: shape {list(shape)} needs {expected} elements, "
             f"{field} has {len(values)}"
         )
-    if datatype is DataType.BYTES:
-        array = np.empty(expected, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    try:
-        return np.array(values, dtype=datatype.numpy).reshape(shape)
-    except (OverflowError, ValueError) as exc:
-        raise InvalidInput(
-            f"input {name!r}: {field} is not valid {datatype.value} ({exc})"
-        ) from None
+    # Protobuf has typed the values, but a field may be wider than the datatype (uint_contents
+    # carries UINT8): the one JSON rule judges them, so 300 for a UINT8 is refused here with
+    # the words every other edge uses.
+    return array_from_json(list(values), datatype, name).reshape(shape)
 
 
 def _requested_outputs(request: Any) -> list[str] | None:

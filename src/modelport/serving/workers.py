@@ -40,9 +40,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from modelport import errors
 from modelport.config import Settings
-from modelport.errors import ModelportError, Unavailable
+from modelport.errors import ModelportError, Unavailable, error_from_code
 from modelport.serving.config import ServeConfig
 from modelport.serving.server import WorkerRole
 
@@ -157,10 +156,8 @@ class _Supervisor:
         elif message[0] == "failed" and worker.first and not worker.loaded:
             # The first worker's start-up failing is the command's failure: every worker
             # would fail the same way (unknown model, bad option, busy gRPC port).
-            kind, text = message[1], message[2]
-            found = getattr(errors, kind, None)
-            cls = found if isinstance(found, type) and issubclass(found, ModelportError) else None
-            raise (cls or ModelportError)(text)
+            # It crossed the process boundary as its stable code: the same class here.
+            raise error_from_code(message[1], message[2])
         elif message[0] == "failed":
             log.error("worker %d failed to start: %s", worker.index, message[2])
         return True
@@ -248,7 +245,7 @@ def _worker_main(
             runner.run(serve(registry, plan.config, plan.refs, plan.aliased, role=role))
     except ModelportError as exc:
         with contextlib.suppress(OSError):
-            conn.send(("failed", type(exc).__name__, exc.message))
+            conn.send(("failed", exc.code, exc.message))
         sys.exit(1)  # the supervisor raises the error itself; the CLI gives its exit code
     finally:
         if registry is not None:
