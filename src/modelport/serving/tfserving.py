@@ -29,10 +29,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelport.errors import InvalidInput, NotFound
+from modelport.protocols.v2.json_body import json_object
 from modelport.serving.deployment import Deployment, State
 from modelport.serving.http import json_response, read_body
 from modelport.serving.manager import ModelManager
-from modelport.serving.v2_json import json_object
 from modelport.tensorio import array_from_json
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 

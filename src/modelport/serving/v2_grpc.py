@@ -35,10 +35,7 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from modelport.serving.config import ServeConfig
-from modelport.serving.deployment import State
-from modelport.serving.manager import ModelManager
-from modelport.serving.v2_codec import (
+from modelport.protocols.v2.codec import (
     OFF_LOOP_BYTES,
     array_from_raw,
     check_declared,
@@ -46,7 +43,11 @@ from modelport.serving.v2_codec import (
     check_shape,
     raw_bytes,
 )
-from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
+from modelport.protocols.v2.metadata import EXTENSIONS
+from modelport.serving.config import ServeConfig
+from modelport.serving.deployment import State
+from modelport.serving.description import metadata, triton_config
+from modelport.serving.manager import ModelManager
 from modelport.types import DataType, Signature, Tensors
 
 __all__ = ["STATUS", "InferenceServicer", "start_grpc_server", "status_of"]
