@@ -252,13 +252,16 @@ def encode_request(
     outputs: Sequence[str] | None = None,
     binary: bool = True,
     request_id: str | None = None,
+    timeout: float | None = None,
 ) -> EncodedRequest:
     """The body of an infer request for ``inputs``.
 
     With ``binary`` the tensors travel as raw bytes after the JSON header and every output is
     asked for as binary data too; otherwise everything is JSON (BYTES values as UTF-8 text).
     ``outputs`` names the outputs wanted (None: all). The datatype of each input is its
-    array's (``DataType.from_numpy``): str and object arrays are BYTES.
+    array's (``DataType.from_numpy``): str and object arrays are BYTES. ``timeout``
+    (seconds) goes as the ``timeout`` parameter, so the server drops the request when
+    the client will have given up.
 
     Raises:
         InvalidInput: an array's dtype has no inference datatype.
@@ -283,8 +286,11 @@ def encode_request(
         document["id"] = request_id
     if outputs is not None:
         document["outputs"] = [{"name": name} for name in outputs]
-    if binary:
-        document["parameters"] = {"binary_data_output": True}
+    parameters: dict[str, Any] = {"binary_data_output": True} if binary else {}
+    if timeout is not None:
+        parameters["timeout"] = int(timeout * 1_000_000)
+    if parameters:
+        document["parameters"] = parameters
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not binary:
         return EncodedRequest(header, None)
