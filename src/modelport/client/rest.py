@@ -1,4 +1,5 @@
-"""The client over REST: the V2 calls as HTTP requests, sent with httpx (pooled connections).
+"""The client over REST: the V2 calls as HTTP/1.1 requests on pooled keep-alive connections
+(``http11``).
 
 Errors come back as the server mapped them: the ``code`` of a JSON error body names the
 class (``errors.error_from_code``); a body without one falls back to the HTTP status. A 503
@@ -11,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import numpy.typing as npt
 import orjson
 
 from modelport.client.base import Call, Retry, retry_after_seconds
+from modelport.client.http11 import AsyncPool, ConnectFailed, ConnectionLost, Pool, Response
 from modelport.errors import (
     Conflict,
     Forbidden,
@@ -55,7 +56,7 @@ STATUS: dict[int, type[ModelportError]] = {
 _JSON = {"content-type": "application/json"}
 
 
-def error_of(response: httpx.Response) -> ModelportError:
+def error_of(response: Response) -> ModelportError:
     """The error a failed response stands for: by its body's ``code``, else by its status."""
     message = ""
     code = None
@@ -76,19 +77,19 @@ def error_of(response: httpx.Response) -> ModelportError:
     return cls(message)
 
 
-def _raise_for(response: httpx.Response) -> None:
+def _raise_for(response: Response) -> None:
     error = error_of(response)
     if response.status_code == 503:
         raise Retry(error, retry_after_seconds(response.headers.get("retry-after")))
     raise error
 
 
-def _ok(response: httpx.Response) -> None:
+def _ok(response: Response) -> None:
     if response.status_code >= 400:
         _raise_for(response)
 
 
-def _ready(response: httpx.Response) -> bool:
+def _ready(response: Response) -> bool:
     """V2 readiness: 200 ready, 400 not ready; anything else is an error."""
     if response.status_code in (200, 400):
         return response.status_code == 200
@@ -96,25 +97,25 @@ def _ready(response: httpx.Response) -> bool:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: Response) -> Any:
     _ok(response)
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        raise Internal(f"the server answered {response.url.path} with no JSON") from None
+        raise Internal(f"the server answered {response.path} with no JSON") from None
 
 
-def _outputs(response: httpx.Response) -> Tensors:
+def _outputs(response: Response) -> Tensors:
     _ok(response)
     return decode_response(response.content, response.headers.get(HEADER_LENGTH)).outputs
 
 
-def _text(response: httpx.Response) -> str:
+def _text(response: Response) -> str:
     _ok(response)
     return response.text
 
 
-def _none(response: httpx.Response) -> None:
+def _none(response: Response) -> None:
     _ok(response)
 
 
@@ -199,20 +200,13 @@ class RestApi:
         return Call("POST", path, encoded.body, headers, timeout, _outputs)
 
 
-def _limits(pool: int) -> httpx.Limits:
-    return httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-
-
 def _timeout_error(url: str, call: Call[Any], timeout: float) -> Timeout:
     return Timeout(f"{call.method} {url}{call.target}: no answer within {timeout:g} s")
 
 
 def _unreachable(url: str, exc: Exception) -> Retry:
     return Retry(
-        Unavailable(
-            f"cannot connect to {url}: {exc or type(exc).__name__}; is `modelport serve` "
-            "running there?"
-        )
+        Unavailable(f"cannot connect to {url}: {exc}; is `modelport serve` running there?")
     )
 
 
@@ -220,67 +214,61 @@ def _lost(url: str, call: Call[Any], exc: Exception) -> Unavailable:
     # Not retried: the request may have reached the server and done its work.
     return Unavailable(
         f"{call.method} {url}{call.target}: the connection was lost before the answer "
-        f"({exc or type(exc).__name__}); the server may have stopped"
+        f"({exc}); the server may have stopped"
     )
 
 
 class HttpTransport:
-    """Sends ``Call``s over one pooled ``httpx.Client``; safe to share between threads."""
+    """Sends ``Call``s on a pool of keep-alive connections; safe to share between threads."""
 
     def __init__(
         self, url: str, timeout: float, headers: Mapping[str, str] | None, pool: int
     ) -> None:
         self.url = url.rstrip("/") + "/"
         self.timeout = timeout
-        self._client = httpx.Client(
-            base_url=self.url, timeout=timeout, headers=headers, limits=_limits(pool)
-        )
+        self._pool = Pool(self.url, headers, pool)
 
     def send(self, call: Call[Any]) -> Any:
         timeout = self.timeout if call.timeout is None else call.timeout
         try:
-            response = self._client.request(
-                call.method, call.target, content=call.payload, headers=call.headers,
-                timeout=timeout,
-            )  # fmt: skip
-        except httpx.TimeoutException:
+            response = self._pool.request(
+                call.method, call.target, headers=call.headers, body=call.payload, timeout=timeout
+            )
+        except TimeoutError:
             raise _timeout_error(self.url, call, timeout) from None
-        except httpx.ConnectError as exc:
+        except ConnectFailed as exc:
             raise _unreachable(self.url, exc) from None
-        except httpx.TransportError as exc:
+        except ConnectionLost as exc:
             raise _lost(self.url, call, exc) from None
         return call.read(response)
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
 
 class AsyncHttpTransport:
-    """Sends ``Call``s over one pooled ``httpx.AsyncClient``, on the caller's event loop."""
+    """Sends ``Call``s on a pool of asyncio keep-alive connections, on the caller's loop."""
 
     def __init__(
         self, url: str, timeout: float, headers: Mapping[str, str] | None, pool: int
     ) -> None:
         self.url = url.rstrip("/") + "/"
         self.timeout = timeout
-        self._client = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, headers=headers, limits=_limits(pool)
-        )
+        self._pool = AsyncPool(self.url, headers, pool)
 
     async def send(self, call: Call[Any]) -> Any:
         timeout = self.timeout if call.timeout is None else call.timeout
         try:
-            response = await self._client.request(
-                call.method, call.target, content=call.payload, headers=call.headers,
-                timeout=timeout,
-            )  # fmt: skip
-        except httpx.TimeoutException:
+            response = await self._pool.request(
+                call.method, call.target, headers=call.headers, body=call.payload, timeout=timeout
+            )
+        except TimeoutError:
             raise _timeout_error(self.url, call, timeout) from None
-        except httpx.ConnectError as exc:
+        except ConnectFailed as exc:
             raise _unreachable(self.url, exc) from None
-        except httpx.TransportError as exc:
+        except ConnectionLost as exc:
             raise _lost(self.url, call, exc) from None
         return call.read(response)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pool.aclose()
