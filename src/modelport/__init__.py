@@ -64,7 +64,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The client (httpx, numpy) is imported when first named: the CLI starts without it.
+    # The client (numpy, grpc) is imported when first named: the CLI starts without it.
     if name in ("AsyncClient", "Client"):
         from modelport import client
 

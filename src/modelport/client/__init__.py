@@ -1,5 +1,5 @@
 """A Python client for a running server: ``Client`` (sync) and ``AsyncClient`` (asyncio), over
-REST (httpx) or gRPC (grpcio) by URL scheme, translating with the same ``protocols/`` wire
+REST (pooled HTTP/1.1) or gRPC (grpcio) by URL scheme, translating with the same ``protocols/`` wire
 layer as the server's edges."""
 
 from modelport.client.aio import AsyncClient

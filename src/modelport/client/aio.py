@@ -1,4 +1,4 @@
-"""``AsyncClient``: ``Client`` for asyncio, over httpx's AsyncClient or ``grpc.aio``."""
+"""``AsyncClient``: ``Client`` for asyncio, over asyncio streams (REST) or ``grpc.aio``."""
 
 from __future__ import annotations
 

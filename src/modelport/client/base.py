@@ -45,7 +45,7 @@ class Call(Generic[T]):
 
     For REST ``method`` is the HTTP method, ``target`` the path and ``payload`` the body
     (bytes or None); for gRPC ``method`` is the RPC name and ``payload`` the request
-    message. ``read`` turns the transport's answer (an ``httpx.Response``, a response
+    message. ``read`` turns the transport's answer (an ``http11.Response``, a response
     message) into the result, raising the mapped error.
     """
 
