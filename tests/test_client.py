@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import subprocess
 import threading
 import time
@@ -358,6 +359,20 @@ def test_overload_is_retried_until_it_passes(models: Path, kind: str) -> None:
         finally:
             holder.join(120)
         assert not holder.is_alive()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(models: Path) -> None:
+    """The server closes an idle keep-alive connection; the next request, sent on it first,
+    passes on a new one (never an error: the server cannot have seen it)."""
+    x = np.ones((1, 512), np.float32)
+    with (
+        running_server(models, ["slow"], ["--keep-alive-timeout", "1"]) as srv,
+        Client(srv.http_url, retries=0) as client,
+    ):
+        client.predict("slow", {"x": x})
+        [idle] = client._transport._pool._idle  # the pooled connection, to watch it close
+        wait_for(lambda: bool(select.select([idle.sock], [], [], 0)[0]), "the server's close")
+        np.testing.assert_array_equal(client.predict("slow", {"x": x})["y"], x)
 
 
 # -- AsyncClient --------------------------------------------------------------------------
