@@ -7,6 +7,8 @@ import modelport
 
 def test_public_names() -> None:
     assert modelport.__all__ == [
+        "AsyncClient",
+        "Client",
         "Conflict",
         "DataType",
         "Forbidden",

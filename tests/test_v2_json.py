@@ -7,11 +7,11 @@ import orjson
 import pytest
 
 from modelport.errors import InvalidInput
-from modelport.serving import v2_json
-from modelport.serving.v2_codec import array_from_data
+from modelport.protocols.v2 import json_body
+from modelport.protocols.v2.codec import array_from_data
 from modelport.types import DataType
 
-pytestmark = pytest.mark.skipif(not v2_json.available(), reason="pysimdjson is not installed")
+pytestmark = pytest.mark.skipif(not json_body.available(), reason="pysimdjson is not installed")
 
 
 def _request(data: object, datatype: str = "FP32", shape: list[int] | None = None) -> bytes:
@@ -32,14 +32,14 @@ def _tensor(body: bytes, decode: object) -> np.ndarray:
 def test_flat_float_data_equals_orjson_bit_for_bit(datatype: str) -> None:
     values = np.random.default_rng(0).standard_normal(150_528).astype(np.float32)
     body = _request(values.tolist(), datatype, [1, 3, 224, 224])
-    fast, plain = _tensor(body, v2_json.request_document), _tensor(body, orjson.loads)
+    fast, plain = _tensor(body, json_body.request_document), _tensor(body, orjson.loads)
     assert fast.dtype == plain.dtype
     np.testing.assert_array_equal(fast, plain)
 
 
 def test_everything_but_float_data_is_plain_json() -> None:
     body = _request([1, 2.5, -0.0, 1e-30])
-    document = v2_json.request_document(body)
+    document = json_body.request_document(body)
     assert isinstance(document["inputs"][0]["data"], np.ndarray)
     del document["inputs"][0]["data"]
     expected = orjson.loads(body)
@@ -62,14 +62,14 @@ def test_everything_but_float_data_is_plain_json() -> None:
 )
 def test_other_data_is_decoded_and_judged_as_before(data: object, datatype: str) -> None:
     body = _request(data, datatype)
-    document = v2_json.request_document(body)
+    document = json_body.request_document(body)
     assert document == orjson.loads(body)
     try:
         expected: object = _tensor(body, orjson.loads)
     except InvalidInput as exc:
         expected = str(exc)
     try:
-        got: object = _tensor(body, v2_json.request_document)
+        got: object = _tensor(body, json_body.request_document)
     except InvalidInput as exc:
         got = str(exc)
     if isinstance(expected, np.ndarray):
@@ -89,7 +89,7 @@ def test_other_data_is_decoded_and_judged_as_before(data: object, datatype: str)
 )
 def test_bad_bodies_are_invalid_input(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        v2_json.request_document(body)
+        json_body.request_document(body)
 
 
 def test_a_proxy_kept_alive_does_not_break_the_next_request() -> None:
@@ -98,9 +98,9 @@ def test_a_proxy_kept_alive_does_not_break_the_next_request() -> None:
     import simdjson
 
     kept = simdjson.Parser()
-    v2_json._local.parser = kept  # the parser this thread will use
+    json_body._local.parser = kept  # the parser this thread will use
     holder = kept.parse(b'{"a": [1, 2]}')
-    document = v2_json.request_document(_request([1.0, 2.0, 3.0, 4.0]))
+    document = json_body.request_document(_request([1.0, 2.0, 3.0, 4.0]))
     assert document["inputs"][0]["data"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert holder["a"].as_list() == [1, 2]
 
@@ -111,30 +111,30 @@ def test_a_body_that_may_hold_an_array_past_simdjsons_count_is_refused_unparsed(
     from modelport.errors import PayloadTooLarge
 
     def body(commas: int) -> bytes:
-        pad = b" " * (2 * v2_json.MAX_VALUES + 3 - commas)  # past the size rule's bound
+        pad = b" " * (2 * json_body.MAX_VALUES + 3 - commas)  # past the size rule's bound
         return b'{"text": "%s", "pad": "%s"}' % (b"," * (commas - 1), pad)
 
-    with pytest.raises(PayloadTooLarge, match=f"at most {v2_json.MAX_VALUES} values"):
-        v2_json.request_body(body(v2_json.MAX_VALUES))
-    document = v2_json.request_body(body(v2_json.MAX_VALUES - 1))
-    assert len(document["text"]) == v2_json.MAX_VALUES - 2
+    with pytest.raises(PayloadTooLarge, match=f"at most {json_body.MAX_VALUES} values"):
+        json_body.request_body(body(json_body.MAX_VALUES))
+    document = json_body.request_body(body(json_body.MAX_VALUES - 1))
+    assert len(document["text"]) == json_body.MAX_VALUES - 2
 
 
 def test_json_nested_past_simdjsons_depth_is_invalid_input() -> None:
     deep = b'{"inputs": ' + b"[" * 1100 + b"]" * 1100 + b', "pad": "' + b"x" * 70_000 + b'"}'
     for _ in range(2):  # and the thread's parser still works afterwards
         with pytest.raises(InvalidInput, match="not valid JSON"):
-            v2_json.request_document(deep)
-    assert v2_json.request_document(_request([1.0, 2.0, 3.0, 4.0]))["id"] == "42"
+            json_body.request_document(deep)
+    assert json_body.request_document(_request([1.0, 2.0, 3.0, 4.0]))["id"] == "42"
 
 
 @pytest.mark.parametrize("bad", [True, None, "1.0"])
 def test_the_float_fast_path_takes_numbers_only(bad: object) -> None:
     data = [1.0] * 10 + [bad] + [2.0] * 10
-    document = v2_json.request_document(_request(data, shape=[21]))
+    document = json_body.request_document(_request(data, shape=[21]))
     assert document["inputs"][0]["data"] == data  # plain JSON, judged by the one rule
     with pytest.raises(InvalidInput, match="non-numeric JSON"):
-        _tensor(_request(data, shape=[21]), v2_json.request_document)
+        _tensor(_request(data, shape=[21]), json_body.request_document)
 
 
 def test_a_large_body_gets_a_parser_of_its_own() -> None:
@@ -142,10 +142,10 @@ def test_a_large_body_gets_a_parser_of_its_own() -> None:
     # parser, kept for the next request, must not be the one that meets a large body.
     import simdjson
 
-    kept = v2_json._local.parser = simdjson.Parser()
+    kept = json_body._local.parser = simdjson.Parser()
     holder = kept.parse(b'{"a": [1, 2]}')  # kept cannot parse while this lives
     values = [0.5] * (3 * 2**20)  # about 12 MiB of JSON
-    document = v2_json.request_document(_request(values, shape=[len(values)]))
+    document = json_body.request_document(_request(values, shape=[len(values)]))
     assert document["inputs"][0]["data"].size == len(values)
-    assert v2_json._local.parser is kept  # not used, so not replaced either
+    assert json_body._local.parser is kept  # not used, so not replaced either
     assert holder["a"].as_list() == [1, 2]

@@ -29,7 +29,7 @@ from onnx import TensorProto
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from modelport.errors import InvalidInput
-from modelport.serving.v2_codec import array_from_raw
+from modelport.protocols.v2.codec import array_from_raw
 from modelport.types import DataType
 from tests.onnx_models import make_identity_model, make_iris_onnx
 from tests.serving_fixtures import CLI, Server, cli_env, push_all, running_server

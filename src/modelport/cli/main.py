@@ -14,7 +14,7 @@ from modelport.cli.serve import serve as serve_command
 from modelport.config import load_settings
 from modelport.errors import InvalidInput, ModelportError, VerificationFailed
 from modelport.registry import Registry
-from modelport.types import ModelRef, parse_tags
+from modelport.types import ModelRef, Tensors, parse_tags
 
 app = typer.Typer(
     name="modelport",
@@ -185,22 +185,52 @@ def predict(
     output_name: Annotated[
         list[str] | None, typer.Option("--output-name", help="Only these outputs; repeatable.")
     ] = None,
+    remote: Annotated[
+        str | None,
+        typer.Option(
+            "--remote",
+            help="Ask a running server instead (http://HOST:PORT or grpc://HOST:PORT); "
+            "REF is then name or name@3.",
+        ),
+    ] = None,
 ) -> None:
-    """Run one prediction in-process and print the outputs as JSON."""
+    """Run one prediction in-process (or on a server, with --remote) and print the outputs
+    as JSON."""
     from modelport.tensorio import read_tensors, tensors_to_json, write_npz
 
-    with _registry() as registry:
-        model = registry.load(ref)
-        try:
-            inputs = read_tensors(input_data, model.signature)
-            outputs = model.predict(inputs, output_name or None)
-        finally:
-            model.close()
+    if remote is not None:
+        outputs = _predict_remote(remote, ref, input_data, output_name)
+    else:
+        with _registry() as registry:
+            model = registry.load(ref)
+            try:
+                inputs = read_tensors(input_data, model.signature)
+                outputs = model.predict(inputs, output_name or None)
+            finally:
+                model.close()
     if output is not None:
         if output.suffix != ".npz":
             raise InvalidInput(f"--output must name a .npz file, got {output}")
         write_npz(output, outputs)
     render.print_outputs(tensors_to_json(outputs))
+
+
+def _predict_remote(url: str, ref: str, input_data: str, output_name: list[str] | None) -> Tensors:
+    """``predict --remote``: the inputs typed by the signature the server reports, as local
+    predict types them by the registry's."""
+    from modelport.client import Client
+    from modelport.tensorio import read_tensors
+
+    parsed = ModelRef.parse(ref)
+    if parsed.alias is not None:
+        raise InvalidInput(
+            f"--remote takes a model name or name@VERSION, not the alias in {ref!r}: a "
+            "server serves versions; name the version, or the model for its default"
+        )
+    with Client(url) as client:
+        signature = client.model_metadata(parsed.name, parsed.version).signature
+        inputs = read_tensors(input_data, signature)
+        return client.predict(parsed.name, inputs, version=parsed.version, outputs=output_name)
 
 
 @app.command()

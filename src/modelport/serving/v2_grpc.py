@@ -13,31 +13,33 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-import numpy.typing as npt
 
 from modelport import __version__
 from modelport._generated import grpc_predict_v2_pb2 as pb
 from modelport._generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from modelport.errors import Internal, InvalidInput, ModelportError, Unavailable
+from modelport.errors import (
+    Internal,
+    InvalidInput,
+    ModelportError,
+    Unavailable,
+)
+from modelport.protocols.v2.codec import check_id
+from modelport.protocols.v2.messages import (
+    as_message,
+    decoding_may_stall,
+    infer_response,
+    request_inputs,
+    requested_outputs,
+)
+from modelport.protocols.v2.metadata import EXTENSIONS
 from modelport.serving.config import ServeConfig
 from modelport.serving.deployment import State
+from modelport.serving.description import metadata, triton_config
 from modelport.serving.manager import ModelManager
-from modelport.serving.v2_codec import (
-    OFF_LOOP_BYTES,
-    array_from_raw,
-    check_declared,
-    check_id,
-    check_shape,
-    raw_bytes,
-)
-from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
-from modelport.tensorio import array_from_json
-from modelport.types import DataType, Signature, Tensors
 
 __all__ = ["ERROR_METADATA", "InferenceServicer", "abort", "start_grpc_server", "status_of"]
 
@@ -118,12 +120,12 @@ class InferenceServicer:
     @_edge
     async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         deployment = await self.manager.deployment(request.name, request.version)
-        return _message(pb.ModelMetadataResponse, metadata(self.manager, deployment))
+        return as_message(pb.ModelMetadataResponse, metadata(self.manager, deployment))
 
     @_edge
     async def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
         deployment = await self.manager.deployment(request.name, request.version)
-        return pb.ModelConfigResponse(config=_message(pb.ModelConfig, triton_config(deployment)))
+        return pb.ModelConfigResponse(config=as_message(pb.ModelConfig, triton_config(deployment)))
 
     @_edge
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -131,11 +133,11 @@ class InferenceServicer:
         # Raw inputs are judged by the addressed version's signature before they are
         # decoded; ``infer`` validates every tensor for the version it runs.
         deployment = await self.manager.deployment(request.model_name, request.model_version)
-        if _decoding_may_stall(request):
-            inputs = await asyncio.to_thread(_inputs, request, deployment.signature)
+        if decoding_may_stall(request):
+            inputs = await asyncio.to_thread(request_inputs, request, deployment.signature)
         else:
-            inputs = _inputs(request, deployment.signature)
-        outputs = _requested_outputs(request)
+            inputs = request_inputs(request, deployment.signature)
+        outputs = requested_outputs(request)
         result, deployment = await self.manager.infer(
             request.model_name,
             request.model_version,
@@ -145,20 +147,13 @@ class InferenceServicer:
             timeout=_timeout(request, context),
         )
         # Request parameters are options for this server, not data: never echoed.
-        response = pb.ModelInferResponse(
-            model_name=deployment.name, model_version=str(deployment.version), id=request_id
-        )
-        for name, array in result.items():
-            datatype = DataType.from_numpy(array.dtype)
-            response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
-            response.raw_output_contents.append(raw_bytes(array))
-        return response
+        return infer_response(deployment.name, str(deployment.version), request_id, result)
 
     @_edge
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
         rows = [r for r in self.manager.index() if not request.ready or r["state"] == "READY"]
         return pb.RepositoryIndexResponse(
-            models=[_message(pb.RepositoryIndexResponse.ModelIndex, row) for row in rows]
+            models=[as_message(pb.RepositoryIndexResponse.ModelIndex, row) for row in rows]
         )
 
     @_edge
@@ -227,121 +222,6 @@ async def start_grpc_server(
         ) from None
     await server.start()
     return server
-
-
-# -- requests -> Tensors ------------------------------------------------------------------
-
-# Which typed field holds each datatype's data; FP16 has none and travels raw only.
-_CONTENTS: dict[DataType, str] = {
-    DataType.BOOL: "bool_contents", DataType.BYTES: "bytes_contents",
-    DataType.UINT8: "uint_contents", DataType.UINT16: "uint_contents",
-    DataType.UINT32: "uint_contents", DataType.UINT64: "uint64_contents",
-    DataType.INT8: "int_contents", DataType.INT16: "int_contents",
-    DataType.INT32: "int_contents", DataType.INT64: "int64_contents",
-    DataType.FP32: "fp32_contents", DataType.FP64: "fp64_contents",
-}  # fmt: skip
-
-
-def _decoding_may_stall(request: Any) -> bool:
-    """Whether decoding ``request`` may hold the event loop long: ``OFF_LOOP_BYTES`` or more
-    of fixed-size data, or any BYTES, whose size only its contents tell.
-
-    Judged from what the inputs declare: protobuf copies a ``bytes`` field on every access,
-    and ``ByteSize()`` serializes the message (200 ms for 64 MiB), so the data is not looked at.
-    A declaration that is wrong is refused by the decoding itself.
-    """
-    for tensor in request.inputs:
-        itemsize = _ITEMSIZE.get(tensor.datatype)
-        if itemsize == 0 or (itemsize and math.prod(tensor.shape) * itemsize >= OFF_LOOP_BYTES):
-            return True
-    return False
-
-
-_ITEMSIZE = {datatype.value: datatype.itemsize for datatype in DataType}  # BYTES: 0
-
-
-def _inputs(request: Any, signature: Signature) -> Tensors:
-    """The request's tensors; raw ones checked against ``signature`` before they are decoded.
-    Pure: runs in a worker thread for large requests."""
-    raw = request.raw_input_contents
-    if not request.inputs:
-        raise InvalidInput("request has no inputs")
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
-            "send one per input, in the order of 'inputs'"
-        )
-    inputs: Tensors = {}
-    for index, tensor in enumerate(request.inputs):
-        name = tensor.name
-        if name in inputs:
-            raise InvalidInput(f"input {name!r} appears twice")
-        if "shared_memory_region" in tensor.parameters:
-            raise InvalidInput(f"input {name!r}: shared memory is not supported; send the data")
-        try:
-            datatype = DataType.parse(tensor.datatype)
-        except InvalidInput as exc:
-            raise InvalidInput(f"input {name!r}: {exc}") from None
-        shape = check_shape(name, list(tensor.shape))
-        if not raw:
-            inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
-        elif tensor.HasField("contents"):
-            raise InvalidInput(
-                f"input {name!r} has typed contents while the request uses raw_input_contents; "
-                "send every input one way"
-            )
-        else:
-            # Raw data costs its decoding whatever the model takes: judge what it claims
-            # first. (Typed contents are decoded already; ``infer`` judges them.)
-            check_declared(signature, name, datatype, shape)
-            inputs[name] = array_from_raw(name, datatype, shape, raw[index])
-    return inputs
-
-
-def _from_contents(
-    name: str, datatype: DataType, shape: tuple[int, ...], contents: Any
-) -> npt.NDArray[Any]:
-    field = _CONTENTS.get(datatype)
-    if field is None:
-        raise InvalidInput(
-            f"input {name!r}: {datatype.value} has no typed contents field; "
-            "send it in raw_input_contents"
-        )
-    stray = [f.name for f, _ in contents.ListFields() if f.name != field]
-    if stray:
-        raise InvalidInput(
-            f"input {name!r}: {datatype.value} data goes in {field}, not {', '.join(stray)}"
-        )
-    values = getattr(contents, field)
-    expected = math.prod(shape)
-    if len(values) != expected:
-        raise InvalidInput(
-            f"input {name!r}: shape {list(shape)} needs {expected} elements, "
-            f"{field} has {len(values)}"
-        )
-    # Protobuf has typed the values, but a field may be wider than the datatype (uint_contents
-    # carries UINT8): the one JSON rule judges them, so 300 for a UINT8 is refused here with
-    # the words every other edge uses.
-    return array_from_json(list(values), datatype, name).reshape(shape)
-
-
-def _requested_outputs(request: Any) -> list[str] | None:
-    names = []
-    for output in request.outputs:
-        for unsupported in ("shared_memory_region", "classification"):
-            if unsupported in output.parameters:
-                raise InvalidInput(
-                    f"output {output.name!r}: {unsupported.replace('_', ' ')} is not supported; "
-                    "request the output without it"
-                )
-        names.append(output.name)
-    return names or None
-
-
-def _message(cls: Any, fields: dict[str, Any]) -> Any:
-    """A message from the dict the REST front-end answers with; keys it lacks are left out."""
-    known = cls.DESCRIPTOR.fields_by_name
-    return cls(**{key: value for key, value in fields.items() if key in known})
 
 
 def _timeout(request: Any, context: Any) -> float | None:

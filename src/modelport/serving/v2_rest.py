@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport import __version__
-from modelport.errors import InvalidInput, ModelportError
-from modelport.serving import v2_json
-from modelport.serving.deployment import Deployment, State
+from modelport.errors import ModelportError
+from modelport.protocols.v2 import json_body
+from modelport.protocols.v2.codec import OFF_LOOP_BYTES
+from modelport.protocols.v2.metadata import EXTENSIONS
+from modelport.protocols.v2.rest import HEADER_LENGTH, encode_response, parse_request
+from modelport.serving.deployment import State
+from modelport.serving.description import metadata, triton_config
 from modelport.serving.http import (
     error_response,
     header_values,
@@ -26,25 +27,11 @@ from modelport.serving.http import (
     receive_body,
 )
 from modelport.serving.manager import ModelManager
-from modelport.serving.v2_codec import (
-    OFF_LOOP_BYTES,
-    array_from_data,
-    array_from_raw,
-    check_declared,
-    check_id,
-    check_shape,
-    data_for_json,
-    raw_bytes,
-)
-from modelport.serving.v2_metadata import EXTENSIONS, metadata, triton_config
-from modelport.types import DataType, Signature, Tensors
+from modelport.types import Signature
 
 __all__ = ["InferFirst", "routes"]
 
-_HEADER_LENGTH = "inference-header-content-length"
-_INFER_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH.encode())
-_JSON_HEADERS = ((b"content-type", b"application/json"),)
-_BINARY_HEADERS = ((b"content-type", b"application/octet-stream"),)
+_INFER_HEADERS = (b"content-length", b"content-encoding", HEADER_LENGTH.encode())
 # Binary responses from this size up are sent in pieces rather than joined into one copy.
 _JOIN_LIMIT = 1 << 20
 # The infer routes' paths, as Starlette matches ``{name}`` and ``{version}``: [^/]+.
@@ -82,14 +69,16 @@ class InferEndpoint:
         limit = self._max_json if header_length is None else self._max_body
         body = await receive_body(receive, limit, declared, encoding)
         if len(body) < OFF_LOOP_BYTES:
-            request = _parse(body, header_length, signature)
+            request = parse_request(body, header_length, signature)
         else:
-            request = await asyncio.to_thread(_parse, body, header_length, signature)
+            request = await asyncio.to_thread(parse_request, body, header_length, signature)
         del body  # what is left of it is referenced by the tensors that need it
         result, deployment = await manager.infer(
             name, version, request.inputs, request.outputs, "rest_v2", timeout=request.timeout
         )
-        header, chunks, headers = _response(request, deployment, result)
+        header, chunks, headers = encode_response(
+            request, deployment.name, str(deployment.version), result
+        )
         length = len(header) + sum(map(len, chunks))
         await send(
             {
@@ -174,7 +163,9 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
 
     async def repository_index(request: Request) -> Response:
         body = await read_body(request, 1 << 20)
-        only_ready = bool(v2_json.json_object(body).get("ready", False)) if body.strip() else False
+        only_ready = (
+            bool(json_body.json_object(body).get("ready", False)) if body.strip() else False
+        )
         rows = [row for row in manager.index() if not only_ready or row["state"] == "READY"]
         return json_response(rows)
 
@@ -207,172 +198,3 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
     ]
-
-
-_NO_PARAMETERS: dict[str, Any] = {}  # read only
-_NO_BINARY = memoryview(b"")
-
-
-@dataclass(slots=True)
-class _Request:
-    """What an infer request asks for, decoded and checked."""
-
-    inputs: Tensors
-    outputs: list[str] | None
-    binary_outputs: set[str] | bool
-    timeout: float | None
-    id: str | None
-
-
-def _parse(body: bytes, header_length: str | None, signature: Signature | None) -> _Request:
-    """An infer request from its body. Pure: runs in a worker thread for large bodies.
-
-    ``signature`` judges binary inputs before they are decoded; it is needed (and given)
-    only when the body has a binary part."""
-    document, binary = _split_body(body, header_length)
-    request_id = check_id(document["id"]) if "id" in document else None
-    inputs = _inputs(document, binary, signature)
-    parameters = _parameters(document) if "parameters" in document else _NO_PARAMETERS
-    outputs, binary_outputs = _requested_outputs(document, parameters)
-    return _Request(inputs, outputs, binary_outputs, _timeout(parameters), request_id)
-
-
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
-    if header_length is None:
-        return v2_json.request_body(body), _NO_BINARY
-    # isascii(): isdigit() takes "²", which int() refuses.
-    if not (header_length.isascii() and header_length.isdigit()) or (
-        int(header_length) > len(body)
-    ):
-        raise InvalidInput(
-            f"Inference-Header-Content-Length {header_length!r} is not a length within the "
-            f"{len(body)}-byte body"
-        )
-    cut = int(header_length)
-    view = memoryview(body)
-    return v2_json.json_object(view[:cut]), view[cut:]
-
-
-def _inputs(document: dict[str, Any], binary: memoryview, signature: Signature | None) -> Tensors:
-    items = document.get("inputs")
-    if not isinstance(items, list) or not items:
-        raise InvalidInput("request has no 'inputs' list")
-    inputs: Tensors = {}
-    offset = 0
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise InvalidInput("each input must be an object with a 'name'")
-        name = item["name"]
-        if name in inputs:
-            raise InvalidInput(f"input {name!r} appears twice")
-        datatype = DataType.parse(str(item.get("datatype")))
-        shape = check_shape(name, item.get("shape"))
-        size = (
-            None if "parameters" not in item else _parameters(item, "input").get("binary_data_size")
-        )
-        if size is not None:
-            if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise InvalidInput(
-                    f"input {name!r}: binary_data_size {size!r} runs past the "
-                    f"{len(binary)} bytes of binary data sent"
-                )
-            # Raw data costs its decoding whatever the model takes: judge what it claims
-            # first. (JSON data is parsed already; ``infer`` judges it once typed.)
-            if signature is not None:
-                check_declared(signature, name, datatype, shape)
-            inputs[name] = array_from_raw(name, datatype, shape, binary[offset : offset + size])
-            offset += size
-        elif "data" in item:
-            inputs[name] = array_from_data(name, datatype, shape, item["data"])
-        else:
-            raise InvalidInput(f"input {name!r} has neither 'data' nor binary_data_size")
-    if offset != len(binary):
-        raise InvalidInput(
-            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
-        )
-    return inputs
-
-
-def _parameters(holder: dict[str, Any], kind: str = "request") -> dict[str, Any]:
-    """The ``parameters`` object of the request or of one of its inputs or outputs (``kind``);
-    {} when there is none."""
-    parameters = holder.get("parameters")
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, dict):
-        where = kind if kind == "request" else f"{kind} {holder.get('name')!r}"
-        raise InvalidInput(f"{where}: 'parameters' must be a JSON object")
-    return parameters
-
-
-def _timeout(parameters: dict[str, Any]) -> float | None:
-    """The request's own ``timeout`` parameter (microseconds, as Triton's clients send it)."""
-    if "timeout" not in parameters:
-        return None
-    value = parameters["timeout"]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(
-            f"parameter 'timeout' must be a whole number of microseconds, not {value!r}"
-        )
-    return value / 1_000_000
-
-
-def _requested_outputs(
-    document: dict[str, Any], parameters: dict[str, Any]
-) -> tuple[list[str] | None, set[str] | bool]:
-    all_binary = bool(parameters.get("binary_data_output", False))
-    requested = document.get("outputs")
-    if not requested:
-        return None, all_binary
-    if not isinstance(requested, list):
-        raise InvalidInput("'outputs' must be a list")
-    names = []
-    binary: set[str] = set()
-    for item in requested:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise InvalidInput("each requested output must be an object with a 'name'")
-        names.append(item["name"])
-        wants_binary = _parameters(item, "output").get("binary_data", all_binary)
-        if wants_binary:
-            binary.add(item["name"])
-    return names, binary
-
-
-def _response(
-    request: _Request, deployment: Deployment, outputs: Tensors
-) -> tuple[bytes, list[bytes], tuple[tuple[bytes, bytes], ...]]:
-    """The response's JSON header, its binary chunks and its headers (all but Content-Length).
-
-    Echoes the request ``id`` (checked and bounded) and no request parameters: those are
-    options for this server, and response parameters are the server's own (Triton's carry
-    sequence state only). Echoing them let 33 KB of gzip come back as a 34 MB response.
-    """
-    binary = request.binary_outputs
-    described = []
-    chunks = []
-    for name, array in outputs.items():
-        datatype = DataType.from_numpy(array.dtype)
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": datatype.value,
-            "shape": list(array.shape),
-        }
-        if binary is True or (binary and name in binary):
-            chunk = raw_bytes(array)
-            entry["parameters"] = {"binary_data_size": len(chunk)}
-            chunks.append(chunk)
-        else:
-            entry["data"] = data_for_json(array)
-        described.append(entry)
-    response: dict[str, Any] = {
-        "model_name": deployment.name,
-        "model_version": str(deployment.version),
-        "outputs": described,
-    }
-    if request.id is not None:
-        response["id"] = request.id
-    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not chunks:
-        return header, chunks, _JSON_HEADERS
-    length = (b"inference-header-content-length", str(len(header)).encode())
-    return header, chunks, (*_BINARY_HEADERS, length)

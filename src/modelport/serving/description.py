@@ -1,17 +1,17 @@
-"""What both Open Inference Protocol front-ends (REST and gRPC) say about the server and its
-models: one description, two encodings."""
+"""What both Open Inference Protocol front-ends (REST and gRPC) say about the served models,
+built from the ``ModelManager``'s state; the records and their encoding are
+``protocols.v2.metadata``'s."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from modelport.protocols.v2.metadata import ModelMetadata
 from modelport.serving.deployment import Deployment
 from modelport.serving.manager import ModelManager
 from modelport.types import DataType
 
-__all__ = ["EXTENSIONS", "metadata", "platform", "triton_config"]
-
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+__all__ = ["metadata", "platform", "triton_config"]
 # Triton's names where Triton serves the same format; other formats report their own name.
 _PLATFORMS = {
     "onnx": "onnxruntime_onnx",
@@ -26,23 +26,16 @@ def platform(deployment: Deployment) -> str:
 
 
 def metadata(manager: ModelManager, deployment: Deployment) -> dict[str, Any]:
+    """The V2 model metadata of ``deployment``, as the wire carries it (a dict)."""
     served = manager.served(deployment.name)
     signature = deployment.signature
-    return {
-        "name": deployment.name,
-        "versions": [str(v) for v in sorted(served.deployments)],
-        "platform": platform(deployment),
-        "inputs": [_spec(s.name, s.datatype, s.shape) for s in signature.inputs],
-        "outputs": [_spec(s.name, s.datatype, s.shape) for s in signature.outputs],
-    }
-
-
-def _spec(name: str, datatype: DataType, shape: tuple[int, ...] | None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "datatype": datatype.value,
-        "shape": list(shape) if shape is not None else [-1],
-    }
+    return ModelMetadata(
+        name=deployment.name,
+        versions=tuple(str(v) for v in sorted(served.deployments)),
+        platform=platform(deployment),
+        inputs=signature.inputs,
+        outputs=signature.outputs,
+    ).to_json()
 
 
 def triton_config(deployment: Deployment) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Open Inference Protocol (KServe V2): codecs, REST bodies, gRPC messages, metadata."""
