@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modelport import Registry, Settings
 from modelport.errors import InvalidModel
 from modelport.registry.store import manifest_key
-from modelport.runtimes import LoadedModel, LoadOptions
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.onnx_inspection import signature
 from tests.onnx_models import (
@@ -46,7 +46,7 @@ CONV_INPUT = {"x": np.random.default_rng(5).standard_normal((4, 3, 16, 16)).asty
 
 
 def load(path: Path, cache_dir: Path | None, **extra: Any) -> LoadedModel:
-    return RUNTIME.load(path, LoadOptions(cache_dir=cache_dir, extra=extra))
+    return CheckedModel(RUNTIME.load(path, LoadOptions(cache_dir=cache_dir, extra=extra)))
 
 
 def variant_dirs(cache_dir: Path) -> list[Path]:
@@ -96,9 +96,9 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_conv_outputs_are_bit_identical(conv: Path, tmp_path: Path, options: LoadOptions) -> None:
-    cached = RUNTIME.load(conv, dataclasses.replace(options, cache_dir=tmp_path))
+    cached = CheckedModel(RUNTIME.load(conv, dataclasses.replace(options, cache_dir=tmp_path)))
     assert (only_variant(tmp_path) / "weights.bin").is_file()
-    assert_same_outputs(cached, RUNTIME.load(conv, options), CONV_INPUT)
+    assert_same_outputs(cached, CheckedModel(RUNTIME.load(conv, options)), CONV_INPUT)
 
 
 def test_iris_outputs_are_bit_identical(iris: Path, tmp_path: Path) -> None:
@@ -269,7 +269,8 @@ def test_a_full_disk_falls_back_with_a_warning(tmp_path: Path) -> None:
         from pathlib import Path
         from modelport.runtimes import LoadOptions
         from modelport.runtimes.onnx import OnnxRuntime
-        model = OnnxRuntime().load(Path({str(path)!r}), LoadOptions(cache_dir=Path({str(cache_dir)!r})))
+        from modelport.runtimes import CheckedModel
+        model = CheckedModel(OnnxRuntime().load(Path({str(path)!r}), LoadOptions(cache_dir=Path({str(cache_dir)!r}))))
         y = model.predict({{"x": np.ones((1, 1024), np.float32)}})["y"]
         np.save({str(tmp_path / "y.npy")!r}, y)
         """

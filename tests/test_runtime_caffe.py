@@ -27,7 +27,7 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes import caffe as caffe_runtime
 from modelport.runtimes.caffe import CaffeRuntime
 from modelport.runtimes.caffe_prototxt import NetworkInput, network_inputs, parse_text
@@ -86,7 +86,7 @@ def load(prototxt: Path, weights: Path, options: PushOptions | None = None) -> L
     info = CAFFE.inspect(
         prototxt, PushOptions(given.example, given.signature, companions=(weights,))
     )
-    return CAFFE.load(prototxt, LoadOptions(metadata=info.metadata))
+    return CheckedModel(CAFFE.load(prototxt, LoadOptions(metadata=info.metadata)))
 
 
 def opencv_forward(prototxt: Path, weights: Path, images: np.ndarray[Any, Any]) -> Any:

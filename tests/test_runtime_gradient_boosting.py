@@ -17,7 +17,7 @@ import pytest
 
 from modelport import Registry, Settings
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
-from modelport.runtimes import LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes import CheckedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.gradient_boosting import LightGBMRuntime, XGBoostRuntime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
@@ -52,7 +52,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def load(runtime: Any, path: Path, options: PushOptions | None = None, threads: int = 0) -> Any:
     """What ``Registry.load`` does after ``Registry.push``: inspect, then load with the record."""
     info = runtime.inspect(path, options or PushOptions())
-    return runtime.load(path, LoadOptions(intra_op_threads=threads, metadata=info.metadata))
+    return CheckedModel(
+        runtime.load(path, LoadOptions(intra_op_threads=threads, metadata=info.metadata))
+    )
 
 
 def stored_nothing(registry: Registry, home: Path) -> bool:

@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from modelport import Registry
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
-from modelport.runtimes import PushOptions, default_runtimes
+from modelport.runtimes import CheckedModel, PushOptions, default_runtimes
 from modelport.runtimes.mlflow import MLflowRuntime
 from modelport.runtimes.mlflow_signature import read_mlmodel, recorded_signature
 from modelport.types import DataType, Signature, TensorSpec
@@ -210,7 +210,9 @@ def load_pushed(directory: Path, options: PushOptions) -> Any:
     from modelport.runtimes import LoadOptions
 
     info = RUNTIME.inspect(directory, options)
-    return RUNTIME.load(directory, LoadOptions(metadata=info.metadata, trust_pickle=True))
+    return CheckedModel(
+        RUNTIME.load(directory, LoadOptions(metadata=info.metadata, trust_pickle=True))
+    )
 
 
 # --- signatures recorded in MLmodel -------------------------------------------------------------

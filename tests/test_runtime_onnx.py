@@ -21,7 +21,7 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.types import DataType, TensorSpec
 from tests.onnx_models import (
@@ -59,7 +59,7 @@ WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3)
 
 
 def load(path: Path, options: LoadOptions = DEFAULTS) -> LoadedModel:
-    return RUNTIME.load(path, options)
+    return CheckedModel(RUNTIME.load(path, options))
 
 
 def sample(dtype: Any, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 
 from modelport import Registry, Settings
 from modelport.errors import InvalidInput, InvalidModel, Unavailable
-from modelport.runtimes import LoadOptions, PushOptions
+from modelport.runtimes import CheckedModel, LoadOptions, PushOptions
 from modelport.runtimes.scikit_learn import PickleRuntime, SkopsRuntime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
@@ -65,7 +65,7 @@ def load(runtime: Any, path: Path, options: PushOptions) -> Any:
     """What ``Registry.load`` does after ``Registry.push``: inspect, then load with the record."""
     info = runtime.inspect(path, options)
     recorded = LoadOptions(metadata=info.metadata, trust_pickle=options.trust_pickle)
-    return runtime.load(path, recorded)
+    return CheckedModel(runtime.load(path, recorded))
 
 
 # --- pushing and predicting -------------------------------------------------------------------

@@ -28,7 +28,7 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes import pytorch as pytorch_runtime
 from modelport.runtimes.pytorch import TorchExportRuntime, TorchScriptRuntime
 from modelport.runtimes.threads import ProcessThreads
@@ -87,7 +87,7 @@ def load(path: Path, options: PushOptions = TRUSTED) -> LoadedModel:
     """Inspect and load as a push and a later load would, metadata passed along."""
     runtime = SCRIPT if path.suffix == ".pt" else EXPORT
     info = runtime.inspect(path, options)
-    return runtime.load(path, LoadOptions(metadata=info.metadata, trust_pickle=True))
+    return CheckedModel(runtime.load(path, LoadOptions(metadata=info.metadata, trust_pickle=True)))
 
 
 def spec(name: str, shape: tuple[int, ...], datatype: DataType = DataType.FP32) -> TensorSpec:
@@ -190,7 +190,9 @@ def test_exported_program_with_a_dynamic_batch(files: dict[str, Path]) -> None:
     assert info.signature == Signature(
         inputs=(spec("input", (-1, 3, 32, 32)),), outputs=(spec("output", (-1, 10)),)
     )
-    model = EXPORT.load(files["cnn.pt2"], LoadOptions(metadata=info.metadata, trust_pickle=True))
+    model = CheckedModel(
+        EXPORT.load(files["cnn.pt2"], LoadOptions(metadata=info.metadata, trust_pickle=True))
+    )
 
     for rows in (1, 5):
         result = model.predict({"input": PHOTOS[:rows]})["output"]

@@ -200,7 +200,7 @@ def _parity(
     tolerance: float | None,
     origin: str,
 ) -> ParityReport:
-    converted = registry.runtimes.get("onnx").load(exported.path, LoadOptions())
+    converted = registry.runtimes.load("onnx", exported.path, LoadOptions())
     try:
         report = compare(source_model, converted, inputs, tolerance=tolerance, origin=origin)
     finally:

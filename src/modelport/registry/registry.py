@@ -27,7 +27,7 @@ from modelport.registry.store import (
     manifest_key,
 )
 from modelport.runtimes import (
-    LoadedModel,
+    CheckedModel,
     LoadOptions,
     PushOptions,
     RuntimeTable,
@@ -380,7 +380,7 @@ class Registry:
         options: LoadOptions | None = None,
         *,
         verify: VerifyPolicy | None = None,
-    ) -> LoadedModel:
+    ) -> CheckedModel:
         """Load a version for inference through its format's runtime.
 
         Files are checked against the manifest first, per ``verify`` (default: settings).
@@ -393,7 +393,7 @@ class Registry:
             NotFound, VerificationFailed, MissingDependency, InvalidModel.
         """
         record = self.get(ref)
-        runtime = self.runtimes.get(record.format)
+        self.runtimes.get(record.format)  # an unknown format fails before any checkout
         directory = self.store.checkout(list(record.files))
         policy = verify or self.settings.verify
         key = manifest_key(record.files)
@@ -411,7 +411,7 @@ class Registry:
             # optimized graph): it is held to the same policy.
             verify_derived=given.verify_derived or verifying,
         )
-        return runtime.load(directory / record.entry, recorded)
+        return self.runtimes.load(record.format, directory / record.entry, recorded)
 
 
 def _verify_checkout(directory: Path, record: ModelVersion) -> None:

@@ -13,12 +13,15 @@ from modelport.runtimes.base import (
     Runtime,
     RuntimeTable,
 )
+from modelport.runtimes.checked import CheckedModel, Predictor
 
 __all__ = [
+    "CheckedModel",
     "LoadOptions",
     "LoadedModel",
     "ModelFiles",
     "ModelInfo",
+    "Predictor",
     "PushOptions",
     "Runtime",
     "RuntimeTable",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
+from modelport.runtimes.checked import CheckedModel, Predictor
 from modelport.types import Signature, Tensors
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "declared_signature",
     "directory_files",
     "last_error_line",
-    "requested_outputs",
 ]
 
 
@@ -83,22 +83,6 @@ def declared_signature(options: PushOptions, format_name: str) -> Signature:
         f"a {format_name} model does not record its inputs and outputs; give an example input "
         "with --example x.npz, or the signature with --signature sig.json"
     )
-
-
-def requested_outputs(known: Sequence[str], outputs: Sequence[str] | None) -> list[str]:
-    """The output names a ``predict`` call asks for: all of ``known`` when none are named,
-    else the named ones in order, each once.
-
-    Raises:
-        InvalidInput: a name the model does not give, listing those it does.
-    """
-    if not outputs:
-        return list(known)
-    for name in outputs:
-        if name not in known:
-            valid = ", ".join(repr(output) for output in known)
-            raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-    return list(dict.fromkeys(outputs))
 
 
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(?:Error|Exception): (.+)$")
@@ -168,10 +152,9 @@ class LoadedModel(Protocol):
     """A model ready for inference.
 
     ``predict`` validates its inputs against ``signature`` first, is safe to call from a
-    worker thread, and releases the GIL while the framework computes.
-
-    A model may also offer ``predict_unchecked(inputs, outputs)``: the same without the
-    validation, which the server's batcher calls on batches of requests it has validated.
+    worker thread, and releases the GIL while the framework computes. A loaded model is a
+    context manager: leaving the ``with`` block closes it. Every runtime's model is a
+    ``CheckedModel`` around the runtime's ``Predictor`` (see ``runtimes.checked``).
     """
 
     @property
@@ -180,6 +163,10 @@ class LoadedModel(Protocol):
     def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> LoadedModel: ...
+
+    def __exit__(self, *_exc: object) -> None: ...
 
 
 class Runtime(Protocol):
@@ -203,8 +190,9 @@ class Runtime(Protocol):
         """
         ...
 
-    def load(self, path: Path, options: LoadOptions) -> LoadedModel:
-        """Load the model whose entry file or directory is ``path``."""
+    def load(self, path: Path, options: LoadOptions) -> Predictor:
+        """Load the model whose entry file or directory is ``path``, as a ``Predictor``;
+        ``RuntimeTable.load`` wraps it in the one ``CheckedModel``."""
         ...
 
 
@@ -236,6 +224,14 @@ class RuntimeTable:
         if runtime is None:
             runtime = self._instances[format_name] = self._factories[format_name]()
         return runtime
+
+    def load(self, format_name: str, path: Path, options: LoadOptions) -> CheckedModel:
+        """Load ``path`` with the runtime for ``format_name``, wrapped in a ``CheckedModel``.
+
+        Raises:
+            UnsupportedFormat: no runtime for ``format_name``; else as the runtime's ``load``.
+        """
+        return CheckedModel(self.get(format_name).load(path, options))
 
     def __iter__(self) -> Iterator[Runtime]:
         return (self.get(name) for name in self.formats())

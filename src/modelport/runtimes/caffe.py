@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,7 +34,6 @@ from modelport.runtimes.base import (
     ModelFiles,
     ModelInfo,
     PushOptions,
-    requested_outputs,
 )
 from modelport.runtimes.caffe_prototxt import network_inputs, read_network
 from modelport.runtimes.caffe_signature import (
@@ -128,12 +127,12 @@ class CaffeRuntime:
 
 
 class CaffeModel:
-    """A Caffe net in OpenCV, behind the ``LoadedModel`` protocol.
+    """A Caffe net in OpenCV: the ``Predictor`` of the ``caffe`` format.
 
     A ``cv2.dnn.Net`` is not thread-safe, so each forward pass takes a Net of its own from a
     pool: the one built at load, and more built (from the stored files) when calls overlap.
     The pool grows to the most calls ever run at once (the serving layer's instances), each
-    Net holding its own copy of the weights. ``predict`` may be called from many threads.
+    Net holding its own copy of the weights. ``run`` may be called from many threads.
     """
 
     def __init__(
@@ -147,37 +146,24 @@ class CaffeModel:
         self._closed = False
         self._lock = threading.Lock()  # guards _idle and _closed, never a forward pass
         self._signature = signature
-        self._run_errors = run_errors
-        self._output_names = signature.output_names()
+        self.input_errors = run_errors
 
     @property
     def signature(self) -> Signature:
         return self._signature
 
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the net on ``inputs``; return the ``outputs`` named (FP32), or all of them.
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
 
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                inputs the net cannot run on.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        names = self._requested(outputs)
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
         net = self._take()
-        try:
-            for name, array in inputs.items():
-                net.setInput(np.ascontiguousarray(array), name)
-            results = net.forward(names)
-        except self._run_errors as exc:
-            # The Net is dropped, not pooled: OpenCV does not say what state a failure leaves.
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
+        # On a failure the Net is dropped, not pooled: OpenCV does not say what state a
+        # failure leaves it in.
+        for name, array in inputs.items():
+            net.setInput(np.ascontiguousarray(array), name)
+        results = net.forward(list(outputs))
         self._give(net)
-        return {
-            name: np.asarray(result, dtype=np.float32)
-            for name, result in zip(names, results, strict=True)
-        }
+        return {name: np.asarray(result) for name, result in zip(outputs, results, strict=True)}
 
     def close(self) -> None:
         """Drop the Nets; calls already running finish on theirs."""
@@ -197,9 +183,6 @@ class CaffeModel:
         with self._lock:
             if not self._closed:
                 self._idle.append(net)
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._output_names, outputs)
 
 
 _OPENCV_THREADS = ProcessThreads("OpenCV")

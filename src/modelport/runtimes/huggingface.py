@@ -13,7 +13,7 @@ Safety: safetensors weights hold tensors only and load without ``--trust-pickle`
 
 Threads: as the PyTorch runtimes, through their process-wide ``set_torch_threads``.
 
-Concurrency: ``predict`` may run in many threads at once. The fast tokenizer sets its
+Concurrency: ``run`` may run in many threads at once. The fast tokenizer sets its
 padding and truncation on the shared Rust object at every call (which raises "Already
 borrowed" when two threads meet), so tokenization holds a lock; the forward pass runs under
 ``torch.inference_mode`` without one, with the GIL released by torch's operators.
@@ -24,12 +24,14 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelport.errors import (
+    Internal,
     InvalidInput,
     InvalidModel,
     MissingDependency,
@@ -41,8 +43,8 @@ from modelport.runtimes.base import (
     ModelFiles,
     ModelInfo,
     PushOptions,
-    requested_outputs,
 )
+from modelport.runtimes.checked import CheckedModel
 from modelport.runtimes.huggingface_layout import (
     CLASSIFICATION,
     Layout,
@@ -111,11 +113,11 @@ class HuggingFaceRuntime:
             "transformers_version": str(transformers.__version__),
         }
         metadata |= head_for(task, model.config, layout).to_metadata()
-        served = HuggingFaceModel(torch, tokenizer, model, metadata)
+        served = CheckedModel(HuggingFaceModel(torch, tokenizer, model, metadata))
         probe = np.array([_PROBE.encode(), (_PROBE + " ") * metadata["max_length"]], object)
         try:
             result = served.predict({"text": probe})
-        except InvalidInput as exc:
+        except (InvalidInput, Internal) as exc:
             raise InvalidModel(f"{path.name}: the model fails on a probe text: {exc}") from exc
         for spec in served.signature.outputs:
             if spec.shape is not None and result[spec.name].shape[1:] != spec.shape[1:]:
@@ -141,9 +143,9 @@ class HuggingFaceRuntime:
 
 
 class HuggingFaceModel:
-    """A tokenizer and a transformers model behind the ``LoadedModel`` protocol.
+    """A tokenizer and a transformers model: the ``Predictor`` of the ``huggingface`` format.
 
-    ``predict`` takes ``text`` as a 1-D array of ``bytes`` (UTF-8) or ``str`` and may be
+    ``run`` takes ``text`` as a 1-D array of ``bytes`` (UTF-8) or ``str`` and may be
     called from many threads at once.
     """
 
@@ -156,28 +158,22 @@ class HuggingFaceModel:
         self._lowercase = bool(metadata.get("lowercase", False))
         self._head: Head = Head.from_metadata(str(metadata["task"]), metadata)
         self._signature = task_signature(self._head)
-        self._output_names = self._signature.output_names()
+        self.input_errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, IndexError)
 
     @property
     def signature(self) -> Signature:
         return self._signature
 
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Tokenize ``text``, run the model, and give the ``outputs`` named (all when none).
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
 
-        Raises:
-            InvalidInput: inputs that do not match the signature, text that is not UTF-8,
-                or unknown output names.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        names = self._requested(outputs)
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
         model = self._model
         if model is None:
             raise Unavailable("the model was closed; load it again to predict")
         texts = decode_texts(inputs["text"], self._lowercase)
         if not texts:
-            return {name: self._head.empty(name) for name in names}
+            return {name: self._head.empty(name) for name in outputs}
         torch = self._torch
         with self._lock:
             encoded = self._tokenizer(
@@ -187,21 +183,14 @@ class HuggingFaceModel:
                 max_length=self._max_length,
                 return_tensors="pt",
             )
-        try:
-            with torch.inference_mode():
-                result = model(**encoded)
-                tensors = self._head.outputs(torch, result, encoded["attention_mask"])
-        except (RuntimeError, ValueError, IndexError) as exc:
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
-        return {name: tensors[name] for name in names}
+        with torch.inference_mode():
+            result = model(**encoded)
+            tensors = self._head.outputs(torch, result, encoded["attention_mask"])
+        return {name: tensors[name] for name in outputs}
 
     def close(self) -> None:
         """Drop the model; its memory is freed once calls already running finish."""
         self._model = None
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._output_names, outputs)
 
 
 def _check_trust(layout: Layout, trusted: bool) -> None:

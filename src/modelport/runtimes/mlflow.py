@@ -26,7 +26,6 @@ from typing import Any
 
 from modelport.errors import InvalidModel, UnsupportedFormat
 from modelport.runtimes.base import (
-    LoadedModel,
     LoadOptions,
     ModelFiles,
     ModelInfo,
@@ -34,6 +33,7 @@ from modelport.runtimes.base import (
     Runtime,
     directory_files,
 )
+from modelport.runtimes.checked import Predictor
 from modelport.runtimes.mlflow_pyfunc import PyfuncModel, describe_pyfunc, load_pyfunc
 from modelport.runtimes.mlflow_signature import MLMODEL, MLModel, read_mlmodel
 from modelport.types import Signature
@@ -93,7 +93,7 @@ class MLflowRuntime:
         metadata["loader_module"] = str(model.flavors[_PYFUNC].get("loader_module", ""))
         return ModelInfo(files, loaded.signature, metadata)
 
-    def load(self, path: Path, options: LoadOptions) -> LoadedModel:
+    def load(self, path: Path, options: LoadOptions) -> Predictor:
         """Load the model by the serving path recorded at push time.
 
         Raises:

@@ -7,6 +7,7 @@ Sessions whose weights are shared between processes (given a ``cache_dir``) are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions, requested_outputs
+from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
 from modelport.runtimes.onnx_cache import shared_session
 from modelport.runtimes.onnx_inspection import (
     entry_file,
@@ -116,10 +117,12 @@ class OnnxRuntime:
 
 
 class OnnxModel:
-    """An ONNX model in an onnxruntime session.
+    """An ONNX model in an onnxruntime session: the ``Predictor`` of the ``onnx`` format.
 
-    ``predict`` may be called from many threads at once: onnxruntime's ``run`` is
-    thread-safe and releases the GIL while it computes.
+    ``run`` may be called from many threads at once: onnxruntime's ``run`` is thread-safe
+    and releases the GIL while it computes. BYTES inputs may hold ``bytes`` (UTF-8) or
+    ``str``; BYTES outputs are object arrays of ``bytes``. Probability maps (scikit-learn's
+    ZipMap) come back as 2-D FP32 arrays with one column per class, in sorted class order.
     """
 
     def __init__(
@@ -127,7 +130,7 @@ class OnnxModel:
     ) -> None:
         self._session: Any = session
         self._signature = signature
-        self._run_errors = run_errors
+        self.input_errors = run_errors
         self._string_inputs = frozenset(
             spec.name for spec in signature.inputs if spec.datatype is DataType.BYTES
         )
@@ -136,25 +139,11 @@ class OnnxModel:
     def signature(self) -> Signature:
         return self._signature
 
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
 
-        BYTES inputs may hold ``bytes`` (UTF-8) or ``str``; BYTES outputs are object arrays
-        of ``bytes``. Probability maps (scikit-learn's ZipMap) come back as 2-D FP32 arrays
-        with one column per class, in sorted class order.
-
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                values the model rejects while running.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        return self.predict_unchecked(inputs, outputs)
-
-    def predict_unchecked(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """``predict`` for inputs already validated against ``signature`` (the server's
-        batcher validates each request before merging them)."""
-        names = self._requested(outputs)
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
+        names = list(outputs)
         feed = {
             name: _to_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
@@ -162,19 +151,12 @@ class OnnxModel:
         session = self._session
         if session is None:
             raise Unavailable("the model was closed; load it again to predict")
-        try:
-            results = session.run(names, feed)
-        except self._run_errors as exc:
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
+        results = session.run(names, feed)
         return {name: _from_result(value) for name, value in zip(names, results, strict=True)}
 
     def close(self) -> None:
         """Drop the session; its memory is freed once calls already running finish."""
         self._session = None
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._signature.output_names(), outputs)
 
 
 def _import_onnxruntime() -> Any:

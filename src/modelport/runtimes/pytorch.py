@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ from modelport.runtimes.base import (
     ModelInfo,
     PushOptions,
     declared_signature,
-    requested_outputs,
 )
 from modelport.runtimes.pytorch_signature import (
     PICKLED_MESSAGE,
@@ -208,12 +207,14 @@ class TorchExportRuntime:
 
 
 class TorchModel:
-    """A PyTorch module ready for inference, behind the ``LoadedModel`` protocol.
+    """A PyTorch module ready for inference: the ``Predictor`` of the torch formats.
 
     Inputs reach torch without a copy when they are writable and C-contiguous (a model that
     writes into its inputs then writes into the caller's arrays); read-only or strided
-    arrays are copied first. ``predict`` may be called from many threads at once.
+    arrays are copied first. ``run`` may be called from many threads at once.
     """
+
+    input_errors = _RUN_ERRORS
 
     def __init__(
         self,
@@ -227,34 +228,22 @@ class TorchModel:
         self._signature = signature
         self._input_order = input_order
         self._output_names = signature.output_names()
-        self._output_dtypes = {spec.name: spec.datatype.numpy for spec in signature.outputs}
 
     @property
     def signature(self) -> Signature:
         return self._signature
 
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
 
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                values the model rejects while running.
-            InvalidModel: a result that does not fit the signature.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        names = self._requested(outputs)
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
         call = self._call
         if call is None:
             raise Unavailable("the model was closed; load it again to predict")
         torch = self._torch
         tensors = [torch.from_numpy(_shareable(inputs[name])) for name in self._input_order]
-        try:
-            with torch.inference_mode():
-                result = call(tensors)
-        except _RUN_ERRORS as exc:
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
+        with torch.inference_mode():
+            result = call(tensors)
         leaves = list(flatten_outputs(result))
         expected = self._output_names
         if len(leaves) != len(expected) or not all(isinstance(t, torch.Tensor) for t in leaves):
@@ -263,20 +252,17 @@ class TorchModel:
                 f"{len(expected)} tensor(s): {', '.join(expected)}"
             )
         by_name = dict(zip(expected, leaves, strict=True))
-        return {name: self._to_numpy(by_name[name], self._output_dtypes[name]) for name in names}
+        return {name: self._to_numpy(by_name[name]) for name in outputs}
 
     def close(self) -> None:
         """Drop the module; its memory is freed once calls already running finish."""
         self._call = None
 
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._output_names, outputs)
-
-    def _to_numpy(self, tensor: Any, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    def _to_numpy(self, tensor: Any) -> npt.NDArray[Any]:
         if str(tensor.dtype) not in TORCH_DATATYPES:  # e.g. bfloat16 under a declared FP32
             tensor = tensor.to(self._torch.float32)
         array: npt.NDArray[Any] = tensor.detach().numpy()
-        return array if array.dtype == dtype else array.astype(dtype)
+        return array
 
 
 def read_torchscript(path: Path, *, trusted: bool) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import InvalidInput, ModelportError, Overloaded, Timeout, Unavailable
-from modelport.runtimes import LoadedModel
+from modelport.runtimes import CheckedModel
 from modelport.serving.config import ModelServeConfig
 from modelport.types import Tensors
 
@@ -55,7 +55,7 @@ class BatchStats:
 
 
 class Batcher:
-    """Runs a ``LoadedModel`` for many concurrent callers, batching where the model allows.
+    """Runs a ``CheckedModel`` for many concurrent callers, batching where the model allows.
 
     ``submit`` must be called on the event loop that started the batcher; inference runs
     on a thread pool of ``instances`` threads (runtimes release the GIL).
@@ -63,7 +63,7 @@ class Batcher:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: CheckedModel,
         config: ModelServeConfig,
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -71,10 +71,11 @@ class Batcher:
         prevalidated: bool = False,
     ) -> None:
         self.model = model
-        # Callers that validate each request (the manager does, before batching) spare the
-        # runtime a second check of the merged batch, where the runtime offers a way to.
-        unchecked = getattr(model, "predict_unchecked", None) if prevalidated else None
-        self._run_model: Callable[[Tensors, list[str] | None], Tensors] = unchecked or model.predict
+        # Each request is validated once, on arrival (here, or by a caller that says it did:
+        # the manager validates before its response cache); batches, merged from validated
+        # requests, run without a second check.
+        self._prevalidated = prevalidated
+        self._run_model = model.run_validated
         self.config = config
         self._on_batch = on_batch
         self._on_depth = on_depth
@@ -121,6 +122,8 @@ class Batcher:
         """
         if self._closed:
             raise Unavailable("the model is being unloaded; retry")
+        if not self._prevalidated:
+            self.model.validate(inputs, outputs)
         if (
             self._small_cost is not None
             and self._small_cost < self._inline_limit

@@ -14,7 +14,7 @@ import numpy as np
 
 from modelport.errors import InvalidInput, ModelportError
 from modelport.registry import ModelVersion, Registry
-from modelport.runtimes import LoadedModel, LoadOptions
+from modelport.runtimes import CheckedModel, LoadOptions
 from modelport.serving.batching import Batcher, BatchStats
 from modelport.serving.cache import ResponseCache
 from modelport.serving.config import ModelServeConfig
@@ -50,7 +50,7 @@ class Deployment:
         self.config = config
         self.state = State.UNAVAILABLE
         self.reason = ""
-        self.model: LoadedModel | None = None
+        self.model: CheckedModel | None = None
         self.batcher: Batcher | None = None
         self.cache = ResponseCache(config.cache_size) if config.cache_size else None
         self.memory = 0
@@ -179,7 +179,7 @@ def _resident_bytes() -> int:
 
 def _load_measured(
     registry: Registry, ref: str, options: LoadOptions, warmup: bool
-) -> tuple[LoadedModel, int]:
+) -> tuple[CheckedModel, int]:
     with _LOAD_LOCK:
         before = _resident_bytes()
         model = registry.load(ref, options)
@@ -188,7 +188,7 @@ def _load_measured(
         return model, max(0, _resident_bytes() - before)
 
 
-def _warm_up(model: LoadedModel, ref: str) -> None:
+def _warm_up(model: CheckedModel, ref: str) -> None:
     """One inference on zeros, so the first real request does not pay for lazy set-up."""
     inputs = {spec.name: _zeros(spec.datatype, spec.shape) for spec in model.signature.inputs}
     try:
