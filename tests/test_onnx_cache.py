@@ -26,8 +26,8 @@ from modelport import Registry, Settings
 from modelport.errors import InvalidModel
 from modelport.registry.store import manifest_key
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions
-from modelport.runtimes.onnx import OnnxRuntime
-from modelport.runtimes.onnx_inspection import signature
+from modelport.runtimes.onnx.inspect import signature
+from modelport.runtimes.onnx.runtime import OnnxRuntime
 from tests.onnx_models import (
     iris_data,
     make_add_model,
@@ -39,7 +39,7 @@ from tests.onnx_models import (
 )
 
 RUNTIME = OnnxRuntime()
-CACHE_LOGGER = "modelport.runtimes.onnx_cache"
+CACHE_LOGGER = "modelport.runtimes.onnx.shared_weights"
 
 
 CONV_INPUT = {"x": np.random.default_rng(5).standard_normal((4, 3, 16, 16)).astype(np.float32)}
@@ -268,7 +268,7 @@ def test_a_full_disk_falls_back_with_a_warning(tmp_path: Path) -> None:
         import numpy as np
         from pathlib import Path
         from modelport.runtimes import LoadOptions
-        from modelport.runtimes.onnx import OnnxRuntime
+        from modelport.runtimes.onnx.runtime import OnnxRuntime
         from modelport.runtimes import CheckedModel
         model = CheckedModel(OnnxRuntime().load(Path({str(path)!r}), LoadOptions(cache_dir=Path({str(cache_dir)!r}))))
         y = model.predict({{"x": np.ones((1, 1024), np.float32)}})["y"]

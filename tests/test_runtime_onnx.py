@@ -22,7 +22,7 @@ from modelport.errors import (
     UnsupportedFormat,
 )
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes.onnx import OnnxRuntime
+from modelport.runtimes.onnx.runtime import OnnxRuntime
 from modelport.types import DataType, TensorSpec
 from tests.onnx_models import (
     iris_classifier,

@@ -30,7 +30,7 @@ __all__ = [
 
 
 def _onnx() -> Runtime:
-    from modelport.runtimes.onnx import OnnxRuntime
+    from modelport.runtimes.onnx.runtime import OnnxRuntime
 
     return OnnxRuntime()
 

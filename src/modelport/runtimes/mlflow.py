@@ -146,7 +146,7 @@ def _serving_path(model: MLModel) -> tuple[str, Path | None]:
 
 def _native(serving: str) -> Runtime:
     if serving == "onnx":
-        from modelport.runtimes.onnx import OnnxRuntime
+        from modelport.runtimes.onnx.runtime import OnnxRuntime
 
         return OnnxRuntime()
     from modelport.runtimes.scikit_learn import SkopsRuntime

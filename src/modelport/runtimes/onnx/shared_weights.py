@@ -51,7 +51,7 @@ _MIN_EXTERNAL_BYTES = 1024
 # A build is seconds to minutes; a .tmp directory this old was left by a killed process.
 _STALE_BUILD_SECONDS = 3600.0
 # onnxruntime nests statuses, each with a source location: the last one says what happened.
-# (``onnx_inspection.short_message`` keeps the first line whole and cuts it at 300
+# (``onnx.inspect.short_message`` keeps the first line whole and cuts it at 300
 # characters, which for a failed save leaves only locations.)
 _ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : (?:\S+\.cc:\d+ \S+ )?")
 

@@ -1,8 +1,8 @@
 """The ``onnx`` runtime: ONNX models served with onnxruntime on CPU.
 
-File checks and signatures live in ``onnx_inspection``; this module adds the session.
+File checks and signatures live in ``onnx.inspect``; this module adds the session.
 Sessions whose weights are shared between processes (given a ``cache_dir``) are built by
-``onnx_cache``.
+``onnx.shared_weights``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
 from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
-from modelport.runtimes.onnx_cache import shared_session
-from modelport.runtimes.onnx_inspection import (
+from modelport.runtimes.onnx.inspect import (
     entry_file,
     external_data_files,
     inspect_model,
@@ -26,6 +25,7 @@ from modelport.runtimes.onnx_inspection import (
     short_message,
     signature,
 )
+from modelport.runtimes.onnx.shared_weights import shared_session
 from modelport.types import DataType, Signature, Tensors
 
 __all__ = ["OnnxModel", "OnnxRuntime"]
@@ -82,7 +82,7 @@ class OnnxRuntime:
 
         With ``options.cache_dir``, the graph is optimized once and saved there with its
         weights in a file onnxruntime maps, so that processes loading the same model share
-        one copy of the weights (see ``onnx_cache``; not with optimization ``disable``).
+        one copy of the weights (see ``onnx.shared_weights``; not with optimization ``disable``).
         With ``options.verify_derived``, a copy found there is re-hashed first, and built
         again if it changed. The cache never makes a load fail: when it cannot be used, a
         warning is logged and the model is loaded as without it.
