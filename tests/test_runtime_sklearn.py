@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from modelport import Registry, Settings
 from modelport.errors import InvalidInput, InvalidModel, Unavailable
 from modelport.runtimes import CheckedModel, LoadOptions, PushOptions
-from modelport.runtimes.scikit_learn import PickleRuntime, SkopsRuntime
+from modelport.runtimes.sklearn.runtime import PickleRuntime, SkopsRuntime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.serving_fixtures import cli_env, predict_in_process, running_server

@@ -36,13 +36,13 @@ def _onnx() -> Runtime:
 
 
 def _skops() -> Runtime:
-    from modelport.runtimes.scikit_learn import SkopsRuntime
+    from modelport.runtimes.sklearn.runtime import SkopsRuntime
 
     return SkopsRuntime()
 
 
 def _sklearn_pickle() -> Runtime:
-    from modelport.runtimes.scikit_learn import PickleRuntime
+    from modelport.runtimes.sklearn.runtime import PickleRuntime
 
     return PickleRuntime()
 

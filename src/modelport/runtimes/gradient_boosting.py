@@ -1,6 +1,6 @@
 """The gradient-boosting runtimes: XGBoost models (``.json``/``.ubj``) and LightGBM text models.
 
-Both are tabular (``runtimes.tabular``): one input ``input`` ``[-1, n_features]`` of FP32 for
+Both are tabular (``runtimes.sklearn.tabular``): one input ``input`` ``[-1, n_features]`` of FP32 for
 XGBoost (which computes in float32) and FP64 for LightGBM (which computes in double, so no
 value is rounded on the way in); an ``--example`` or ``--signature`` may choose the other.
 The outputs follow the objective the model was trained with:
@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel
 from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
-from modelport.runtimes.tabular import (
+from modelport.runtimes.sklearn.tabular import (
     LABEL,
     PREDICTION,
     PROBABILITIES,

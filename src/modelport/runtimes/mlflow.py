@@ -149,7 +149,7 @@ def _native(serving: str) -> Runtime:
         from modelport.runtimes.onnx.runtime import OnnxRuntime
 
         return OnnxRuntime()
-    from modelport.runtimes.scikit_learn import SkopsRuntime
+    from modelport.runtimes.sklearn.runtime import SkopsRuntime
 
     return SkopsRuntime()
 

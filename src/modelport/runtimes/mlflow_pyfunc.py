@@ -33,7 +33,7 @@ from modelport.runtimes.mlflow_signature import (
     recorded_signature,
     saved_example,
 )
-from modelport.runtimes.tabular import conform, short_message
+from modelport.runtimes.sklearn.tabular import conform, short_message
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = ["PyfuncModel", "describe_pyfunc", "load_pyfunc"]

@@ -1,7 +1,7 @@
 """The scikit-learn runtimes: ``skops`` files (safe), and pickles (only when trusted).
 
 Both serve any fitted estimator or pipeline with ``predict`` or ``transform`` through the
-tabular contract (``runtimes.tabular``): one 2-D input ``input``, FP32 ``[-1,
+tabular contract (``runtimes.sklearn.tabular``): one 2-D input ``input``, FP32 ``[-1,
 n_features_in_]`` unless an example or ``--signature`` says otherwise, and these outputs:
 
 - classifiers: ``label`` ``[-1]`` (INT64 for integer classes, BYTES for strings, as
@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel
 from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
-from modelport.runtimes.tabular import (
+from modelport.runtimes.sklearn.tabular import (
     LABEL,
     OUTPUT,
     PREDICTION,
