@@ -18,7 +18,7 @@ import pytest
 from modelport import Registry, Settings
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
 from modelport.runtimes import CheckedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes.gradient_boosting import LightGBMRuntime, XGBoostRuntime
+from modelport.runtimes.boosting.runtime import LightGBMRuntime, XGBoostRuntime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.serving_fixtures import cli_env, predict_in_process, running_server

@@ -48,13 +48,13 @@ def _sklearn_pickle() -> Runtime:
 
 
 def _xgboost() -> Runtime:
-    from modelport.runtimes.gradient_boosting import XGBoostRuntime
+    from modelport.runtimes.boosting.runtime import XGBoostRuntime
 
     return XGBoostRuntime()
 
 
 def _lightgbm() -> Runtime:
-    from modelport.runtimes.gradient_boosting import LightGBMRuntime
+    from modelport.runtimes.boosting.runtime import LightGBMRuntime
 
     return LightGBMRuntime()
 
