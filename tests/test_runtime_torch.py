@@ -29,8 +29,8 @@ from modelport.errors import (
     UnsupportedFormat,
 )
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes import pytorch as pytorch_runtime
-from modelport.runtimes.pytorch import TorchExportRuntime, TorchScriptRuntime
+from modelport.runtimes.torch import runtime as pytorch_runtime
+from modelport.runtimes.torch.runtime import TorchExportRuntime, TorchScriptRuntime
 from modelport.runtimes.threads import ProcessThreads
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
@@ -434,7 +434,7 @@ def test_intra_op_threads_are_set_once_per_process(
     try:
         EXPORT.load(files["static.pt2"], LoadOptions(intra_op_threads=1, trust_pickle=True))
         assert torch.get_num_threads() == 1
-        with caplog.at_level(logging.WARNING, logger="modelport.runtimes.pytorch"):
+        with caplog.at_level(logging.WARNING, logger="modelport.runtimes.torch.runtime"):
             EXPORT.load(files["static.pt2"], LoadOptions(intra_op_threads=2, trust_pickle=True))
         assert torch.get_num_threads() == 1
         assert "already 1; a model asking for 2 runs with 1" in caplog.text

@@ -60,13 +60,13 @@ def _lightgbm() -> Runtime:
 
 
 def _torchscript() -> Runtime:
-    from modelport.runtimes.pytorch import TorchScriptRuntime
+    from modelport.runtimes.torch.runtime import TorchScriptRuntime
 
     return TorchScriptRuntime()
 
 
 def _torch_export() -> Runtime:
-    from modelport.runtimes.pytorch import TorchExportRuntime
+    from modelport.runtimes.torch.runtime import TorchExportRuntime
 
     return TorchExportRuntime()
 

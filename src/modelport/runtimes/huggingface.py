@@ -53,8 +53,8 @@ from modelport.runtimes.huggingface_layout import (
     resolve_task,
 )
 from modelport.runtimes.huggingface_tasks import Head, decode_texts, head_for, task_signature
-from modelport.runtimes.pytorch import set_torch_threads
-from modelport.runtimes.pytorch_signature import short_message
+from modelport.runtimes.torch.runtime import set_torch_threads
+from modelport.runtimes.torch.signature import short_message
 from modelport.types import Signature, Tensors
 
 __all__ = ["HuggingFaceModel", "HuggingFaceRuntime"]

@@ -48,7 +48,7 @@ from modelport.runtimes.base import (
     PushOptions,
     declared_signature,
 )
-from modelport.runtimes.pytorch_signature import (
+from modelport.runtimes.torch.signature import (
     PICKLED_MESSAGE,
     TORCH_DATATYPES,
     archive_kind,
