@@ -24,7 +24,7 @@ from modelport import Registry, Settings
 from modelport.convert import convert
 from modelport.errors import InvalidInput, InvalidModel
 from modelport.runtimes import CheckedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes.tensorflow import KerasRuntime, SavedModelRuntime
+from modelport.runtimes.tensorflow.runtime import KerasRuntime, SavedModelRuntime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.keras_models import (

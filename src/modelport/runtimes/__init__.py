@@ -78,13 +78,13 @@ def _mlflow() -> Runtime:
 
 
 def _keras() -> Runtime:
-    from modelport.runtimes.tensorflow import KerasRuntime
+    from modelport.runtimes.tensorflow.runtime import KerasRuntime
 
     return KerasRuntime()
 
 
 def _tf_savedmodel() -> Runtime:
-    from modelport.runtimes.tensorflow import SavedModelRuntime
+    from modelport.runtimes.tensorflow.runtime import SavedModelRuntime
 
     return SavedModelRuntime()
 

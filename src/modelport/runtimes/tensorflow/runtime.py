@@ -30,13 +30,13 @@ from typing import Any
 
 from modelport.errors import InvalidModel, MissingDependency, UnsupportedFormat
 from modelport.runtimes.base import LoadOptions, ModelFiles, ModelInfo, PushOptions, directory_files
-from modelport.runtimes.tensorflow_model import (
+from modelport.runtimes.tensorflow.model import (
     MISSING,
     TensorFlowModel,
     import_tensorflow,
     set_threads,
 )
-from modelport.runtimes.tensorflow_signature import (
+from modelport.runtimes.tensorflow.signature import (
     SERVING_KEY,
     check_keras_archive,
     check_saved_model,

@@ -18,7 +18,7 @@ import numpy as np
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
 from modelport.runtimes.base import LoadOptions
-from modelport.runtimes.tensorflow_signature import short_message
+from modelport.runtimes.tensorflow.signature import short_message
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = ["MISSING", "TensorFlowModel", "import_tensorflow", "set_threads"]
