@@ -90,7 +90,7 @@ def _tf_savedmodel() -> Runtime:
 
 
 def _caffe() -> Runtime:
-    from modelport.runtimes.caffe import CaffeRuntime
+    from modelport.runtimes.caffe.runtime import CaffeRuntime
 
     return CaffeRuntime()
 

@@ -35,8 +35,8 @@ from modelport.runtimes.base import (
     ModelInfo,
     PushOptions,
 )
-from modelport.runtimes.caffe_prototxt import network_inputs, read_network
-from modelport.runtimes.caffe_signature import (
+from modelport.runtimes.caffe.prototxt import network_inputs, read_network
+from modelport.runtimes.caffe.signature import (
     captured_stderr,
     describe,
     open_net,
