@@ -96,7 +96,7 @@ def _caffe() -> Runtime:
 
 
 def _huggingface() -> Runtime:
-    from modelport.runtimes.huggingface import HuggingFaceRuntime
+    from modelport.runtimes.huggingface.runtime import HuggingFaceRuntime
 
     return HuggingFaceRuntime()
 

@@ -45,14 +45,14 @@ from modelport.runtimes.base import (
     PushOptions,
 )
 from modelport.runtimes.checked import CheckedModel
-from modelport.runtimes.huggingface_layout import (
+from modelport.runtimes.huggingface.layout import (
     CLASSIFICATION,
     Layout,
     looks_like_huggingface,
     read_layout,
     resolve_task,
 )
-from modelport.runtimes.huggingface_tasks import Head, decode_texts, head_for, task_signature
+from modelport.runtimes.huggingface.tasks import Head, decode_texts, head_for, task_signature
 from modelport.runtimes.torch.runtime import set_torch_threads
 from modelport.runtimes.torch.signature import short_message
 from modelport.types import Signature, Tensors
