@@ -25,8 +25,8 @@ from sklearn.linear_model import LogisticRegression
 from modelport import Registry
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
 from modelport.runtimes import CheckedModel, PushOptions, default_runtimes
-from modelport.runtimes.mlflow import MLflowRuntime
-from modelport.runtimes.mlflow_signature import read_mlmodel, recorded_signature
+from modelport.runtimes.mlflow.runtime import MLflowRuntime
+from modelport.runtimes.mlflow.signature import read_mlmodel, recorded_signature
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.mlflow_models import (

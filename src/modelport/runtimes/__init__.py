@@ -72,7 +72,7 @@ def _torch_export() -> Runtime:
 
 
 def _mlflow() -> Runtime:
-    from modelport.runtimes.mlflow import MLflowRuntime
+    from modelport.runtimes.mlflow.runtime import MLflowRuntime
 
     return MLflowRuntime()
 

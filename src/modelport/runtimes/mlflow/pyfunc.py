@@ -27,7 +27,7 @@ from modelport.errors import (
 )
 from modelport.runtimes.base import PushOptions
 from modelport.runtimes.checked import CheckedModel
-from modelport.runtimes.mlflow_signature import (
+from modelport.runtimes.mlflow.signature import (
     PREDICTIONS,
     MLModel,
     recorded_signature,

@@ -34,8 +34,8 @@ from modelport.runtimes.base import (
     directory_files,
 )
 from modelport.runtimes.checked import Predictor
-from modelport.runtimes.mlflow_pyfunc import PyfuncModel, describe_pyfunc, load_pyfunc
-from modelport.runtimes.mlflow_signature import MLMODEL, MLModel, read_mlmodel
+from modelport.runtimes.mlflow.pyfunc import PyfuncModel, describe_pyfunc, load_pyfunc
+from modelport.runtimes.mlflow.signature import MLMODEL, MLModel, read_mlmodel
 from modelport.types import Signature
 
 __all__ = ["MLflowRuntime"]
