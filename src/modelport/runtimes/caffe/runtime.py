@@ -3,7 +3,7 @@ by OpenCV's dnn module (``cv2.dnn.readNetFromCaffe``) on CPU.
 
 A version holds both files; the prototxt is the entry and ``metadata["weights"]`` names the
 weights, relative to the version's root. The signature comes from the prototxt's inputs (see
-``caffe_prototxt``), or ``--example``/``--signature`` when it gives no shapes; it is checked by
+``caffe.prototxt``), or ``--example``/``--signature`` when it gives no shapes; it is checked by
 running the net once at push, and the first dimension is made dynamic (-1) when the net also
 runs another batch size and its outputs follow it.
 

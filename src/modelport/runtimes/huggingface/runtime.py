@@ -3,7 +3,7 @@
 A model is a directory written by ``save_pretrained`` (``config.json``, weights, tokenizer
 files), or a sentence-transformers directory (``modules.json``, ``1_Pooling/...``). The
 served model takes ``text`` (BYTES ``[-1]``, UTF-8 strings) and tokenizes it itself
-(padding, truncation to the model's maximum length); see ``huggingface_tasks`` for what
+(padding, truncation to the model's maximum length); see ``huggingface.tasks`` for what
 each task gives back.
 
 Safety: safetensors weights hold tensors only and load without ``--trust-pickle``;

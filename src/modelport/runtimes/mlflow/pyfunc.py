@@ -1,6 +1,6 @@
 """The pyfunc path of the ``mlflow`` runtime: models loaded with ``mlflow.pyfunc.load_model``.
 
-Tensors are fed to pyfunc as the signature's ``input_kind`` says (see ``mlflow_signature``):
+Tensors are fed to pyfunc as the signature's ``input_kind`` says (see ``mlflow.signature``):
 one array, a dict of arrays, or a pandas DataFrame; BYTES become ``str``. What ``predict``
 returns (an array, a list, a Series, a DataFrame or a dict) is split into the signature's
 outputs by name (dict keys, DataFrame columns) or, for one output, taken whole, then cast

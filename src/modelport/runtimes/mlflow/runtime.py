@@ -13,7 +13,7 @@ An MLflow model wraps another format, so this runtime chooses a serving path at 
   unless pushed with ``--trust-pickle``.
 
 Native paths take the signature of the runtime they delegate to. The pyfunc path takes
-``--signature``, else the signature ``MLmodel`` records (see ``mlflow_signature``), else the
+``--signature``, else the signature ``MLmodel`` records (see ``mlflow.signature``), else the
 saved input example or ``--example``, run once through the model to learn the outputs.
 
 The whole directory is stored; ``entry`` is the directory itself.
