@@ -29,8 +29,8 @@ from modelport.errors import (
 )
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.caffe import runtime as caffe_runtime
-from modelport.runtimes.caffe.runtime import CaffeRuntime
 from modelport.runtimes.caffe.prototxt import NetworkInput, network_inputs, parse_text
+from modelport.runtimes.caffe.runtime import CaffeRuntime
 from modelport.runtimes.threads import ProcessThreads
 from modelport.types import DataType, Signature, TensorSpec
 from tests.caffe_models import (

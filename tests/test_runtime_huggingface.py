@@ -23,9 +23,9 @@ from modelport import Registry, Settings
 from modelport.convert import convert
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes.torch import runtime as pytorch_runtime
 from modelport.runtimes.huggingface.runtime import HuggingFaceRuntime
 from modelport.runtimes.threads import ProcessThreads
+from modelport.runtimes.torch import runtime as pytorch_runtime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.hf_models import (

@@ -29,9 +29,9 @@ from modelport.errors import (
     UnsupportedFormat,
 )
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes.threads import ProcessThreads
 from modelport.runtimes.torch import runtime as pytorch_runtime
 from modelport.runtimes.torch.runtime import TorchExportRuntime, TorchScriptRuntime
-from modelport.runtimes.threads import ProcessThreads
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.serving_fixtures import predict_in_process, running_server

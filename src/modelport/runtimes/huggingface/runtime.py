@@ -22,9 +22,7 @@ borrowed" when two threads meet), so tokenization holds a lock; the forward pass
 from __future__ import annotations
 
 import os
-import threading
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,6 @@ from modelport.errors import (
     InvalidInput,
     InvalidModel,
     MissingDependency,
-    Unavailable,
     UnsupportedFormat,
 )
 from modelport.runtimes.base import (
@@ -45,19 +42,19 @@ from modelport.runtimes.base import (
     PushOptions,
 )
 from modelport.runtimes.checked import CheckedModel
-from modelport.runtimes.huggingface.layout import (
+from modelport.runtimes.huggingface.inspect import (
     CLASSIFICATION,
     Layout,
     looks_like_huggingface,
     read_layout,
     resolve_task,
 )
-from modelport.runtimes.huggingface.tasks import Head, decode_texts, head_for, task_signature
+from modelport.runtimes.huggingface.model import HuggingFaceModel
+from modelport.runtimes.huggingface.tasks import head_for
 from modelport.runtimes.torch.runtime import set_torch_threads
 from modelport.runtimes.torch.signature import short_message
-from modelport.types import Signature, Tensors
 
-__all__ = ["HuggingFaceModel", "HuggingFaceRuntime"]
+__all__ = ["HuggingFaceRuntime"]
 
 _MISSING = (
     "serving Hugging Face models needs transformers and PyTorch, which are missing: "
@@ -140,57 +137,6 @@ class HuggingFaceRuntime:
             )
         torch, _, tokenizer, model = _open(layout, task, options)
         return HuggingFaceModel(torch, tokenizer, model, metadata)
-
-
-class HuggingFaceModel:
-    """A tokenizer and a transformers model: the ``Predictor`` of the ``huggingface`` format.
-
-    ``run`` takes ``text`` as a 1-D array of ``bytes`` (UTF-8) or ``str`` and may be
-    called from many threads at once.
-    """
-
-    def __init__(self, torch: Any, tokenizer: Any, model: Any, metadata: dict[str, Any]) -> None:
-        self._torch = torch
-        self._tokenizer = tokenizer
-        self._model: Any | None = model
-        self._lock = threading.Lock()
-        self._max_length = int(metadata["max_length"])
-        self._lowercase = bool(metadata.get("lowercase", False))
-        self._head: Head = Head.from_metadata(str(metadata["task"]), metadata)
-        self._signature = task_signature(self._head)
-        self.input_errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, IndexError)
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    def describe_error(self, error: Exception) -> str:
-        return short_message(error)
-
-    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
-        model = self._model
-        if model is None:
-            raise Unavailable("the model was closed; load it again to predict")
-        texts = decode_texts(inputs["text"], self._lowercase)
-        if not texts:
-            return {name: self._head.empty(name) for name in outputs}
-        torch = self._torch
-        with self._lock:
-            encoded = self._tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self._max_length,
-                return_tensors="pt",
-            )
-        with torch.inference_mode():
-            result = model(**encoded)
-            tensors = self._head.outputs(torch, result, encoded["attention_mask"])
-        return {name: tensors[name] for name in outputs}
-
-    def close(self) -> None:
-        """Drop the model; its memory is freed once calls already running finish."""
-        self._model = None
 
 
 def _check_trust(layout: Layout, trusted: bool) -> None:

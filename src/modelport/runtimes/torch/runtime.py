@@ -33,14 +33,10 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
+from modelport.errors import InvalidInput, InvalidModel, MissingDependency
 from modelport.runtimes.base import (
     LoadOptions,
     ModelFiles,
@@ -48,26 +44,24 @@ from modelport.runtimes.base import (
     PushOptions,
     declared_signature,
 )
+from modelport.runtimes.threads import ProcessThreads
+from modelport.runtimes.torch.model import TorchModel
 from modelport.runtimes.torch.signature import (
     PICKLED_MESSAGE,
-    TORCH_DATATYPES,
     archive_kind,
     check_export_archive,
     declared_export_signature,
     declared_script_signature,
     example_signature,
     exported_signature,
-    flatten_outputs,
     forward_arguments,
     has_archive_magic,
     short_message,
 )
-from modelport.runtimes.threads import ProcessThreads
-from modelport.types import Signature, Tensors
+from modelport.types import Signature
 
 __all__ = [
     "TorchExportRuntime",
-    "TorchModel",
     "TorchScriptRuntime",
     "read_exported_program",
     "read_torchscript",
@@ -77,9 +71,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SCRIPT_SUFFIXES = frozenset({".pt", ".pth", ".torchscript"})
-# What torch raises for inputs a model cannot take (shape and dtype mismatches, failed
-# guards of exported programs, out-of-range indices); torch.jit.Error is a RuntimeError.
-_RUN_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)
 _OTHER_KIND = {
     "torchscript": "a TorchScript archive (torch.jit.save): name it .pt, or --format torchscript",
     "export": "a torch.export archive (torch.export.save): name it .pt2, or --format torch_export",
@@ -206,65 +197,6 @@ class TorchExportRuntime:
         return TorchModel(torch, call, signature, [spec.name for spec in described.inputs])
 
 
-class TorchModel:
-    """A PyTorch module ready for inference: the ``Predictor`` of the torch formats.
-
-    Inputs reach torch without a copy when they are writable and C-contiguous (a model that
-    writes into its inputs then writes into the caller's arrays); read-only or strided
-    arrays are copied first. ``run`` may be called from many threads at once.
-    """
-
-    input_errors = _RUN_ERRORS
-
-    def __init__(
-        self,
-        torch: Any,
-        call: Callable[[list[Any]], Any],
-        signature: Signature,
-        input_order: list[str],
-    ) -> None:
-        self._torch = torch
-        self._call: Callable[[list[Any]], Any] | None = call
-        self._signature = signature
-        self._input_order = input_order
-        self._output_names = signature.output_names()
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    def describe_error(self, error: Exception) -> str:
-        return short_message(error)
-
-    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
-        call = self._call
-        if call is None:
-            raise Unavailable("the model was closed; load it again to predict")
-        torch = self._torch
-        tensors = [torch.from_numpy(_shareable(inputs[name])) for name in self._input_order]
-        with torch.inference_mode():
-            result = call(tensors)
-        leaves = list(flatten_outputs(result))
-        expected = self._output_names
-        if len(leaves) != len(expected) or not all(isinstance(t, torch.Tensor) for t in leaves):
-            raise InvalidModel(
-                f"the model gave {len(leaves)} value(s) where its signature lists "
-                f"{len(expected)} tensor(s): {', '.join(expected)}"
-            )
-        by_name = dict(zip(expected, leaves, strict=True))
-        return {name: self._to_numpy(by_name[name]) for name in outputs}
-
-    def close(self) -> None:
-        """Drop the module; its memory is freed once calls already running finish."""
-        self._call = None
-
-    def _to_numpy(self, tensor: Any) -> npt.NDArray[Any]:
-        if str(tensor.dtype) not in TORCH_DATATYPES:  # e.g. bfloat16 under a declared FP32
-            tensor = tensor.to(self._torch.float32)
-        array: npt.NDArray[Any] = tensor.detach().numpy()
-        return array
-
-
 def read_torchscript(path: Path, *, trusted: bool) -> Any:
     """The ``ScriptModule`` in a ``torchscript`` file, in eval mode, for jobs that need the
     module itself (conversion to ONNX). ``trusted`` is the version's ``trust_pickle``.
@@ -358,10 +290,3 @@ def _open_program(path: Path, trusted: bool) -> tuple[Any, Any, Any]:
         message = f"{path.name} could not be loaded as an exported program: {short_message(exc)}"
         raise InvalidModel(message) from exc
     return torch, program, module
-
-
-def _shareable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """``array`` itself when torch can share it, else a C-contiguous copy."""
-    if array.flags.writeable and array.flags.c_contiguous:
-        return array
-    return np.array(array, order="C", copy=True)
