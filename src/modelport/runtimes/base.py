@@ -1,16 +1,20 @@
-"""The runtime plugin point: one small protocol a format implements, and the table of them."""
+"""The runtime plugin point: the protocol a format implements, and what it takes and gives.
+
+The table of runtimes is in ``runtimes.table``; the one wrapper around what ``load`` returns
+is ``runtimes.checked.CheckedModel``.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
-from modelport.runtimes.checked import CheckedModel, Predictor
+from modelport.errors import InvalidInput, InvalidModel
+from modelport.runtimes.checked import Predictor
 from modelport.types import Signature, Tensors
 
 __all__ = [
@@ -19,7 +23,6 @@ __all__ = [
     "ModelFiles",
     "PushOptions",
     "Runtime",
-    "RuntimeTable",
     "declared_signature",
     "directory_files",
     "last_error_line",
@@ -194,63 +197,3 @@ class Runtime(Protocol):
         """Load the model whose entry file or directory is ``path``, as a ``Predictor``;
         ``RuntimeTable.load`` wraps it in the one ``CheckedModel``."""
         ...
-
-
-class RuntimeTable:
-    """Runtimes by format name. Registering a format twice is an error, never an overwrite.
-
-    ``detect`` asks the runtimes in registration order, so a format that wraps others (an
-    MLflow model directory holding an ONNX file) is registered before the formats it wraps.
-    """
-
-    def __init__(self) -> None:
-        self._factories: dict[str, Callable[[], Runtime]] = {}
-        self._instances: dict[str, Runtime] = {}
-
-    def register(self, format_name: str, factory: Callable[[], Runtime]) -> None:
-        if format_name in self._factories:
-            raise ModelportError(f"runtime for format {format_name!r} is already registered")
-        self._factories[format_name] = factory
-
-    def formats(self) -> list[str]:
-        return sorted(self._factories)
-
-    def get(self, format_name: str) -> Runtime:
-        if format_name not in self._factories:
-            raise UnsupportedFormat(
-                f"unknown format {format_name!r}; supported formats: {', '.join(self.formats())}"
-            )
-        runtime = self._instances.get(format_name)
-        if runtime is None:
-            runtime = self._instances[format_name] = self._factories[format_name]()
-        return runtime
-
-    def load(self, format_name: str, path: Path, options: LoadOptions) -> CheckedModel:
-        """Load ``path`` with the runtime for ``format_name``, wrapped in a ``CheckedModel``.
-
-        Raises:
-            UnsupportedFormat: no runtime for ``format_name``; else as the runtime's ``load``.
-        """
-        return CheckedModel(self.get(format_name).load(path, options))
-
-    def __iter__(self) -> Iterator[Runtime]:
-        return (self.get(name) for name in self.formats())
-
-    def detect(self, path: Path) -> Runtime:
-        """The runtime that recognises ``path``.
-
-        Raises:
-            InvalidModel: the path is missing, an empty file, or an empty directory.
-            UnsupportedFormat: no runtime recognises it; the message lists the formats.
-        """
-        if not path.exists():
-            raise InvalidModel(f"{path} does not exist")
-        if path.is_file() and path.stat().st_size == 0:
-            raise InvalidModel(f"{path} is an empty file")
-        if path.is_dir() and not any(path.iterdir()):
-            raise InvalidModel(f"{path} is an empty directory")
-        for name in self._factories:
-            if self.get(name).detect(path):
-                return self.get(name)
-        what = "directory with no model in it" if path.is_dir() else "file of no known format"
-        raise UnsupportedFormat(f"{path}: {what}; supported formats: {', '.join(self.formats())}")

@@ -34,8 +34,9 @@ from modelport.runtimes.base import (
     directory_files,
 )
 from modelport.runtimes.checked import Predictor
-from modelport.runtimes.mlflow.pyfunc import PyfuncModel, describe_pyfunc, load_pyfunc
+from modelport.runtimes.mlflow.model import PyfuncModel, describe_pyfunc, load_pyfunc
 from modelport.runtimes.mlflow.signature import MLMODEL, MLModel, read_mlmodel
+from modelport.runtimes.table import RuntimeTable, default_runtimes
 from modelport.types import Signature
 
 __all__ = ["MLflowRuntime"]
@@ -50,10 +51,20 @@ _SAFE_FORMATS = (
 
 
 class MLflowRuntime:
-    """The ``mlflow`` format: a directory holding an ``MLmodel`` file (see the module doc)."""
+    """The ``mlflow`` format: a directory holding an ``MLmodel`` file (see the module doc).
+
+    Native flavors are served by the runtime ``runtimes`` has for their format (default: the
+    process's ``default_runtimes()``), never by an import of their own.
+    """
 
     format = "mlflow"
     extra = "mlflow"
+
+    def __init__(self, runtimes: RuntimeTable | None = None) -> None:
+        self._runtimes = runtimes
+
+    def _native(self, serving: str) -> Runtime:
+        return (self._runtimes or default_runtimes()).get(serving)
 
     def detect(self, path: Path) -> bool:
         """Whether ``path`` is a directory with an ``MLmodel`` file. Never reads it."""
@@ -83,7 +94,7 @@ class MLflowRuntime:
             "serving": serving,
         }
         if entry is not None:
-            info = _native(serving).inspect(entry, options)
+            info = self._native(serving).inspect(entry, options)
             metadata |= {"entry": entry.relative_to(path).as_posix(), "native": info.metadata}
             return ModelInfo(files, info.signature, metadata)
         _refuse_untrusted(model, trusted=options.trust_pickle)
@@ -113,7 +124,7 @@ class MLflowRuntime:
                 cache_dir=options.cache_dir,
                 verify_derived=options.verify_derived,
             )
-            return _native(serving).load(path / entry, native)
+            return self._native(serving).load(path / entry, native)
         model = read_mlmodel(path)
         _refuse_untrusted(model, trusted=options.trust_pickle)
         signature = Signature.from_dict(recorded["signature"])
@@ -142,16 +153,6 @@ def _serving_path(model: MLModel) -> tuple[str, Path | None]:
     if sklearn is not None:
         model.flavor_file("sklearn", "pickled_model")
     return "pyfunc", None
-
-
-def _native(serving: str) -> Runtime:
-    if serving == "onnx":
-        from modelport.runtimes.onnx.runtime import OnnxRuntime
-
-        return OnnxRuntime()
-    from modelport.runtimes.sklearn.runtime import SkopsRuntime
-
-    return SkopsRuntime()
 
 
 def _refuse_untrusted(model: MLModel, *, trusted: bool) -> None:
