@@ -66,6 +66,6 @@ def test_readme_serve_config_parses(tmp_path: Path) -> None:
     assert config.max_models == 4
     assert config.memory_budget == 8 * 2**30
     assert config.models["iris"].instances == 2
-    assert config.model_settings("iris").cache_size == 10000
+    assert config.model_settings("iris").response_cache_size == 10000
     assert config.models["resnet"].traffic == {2: 90, 3: 10}
     assert config.model_settings("resnet").max_batch_size == 32

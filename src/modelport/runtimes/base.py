@@ -154,10 +154,11 @@ class LoadOptions:
 class LoadedModel(Protocol):
     """A model ready for inference.
 
-    ``predict`` validates its inputs against ``signature`` first, is safe to call from a
-    worker thread, and releases the GIL while the framework computes. A loaded model is a
-    context manager: leaving the ``with`` block closes it. Every runtime's model is a
-    ``CheckedModel`` around the runtime's ``Predictor`` (see ``runtimes.checked``).
+    ``predict`` validates its inputs against ``signature`` first, may be called from many
+    threads at once (the server's instances), and releases the GIL while the framework
+    computes. A loaded model is a context manager: leaving the ``with`` block closes it.
+    Every runtime's model is a ``CheckedModel`` around the runtime's ``Predictor`` (see
+    ``runtimes.checked``).
     """
 
     @property

@@ -81,9 +81,9 @@ class Batcher:
         self._on_depth = on_depth
         self._queue: deque[_Pending] = deque()
         self._idle: deque[asyncio.Future[None]] = deque()
-        self._workers: list[asyncio.Task[None]] = []
+        self._instances: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(
-            config.worker_count(), thread_name_prefix="modelport-infer"
+            config.instance_count(), thread_name_prefix="modelport-infer"
         )
         self._closed = False
         self._busy = 0
@@ -106,8 +106,8 @@ class Batcher:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._workers = [
-            loop.create_task(self._worker()) for _ in range(self.config.worker_count())
+        self._instances = [
+            loop.create_task(self._instance()) for _ in range(self.config.instance_count())
         ]
 
     async def submit(
@@ -175,7 +175,7 @@ class Batcher:
         previous = self._small_cost
         self._small_cost = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
-    async def _worker(self) -> None:
+    async def _instance(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
@@ -319,8 +319,8 @@ class Batcher:
                 waiter.set_result(None)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await asyncio.gather(*self._workers, return_exceptions=True)
-        for task in self._workers:
+                await asyncio.gather(*self._instances, return_exceptions=True)
+        for task in self._instances:
             task.cancel()
         for pending in self._queue:
             _fail(pending, Unavailable("the model was unloaded before this request ran; retry"))

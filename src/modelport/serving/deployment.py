@@ -16,9 +16,9 @@ from modelport.errors import InvalidInput, ModelportError
 from modelport.registry import ModelVersion, Registry
 from modelport.runtimes import CheckedModel, LoadOptions
 from modelport.serving.batching import Batcher, BatchStats
-from modelport.serving.cache import ResponseCache
 from modelport.serving.config import ModelServeConfig
 from modelport.serving.metrics import ServingMetrics
+from modelport.serving.response_cache import ResponseCache
 from modelport.types import DataType, Signature
 
 __all__ = ["Deployment", "State"]
@@ -52,15 +52,17 @@ class Deployment:
         self.reason = ""
         self.model: CheckedModel | None = None
         self.batcher: Batcher | None = None
-        self.cache = ResponseCache(config.cache_size) if config.cache_size else None
+        self.response_cache = (
+            ResponseCache(config.response_cache_size) if config.response_cache_size else None
+        )
         self.memory = 0
         self.last_used = time.monotonic()
         self.in_flight = 0
         self._loading: asyncio.Future[None] | None = None
         labels = {"model": self.name, "version": str(self.version)}
         self.metrics = metrics
-        self.cache_hits = metrics.cache.labels(result="hit", **labels)
-        self.cache_misses = metrics.cache.labels(result="miss", **labels)
+        self.cache_hits = metrics.response_cache.labels(result="hit", **labels)
+        self.cache_misses = metrics.response_cache.labels(result="miss", **labels)
         self._queue_seconds = metrics.queue_seconds.labels(**labels)
         self._compute_seconds = metrics.compute_seconds.labels(**labels)
         self._batch_size = metrics.batch_size.labels(**labels)

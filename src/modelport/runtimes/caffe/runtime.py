@@ -12,7 +12,7 @@ output so the user sees one line; ``load`` reads files that ``inspect`` accepted
 own log lines about a request it could not run go to the server's stderr.
 
 Concurrency: a ``cv2.dnn.Net`` keeps its inputs and buffers in itself and is not thread-safe;
-the serving layer runs one loaded model on several worker threads, so ``CaffeModel`` keeps a
+the serving layer runs one loaded model on several instances (threads), so ``CaffeModel`` keeps a
 pool of Nets, one per forward pass running (see ``CaffeModel``). OpenCV releases the GIL
 while it computes. ``cv2.setNumThreads`` is process-wide: see ``set_threads``.
 """
