@@ -384,7 +384,7 @@ class Registry:
         """Load a version for inference through its format's runtime.
 
         Files are checked against the manifest first, per ``verify`` (default: settings).
-        Unless ``options`` name a ``cache_dir``, the runtime may keep files it derives from
+        Unless ``options`` name a ``derived_dir``, the runtime may keep files it derives from
         the version (an optimized graph) in the store, next to its checkout; whenever the
         version's files are re-hashed, derived files found there are too (and built again
         if they changed).
@@ -406,7 +406,7 @@ class Registry:
             given,
             metadata={**record.metadata, **given.metadata},
             trust_pickle=record.trust_pickle,
-            cache_dir=given.cache_dir or self.store.derived(list(record.files)),
+            derived_dir=given.derived_dir or self.store.derived(list(record.files)),
             # What is served may be a copy derived from the files just verified (an
             # optimized graph): it is held to the same policy.
             verify_derived=given.verify_derived or verifying,

@@ -140,12 +140,12 @@ class LoadOptions:
     """What ``inspect`` recorded about the model at push time."""
     trust_pickle: bool = False
     """The version was pushed with ``--trust-pickle``."""
-    cache_dir: Path | None = None
+    derived_dir: Path | None = None
     """A directory where the runtime may keep derived, machine-specific files for this
-    version (e.g. an optimized graph); ``None``: nothing is cached. Runtimes that derive
+    version (e.g. an optimized graph); ``None``: nothing derived is kept. Runtimes that derive
     nothing ignore it."""
     verify_derived: bool = False
-    """Re-hash derived files found in ``cache_dir`` against the digests recorded when they
+    """Re-hash derived files found in ``derived_dir`` against the digests recorded when they
     were built, and build them again if they differ (see ``runtimes.derived``). The
     registry asks for it whenever its verify policy re-hashes the version's own files."""
 

@@ -121,7 +121,7 @@ class MLflowRuntime:
                 extra=options.extra,
                 metadata=dict(recorded.get("native") or {}),
                 trust_pickle=options.trust_pickle,
-                cache_dir=options.cache_dir,
+                derived_dir=options.derived_dir,
                 verify_derived=options.verify_derived,
             )
             return self._native(serving).load(path / entry, native)

@@ -1,7 +1,7 @@
 """The ``onnx`` runtime: ONNX models served with onnxruntime on CPU.
 
 File checks and signatures live in ``onnx.inspect``; this module adds the session.
-Sessions whose weights are shared between processes (given a ``cache_dir``) are built by
+Sessions whose weights are shared between processes (given a ``derived_dir``) are built by
 ``onnx.shared_weights``.
 """
 
@@ -77,7 +77,7 @@ class OnnxRuntime:
         ``options.extra`` may hold ``graph_optimization_level`` (disable, basic, extended,
         all) and ``execution_mode`` (sequential, parallel); other keys are ignored.
 
-        With ``options.cache_dir``, the graph is optimized once and saved there with its
+        With ``options.derived_dir``, the graph is optimized once and saved there with its
         weights in a file onnxruntime maps, so that processes loading the same model share
         one copy of the weights (see ``onnx.shared_weights``; not with optimization ``disable``).
         With ``options.verify_derived``, a copy found there is re-hashed first, and built
@@ -98,13 +98,13 @@ class OnnxRuntime:
         del model  # its weights may be large; the session does not need this copy
         session_options = _session_options(ort, options)
         level = _optimization_level(options)
-        if options.cache_dir is None or level == "ORT_DISABLE_ALL":
+        if options.derived_dir is None or level == "ORT_DISABLE_ALL":
             session = _open_session(ort, entry, session_options)
         else:
             session = shared_session(
                 ort,
                 entry,
-                options.cache_dir,
+                options.derived_dir,
                 level,
                 make_options=lambda: _session_options(ort, options),
                 open_original=lambda: _open_session(ort, entry, session_options),
