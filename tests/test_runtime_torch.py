@@ -25,7 +25,6 @@ from modelport.errors import (
     InvalidInput,
     InvalidModel,
     ModelportError,
-    Unavailable,
     UnsupportedFormat,
 )
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
@@ -416,14 +415,6 @@ def test_concurrent_predictions_from_many_threads(files: dict[str, Path], name: 
         results = list(pool.map(predict, range(200)))
     for index, result in enumerate(results):
         np.testing.assert_allclose(result, expected[index % len(images)], rtol=1e-5, atol=1e-6)
-
-
-def test_closed_model_refuses(files: dict[str, Path]) -> None:
-    model = load(files["static.pt2"])
-    assert isinstance(model, LoadedModel)
-    model.close()
-    with pytest.raises(Unavailable, match="closed"):
-        model.predict({"input": ROWS[:2]})
 
 
 def test_intra_op_threads_are_set_once_per_process(

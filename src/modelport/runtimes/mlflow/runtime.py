@@ -8,11 +8,16 @@ An MLflow model wraps another format, so this runtime chooses a serving path at 
 - ``skops``: the ``sklearn`` flavor saved with ``serialization_format="skops"`` (MLflow's
   default outside Databricks since 2.x), served by modelport's skops runtime, under its rules
   (types skops does not trust need ``--trust-pickle``);
+- ``xgboost``: the ``xgboost`` flavor saved as JSON or UBJSON (``model_format`` json or ubj,
+  MLflow's default), served by modelport's XGBoost runtime;
+- ``lightgbm``: the ``lightgbm`` flavor saved as a LightGBM text model (older MLflow), served
+  by modelport's LightGBM runtime;
 - ``pyfunc``: anything else with a ``python_function`` flavor, through
   ``mlflow.pyfunc.load_model``, which unpickles (cloudpickle) code from the directory: refused
   unless pushed with ``--trust-pickle``.
 
-Native paths take the signature of the runtime they delegate to. The pyfunc path takes
+Native paths (``NATIVE_FLAVORS``) are served by the runtime the table has for their format
+and take that runtime's signature. The pyfunc path takes
 ``--signature``, else the signature ``MLmodel`` records (see ``mlflow.signature``), else the
 saved input example or ``--example``, run once through the model to learn the outputs.
 
@@ -21,6 +26,7 @@ The whole directory is stored; ``entry`` is the directory itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,15 @@ from modelport.types import Signature
 __all__ = ["MLflowRuntime"]
 
 _PYFUNC = "python_function"
+
+NATIVE_FLAVORS: tuple[tuple[str, str, str, Callable[[dict[str, Any]], bool]], ...] = (
+    # (MLflow flavor, its key naming the model file, the modelport format, when it applies)
+    ("onnx", "data", "onnx", lambda flavor: True),
+    ("sklearn", "pickled_model", "skops", lambda f: f.get("serialization_format") == "skops"),
+    ("xgboost", "data", "xgboost", lambda f: f.get("model_format", "ubj") in ("json", "ubj")),
+    ("lightgbm", "data", "lightgbm", lambda f: "serialization_format" not in f),
+)
+"""Flavors served natively, in order of preference, with what they need."""
 # Files a python_function flavor may name; each must be inside the directory.
 _PYFUNC_FILES = ("data", "model_path", "python_model")
 _SAFE_FORMATS = (
@@ -114,7 +129,7 @@ class MLflowRuntime:
         recorded = options.metadata
         serving = recorded.get("serving")
         entry = recorded.get("entry")
-        if serving in ("onnx", "skops") and isinstance(entry, str):
+        if isinstance(serving, str) and serving != "pyfunc" and isinstance(entry, str):
             native = LoadOptions(
                 intra_op_threads=options.intra_op_threads,
                 inter_op_threads=options.inter_op_threads,
@@ -134,18 +149,19 @@ class MLflowRuntime:
 
 
 def _serving_path(model: MLModel) -> tuple[str, Path | None]:
-    """``("onnx" | "skops", entry file)`` for native flavors, else ``("pyfunc", None)``."""
+    """``(format, entry file)`` for the first native flavor that applies (``NATIVE_FLAVORS``),
+    else ``("pyfunc", None)``."""
     flavors = model.flavors
-    if "onnx" in flavors:
-        return "onnx", model.flavor_file("onnx", "data")
+    for flavor, key, format_name, applies in NATIVE_FLAVORS:
+        if flavor in flavors and applies(flavors[flavor]):
+            return format_name, model.flavor_file(flavor, key)
     sklearn = flavors.get("sklearn")
-    if sklearn is not None and sklearn.get("serialization_format") == "skops":
-        return "skops", model.flavor_file("sklearn", "pickled_model")
     if _PYFUNC not in flavors:
         raise UnsupportedFormat(
             f"{model.directory.name}: MLflow flavors {', '.join(sorted(flavors))} have no "
             f"{_PYFUNC} flavor; modelport serves the onnx flavor, sklearn saved with skops, "
-            f"and models with a {_PYFUNC} flavor (with --trust-pickle)"
+            f"xgboost, lightgbm text models, and models with a {_PYFUNC} flavor (with "
+            "--trust-pickle)"
         )
     for key in _PYFUNC_FILES:
         if key in flavors[_PYFUNC]:
