@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -27,7 +27,6 @@ from modelport.registry.store import (
     manifest_key,
 )
 from modelport.runtimes import (
-    CheckedModel,
     LoadOptions,
     PushOptions,
     RuntimeTable,
@@ -36,6 +35,9 @@ from modelport.runtimes import (
 )
 from modelport.runtimes.derived import DerivedCheck
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
+
+if TYPE_CHECKING:
+    from modelport.runtimes.checked import CheckedModel
 
 __all__ = ["Registry"]
 

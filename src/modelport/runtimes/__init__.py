@@ -6,6 +6,8 @@ which the table wraps in the one ``CheckedModel``. See ``docs/runtimes.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from modelport.runtimes.base import (
     LoadedModel,
     LoadOptions,
@@ -14,8 +16,10 @@ from modelport.runtimes.base import (
     PushOptions,
     Runtime,
 )
-from modelport.runtimes.checked import CheckedModel, Predictor
 from modelport.runtimes.table import RuntimeTable, default_runtimes
+
+if TYPE_CHECKING:
+    from modelport.runtimes.checked import CheckedModel, Predictor
 
 __all__ = [
     "CheckedModel",
@@ -29,3 +33,13 @@ __all__ = [
     "RuntimeTable",
     "default_runtimes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The checked model needs numpy; importing it on first use keeps ``modelport`` (and the
+    # CLI's start) free of numpy until a model is loaded.
+    if name in ("CheckedModel", "Predictor"):
+        from modelport.runtimes import checked
+
+        return getattr(checked, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

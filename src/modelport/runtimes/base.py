@@ -11,11 +11,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from modelport.errors import InvalidInput, InvalidModel
-from modelport.runtimes.checked import Predictor
 from modelport.types import Signature, Tensors
+
+if TYPE_CHECKING:
+    from modelport.runtimes.checked import Predictor
 
 __all__ = [
     "LoadOptions",
