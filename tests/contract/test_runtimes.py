@@ -505,3 +505,17 @@ def test_close_reaches_the_predictor_once() -> None:
         pass
     checked.close()
     assert predictor.closed == 1
+
+
+def test_a_registry_and_the_models_it_loads_are_context_managers(
+    home: Path, iris_onnx: Path
+) -> None:
+    from modelport import Registry, Settings
+
+    with Registry(Settings(home=home)) as reg:
+        reg.push(iris_onnx, "iris", aliases=["production"])
+        with reg.load("iris@production") as m:
+            result = m.predict({"input": np.ones((2, 4), np.float32)})
+        assert all(len(array) == 2 for array in result.values())
+    with pytest.raises(Unavailable, match="closed"):
+        m.predict({"input": np.ones((2, 4), np.float32)})
