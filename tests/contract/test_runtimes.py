@@ -186,31 +186,46 @@ def _mlflow(root: Path) -> Made:
     return path, PushOptions(), {"input": _iris()}
 
 
+def _mlflow_pyfunc(root: Path) -> Made:
+    pytest.importorskip("mlflow")
+    pytest.importorskip("pandas")  # mlflow.pyfunc imports it
+    from tests.mlflow_models import save_sklearn
+    from tests.tabular_models import sklearn_model
+
+    with warnings.catch_warnings():  # MLflow's advice on type hints and environments
+        warnings.simplefilter("ignore")
+        path = save_sklearn(sklearn_model("iris_pipeline"), root / "pickled", "cloudpickle")
+    return path, PushOptions(trust_pickle=True), {"input": _iris()}
+
+
 def _normal(*shape: int) -> np.ndarray[Any, Any]:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-BUILDERS: dict[str, Callable[[Path], Made]] = {
-    "onnx": _onnx,
-    "skops": _skops,
-    "sklearn_pickle": _sklearn_pickle,
-    "xgboost": _xgboost,
-    "lightgbm": _lightgbm,
-    "torchscript": _torchscript,
-    "torch_export": _torch_export,
-    "keras": _keras,
-    "tf_savedmodel": _tf_savedmodel,
-    "caffe": _caffe,
-    "huggingface": _huggingface,
-    "mlflow": _mlflow,
+BUILDERS: dict[str, tuple[str, Callable[[Path], Made]]] = {
+    # case: (format, builder)
+    "onnx": ("onnx", _onnx),
+    "skops": ("skops", _skops),
+    "sklearn_pickle": ("sklearn_pickle", _sklearn_pickle),
+    "xgboost": ("xgboost", _xgboost),
+    "lightgbm": ("lightgbm", _lightgbm),
+    "torchscript": ("torchscript", _torchscript),
+    "torch_export": ("torch_export", _torch_export),
+    "keras": ("keras", _keras),
+    "tf_savedmodel": ("tf_savedmodel", _tf_savedmodel),
+    "caffe": ("caffe", _caffe),
+    "huggingface": ("huggingface", _huggingface),
+    "mlflow": ("mlflow", _mlflow),  # a native flavor: skops, through the table
+    "mlflow_pyfunc": ("mlflow", _mlflow_pyfunc),  # through mlflow.pyfunc
 }
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """One format's model, inspected as a push inspects it."""
-    name: str = request.param
-    path, options, raw = BUILDERS[name](tmp_path_factory.mktemp(name))
+    case: str = request.param
+    name, build = BUILDERS[case]
+    path, options, raw = build(tmp_path_factory.mktemp(case))
     info = default_runtimes().get(name).inspect(path, options)
     inputs = {spec.name: _as(spec, raw[spec.name]) for spec in info.signature.inputs}
     return Built(name, path, info, inputs, options.trust_pickle)
