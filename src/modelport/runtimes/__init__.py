@@ -13,13 +13,14 @@ from modelport.runtimes.base import (
     LoadOptions,
     ModelFiles,
     ModelInfo,
+    Predictor,
     PushOptions,
     Runtime,
 )
 from modelport.runtimes.table import RuntimeTable, default_runtimes
 
 if TYPE_CHECKING:
-    from modelport.runtimes.checked import CheckedModel, Predictor
+    from modelport.runtimes.checked import CheckedModel
 
 __all__ = [
     "CheckedModel",
@@ -38,8 +39,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The checked model needs numpy; importing it on first use keeps ``modelport`` (and the
     # CLI's start) free of numpy until a model is loaded.
-    if name in ("CheckedModel", "Predictor"):
-        from modelport.runtimes import checked
+    if name == "CheckedModel":
+        from modelport.runtimes.checked import CheckedModel
 
-        return getattr(checked, name)
+        return CheckedModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from modelport.errors import InvalidInput, InvalidModel
 from modelport.types import Signature, Tensors
-
-if TYPE_CHECKING:
-    from modelport.runtimes.checked import Predictor
 
 __all__ = [
     "LoadOptions",
     "LoadedModel",
     "ModelFiles",
+    "Predictor",
     "PushOptions",
     "Runtime",
     "declared_signature",
@@ -150,6 +148,40 @@ class LoadOptions:
     """Re-hash derived files found in ``derived_dir`` against the digests recorded when they
     were built, and build them again if they differ (see ``runtimes.derived``). The
     registry asks for it whenever its verify policy re-hashes the version's own files."""
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """One framework's model, run as is: what a runtime's ``load`` returns.
+
+    ``run`` is called only with inputs that match ``signature`` and with ``outputs`` a
+    non-empty list of the signature's output names, each once; it returns at least those.
+    It may be called from many threads at once (a predictor whose framework is not
+    thread-safe takes its own lock). ``close`` is called once.
+    """
+
+    @property
+    def signature(self) -> Signature:
+        """The inputs the model takes and the outputs it gives."""
+        ...
+
+    @property
+    def input_errors(self) -> tuple[type[Exception], ...]:
+        """Framework exceptions that mean "these inputs cannot run" (``InvalidInput``);
+        any other exception from ``run`` is a failure of the model (``Internal``)."""
+        ...
+
+    def describe_error(self, error: Exception) -> str:
+        """One short line of ``error``'s message, without native prefixes or tracebacks."""
+        ...
+
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Mapping[str, Any]:
+        """The named ``outputs`` for ``inputs``, as numpy arrays (or array-likes)."""
+        ...
+
+    def close(self) -> None:
+        """Drop the framework's model; calls already running may finish."""
+        ...
 
 
 @runtime_checkable

@@ -17,52 +17,19 @@ server's batcher validates each request on arrival and then runs merged batches)
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import Internal, InvalidInput, ModelportError, Unavailable
+from modelport.runtimes.base import Predictor
 from modelport.types import DataType, Signature, Tensors
 
-__all__ = ["CheckedModel", "Predictor", "requested_outputs"]
+__all__ = ["CheckedModel", "requested_outputs"]
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Predictor(Protocol):
-    """One framework's model, run as is: what a runtime's ``load`` returns.
-
-    ``run`` is called only with inputs that match ``signature`` and with ``outputs`` a
-    non-empty list of the signature's output names, each once; it returns at least those.
-    It may be called from many threads at once (a predictor whose framework is not
-    thread-safe takes its own lock). ``close`` is called once.
-    """
-
-    @property
-    def signature(self) -> Signature:
-        """The inputs the model takes and the outputs it gives."""
-        ...
-
-    @property
-    def input_errors(self) -> tuple[type[Exception], ...]:
-        """Framework exceptions that mean "these inputs cannot run" (``InvalidInput``);
-        any other exception from ``run`` is a failure of the model (``Internal``)."""
-        ...
-
-    def describe_error(self, error: Exception) -> str:
-        """One short line of ``error``'s message, without native prefixes or tracebacks."""
-        ...
-
-    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Mapping[str, Any]:
-        """The named ``outputs`` for ``inputs``, as numpy arrays (or array-likes)."""
-        ...
-
-    def close(self) -> None:
-        """Drop the framework's model; calls already running may finish."""
-        ...
 
 
 def requested_outputs(known: Sequence[str], outputs: Sequence[str] | None) -> list[str]:

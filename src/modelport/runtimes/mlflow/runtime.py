@@ -35,11 +35,11 @@ from modelport.runtimes.base import (
     LoadOptions,
     ModelFiles,
     ModelInfo,
+    Predictor,
     PushOptions,
     Runtime,
     directory_files,
 )
-from modelport.runtimes.checked import Predictor
 from modelport.runtimes.mlflow.model import PyfuncModel, describe_pyfunc, load_pyfunc
 from modelport.runtimes.mlflow.signature import MLMODEL, MLModel, read_mlmodel
 from modelport.runtimes.table import RuntimeTable, default_runtimes
