@@ -241,9 +241,7 @@ class Bench:
         self.hasher = ["openssl", "dgst", "-sha256"] if shutil.which("openssl") else ["sha256sum"]
         self.sha256sum = Samples(f"{' '.join(self.hasher)} MODEL  (reference)")
         self.startup = Samples("python -c 'import modelport.cli.main'")
-        self.startup_onnx = Samples(
-            "python -c 'import modelport.cli.main, ...runtimes.onnx'"
-        )
+        self.startup_onnx = Samples("python -c 'import modelport.cli.main, ...runtimes.onnx'")
         self.cli = Samples("modelport push MODEL --name big (registry exists)")
         self.cli_empty = Samples("modelport push MODEL --name big (empty home: creates DB)")
         self.sdk = Samples("SDK Registry(...) + push() + close(), in-process")
