@@ -92,7 +92,7 @@ def make_models(directory: Path, size_mb: int, external: bool) -> dict[str, Any]
 
 def sdk_push(model: Path, home: Path) -> dict[str, Any]:
     """One SDK push into ``home``, timed in-process after every import it needs."""
-    import modelport.runtimes.onnx  # noqa: F401  (the push imports it lazily; not timed)
+    import modelport.runtimes.onnx.runtime  # noqa: F401  (the push imports it lazily; not timed)
     from modelport.config import Settings
     from modelport.registry import Registry
 
@@ -122,7 +122,7 @@ def breakdown(tiny: Path, work: Path, files: list[Path], reps: int) -> dict[str,
     from modelport.config import Settings
     from modelport.registry import Registry
     from modelport.registry.store import LocalStore, hash_file
-    from modelport.runtimes.onnx_inspection import inspect_model, read_model
+    from modelport.runtimes.onnx.inspect import inspect_model, read_model
 
     model = files[0]
     times: dict[str, list[float]] = {}
@@ -189,7 +189,7 @@ def profile_push(model: Path, home: Path) -> str:
     import io
     import pstats
 
-    import modelport.runtimes.onnx  # noqa: F401
+    import modelport.runtimes.onnx.runtime  # noqa: F401
     from modelport.config import Settings
     from modelport.registry import Registry
 
@@ -294,7 +294,7 @@ class Bench:
         os.sync()
         done = self.run([sys.executable, "-c", "import modelport.cli.main"])
         with_onnx = self.run(
-            [sys.executable, "-c", "import modelport.cli.main, modelport.runtimes.onnx"]
+            [sys.executable, "-c", "import modelport.cli.main, modelport.runtimes.onnx.runtime"]
         )
         if record:
             self.startup.add(done.seconds, done.peak_rss)

@@ -25,9 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 from modelport import Registry, Settings
 from modelport.errors import InvalidModel
 from modelport.registry.store import manifest_key
-from modelport.runtimes import LoadedModel, LoadOptions
-from modelport.runtimes.onnx import OnnxRuntime
-from modelport.runtimes.onnx_inspection import signature
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions
+from modelport.runtimes.onnx.inspect import signature
+from modelport.runtimes.onnx.runtime import OnnxRuntime
 from tests.onnx_models import (
     iris_data,
     make_add_model,
@@ -39,22 +39,22 @@ from tests.onnx_models import (
 )
 
 RUNTIME = OnnxRuntime()
-CACHE_LOGGER = "modelport.runtimes.onnx_cache"
+CACHE_LOGGER = "modelport.runtimes.onnx.shared_weights"
 
 
 CONV_INPUT = {"x": np.random.default_rng(5).standard_normal((4, 3, 16, 16)).astype(np.float32)}
 
 
-def load(path: Path, cache_dir: Path | None, **extra: Any) -> LoadedModel:
-    return RUNTIME.load(path, LoadOptions(cache_dir=cache_dir, extra=extra))
+def load(path: Path, derived_dir: Path | None, **extra: Any) -> LoadedModel:
+    return CheckedModel(RUNTIME.load(path, LoadOptions(derived_dir=derived_dir, extra=extra)))
 
 
-def variant_dirs(cache_dir: Path) -> list[Path]:
-    return sorted(path for path in cache_dir.glob("onnx-*") if path.is_dir())
+def variant_dirs(derived_dir: Path) -> list[Path]:
+    return sorted(path for path in derived_dir.glob("onnx-*") if path.is_dir())
 
 
-def only_variant(cache_dir: Path) -> Path:
-    (variant,) = variant_dirs(cache_dir)
+def only_variant(derived_dir: Path) -> Path:
+    (variant,) = variant_dirs(derived_dir)
     return variant
 
 
@@ -96,9 +96,9 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_conv_outputs_are_bit_identical(conv: Path, tmp_path: Path, options: LoadOptions) -> None:
-    cached = RUNTIME.load(conv, dataclasses.replace(options, cache_dir=tmp_path))
+    cached = CheckedModel(RUNTIME.load(conv, dataclasses.replace(options, derived_dir=tmp_path)))
     assert (only_variant(tmp_path) / "weights.bin").is_file()
-    assert_same_outputs(cached, RUNTIME.load(conv, options), CONV_INPUT)
+    assert_same_outputs(cached, CheckedModel(RUNTIME.load(conv, options)), CONV_INPUT)
 
 
 def test_iris_outputs_are_bit_identical(iris: Path, tmp_path: Path) -> None:
@@ -138,9 +138,9 @@ def test_the_weights_are_memory_mapped(conv: Path, tmp_path: Path) -> None:
 
 
 def test_optimization_disabled_uses_no_cache(conv: Path, tmp_path: Path) -> None:
-    cache_dir = tmp_path / "cache"
-    model = load(conv, cache_dir, graph_optimization_level="disable")
-    assert not cache_dir.exists()
+    derived_dir = tmp_path / "cache"
+    model = load(conv, derived_dir, graph_optimization_level="disable")
+    assert not derived_dir.exists()
     assert_same_outputs(model, load(conv, None, graph_optimization_level="disable"), CONV_INPUT)
 
 
@@ -262,14 +262,15 @@ def test_a_full_disk_falls_back_with_a_warning(tmp_path: Path) -> None:
     # A real full disk, as far as onnxruntime can tell: writes past 4 MiB fail (EFBIG).
     weights = np.random.default_rng(4).standard_normal((1024, 2048)).astype(np.float32)
     path = make_matmul_model(tmp_path / "big" / "model.onnx", weights)  # 8 MiB of weights
-    cache_dir = tmp_path / "cache"
+    derived_dir = tmp_path / "cache"
     script = textwrap.dedent(
         f"""
         import numpy as np
         from pathlib import Path
         from modelport.runtimes import LoadOptions
-        from modelport.runtimes.onnx import OnnxRuntime
-        model = OnnxRuntime().load(Path({str(path)!r}), LoadOptions(cache_dir=Path({str(cache_dir)!r})))
+        from modelport.runtimes.onnx.runtime import OnnxRuntime
+        from modelport.runtimes import CheckedModel
+        model = CheckedModel(OnnxRuntime().load(Path({str(path)!r}), LoadOptions(derived_dir=Path({str(derived_dir)!r}))))
         y = model.predict({{"x": np.ones((1, 1024), np.float32)}})["y"]
         np.save({str(tmp_path / "y.npy")!r}, y)
         """
@@ -286,8 +287,8 @@ def test_a_full_disk_falls_back_with_a_warning(tmp_path: Path) -> None:
     assert proc.stderr.startswith("model.onnx: cannot share its weights through ")
     assert "Failed to write external initializers" in proc.stderr
     assert proc.stderr.count("\n") == 1
-    assert not list(cache_dir.glob(".tmp-*"))
-    assert variant_dirs(cache_dir) == []
+    assert not list(derived_dir.glob(".tmp-*"))
+    assert variant_dirs(derived_dir) == []
     expected = load(path, None).predict({"x": np.ones((1, 1024), np.float32)})["y"]
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
 
@@ -330,11 +331,11 @@ def test_a_graph_onnxruntime_refuses_is_invalid_as_before(
     assert variant_dirs(tmp_path / "cache") == []
 
 
-def _assert_same_refusal(path: Path, cache_dir: Path) -> None:
+def _assert_same_refusal(path: Path, derived_dir: Path) -> None:
     with pytest.raises(InvalidModel) as plain:
         load(path, None)
     with pytest.raises(InvalidModel) as cached:
-        load(path, cache_dir)
+        load(path, derived_dir)
     assert str(cached.value) == str(plain.value)
 
 
@@ -370,7 +371,7 @@ def test_registry_keeps_the_copy_in_the_store_and_gc_removes_it(tmp_path: Path, 
         assert_same_outputs(model, load(conv, None), CONV_INPUT)
 
         explicit = tmp_path / "mine"
-        registry.load("conv", LoadOptions(cache_dir=explicit))
+        registry.load("conv", LoadOptions(derived_dir=explicit))
         only_variant(explicit)
 
         with registry.store.shared_lock():  # a push in progress: delete leaves gc for later

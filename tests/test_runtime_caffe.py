@@ -27,10 +27,10 @@ from modelport.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes import caffe as caffe_runtime
-from modelport.runtimes.caffe import CaffeRuntime
-from modelport.runtimes.caffe_prototxt import NetworkInput, network_inputs, parse_text
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes.caffe import runtime as caffe_runtime
+from modelport.runtimes.caffe.prototxt import NetworkInput, network_inputs, parse_text
+from modelport.runtimes.caffe.runtime import CaffeRuntime
 from modelport.runtimes.threads import ProcessThreads
 from modelport.types import DataType, Signature, TensorSpec
 from tests.caffe_models import (
@@ -86,7 +86,7 @@ def load(prototxt: Path, weights: Path, options: PushOptions | None = None) -> L
     info = CAFFE.inspect(
         prototxt, PushOptions(given.example, given.signature, companions=(weights,))
     )
-    return CAFFE.load(prototxt, LoadOptions(metadata=info.metadata))
+    return CheckedModel(CAFFE.load(prototxt, LoadOptions(metadata=info.metadata)))
 
 
 def opencv_forward(prototxt: Path, weights: Path, images: np.ndarray[Any, Any]) -> Any:
@@ -292,7 +292,7 @@ def test_intra_op_threads_are_set_once_per_process(
     try:
         CAFFE.load(files["deploy"], LoadOptions(intra_op_threads=1, metadata=info.metadata))
         assert cv2.getNumThreads() == 1
-        with caplog.at_level(logging.WARNING, logger="modelport.runtimes.caffe"):
+        with caplog.at_level(logging.WARNING, logger="modelport.runtimes.caffe.runtime"):
             CAFFE.load(files["deploy"], LoadOptions(intra_op_threads=2, metadata=info.metadata))
         assert cv2.getNumThreads() == 1
         assert "already 1; a model asking for 2 runs with 1" in caplog.text

@@ -22,10 +22,10 @@ import torch
 from modelport import Registry, Settings
 from modelport.convert import convert
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes import pytorch as pytorch_runtime
-from modelport.runtimes.huggingface import HuggingFaceRuntime
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes.huggingface.runtime import HuggingFaceRuntime
 from modelport.runtimes.threads import ProcessThreads
+from modelport.runtimes.torch import runtime as pytorch_runtime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.hf_models import (
@@ -245,7 +245,7 @@ def test_feature_extraction_of_a_plain_transformer_mean_pools(
     assert info.metadata["task"] == "feature-extraction"
     assert info.metadata["normalize"] is False and info.metadata["max_length"] == 512
 
-    model = RUNTIME.load(plain, LoadOptions(metadata=info.metadata))
+    model = CheckedModel(RUNTIME.load(plain, LoadOptions(metadata=info.metadata)))
     embedding = model.predict({"text": texts(*SENTENCES)})["embedding"]
     # Mean pooling alone: the sentence-transformers embedding is its unit vector.
     unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
@@ -264,7 +264,7 @@ def test_cls_and_max_pooling_are_read_from_the_pooling_config(
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(directory), device="cpu", local_files_only=True)
-    model = RUNTIME.load(directory, LoadOptions(metadata=info.metadata))
+    model = CheckedModel(RUNTIME.load(directory, LoadOptions(metadata=info.metadata)))
     embedding = model.predict({"text": texts(*SENTENCES[:3])})["embedding"]
     np.testing.assert_allclose(embedding, reference.encode(SENTENCES[:3]), atol=1e-5)
 

@@ -24,9 +24,9 @@ from sklearn.linear_model import LogisticRegression
 
 from modelport import Registry
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
-from modelport.runtimes import PushOptions, default_runtimes
-from modelport.runtimes.mlflow import MLflowRuntime
-from modelport.runtimes.mlflow_signature import read_mlmodel, recorded_signature
+from modelport.runtimes import CheckedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes.mlflow.runtime import MLflowRuntime
+from modelport.runtimes.mlflow.signature import read_mlmodel, recorded_signature
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.mlflow_models import (
@@ -95,6 +95,24 @@ def test_mlflow_directories_are_detected_before_what_they_wrap(models: Path) -> 
     assert runtimes.detect(models / "iris.onnx").format == "onnx"
     assert not RUNTIME.detect(models / "iris.onnx")
     assert not RUNTIME.detect(models)  # MLmodel must be in the directory itself
+
+
+def test_the_xgboost_flavor_is_served_by_the_xgboost_runtime(tmp_path: Path) -> None:
+    xgboost_mlflow = pytest.importorskip("mlflow.xgboost")
+    from tests.tabular_models import xgboost_model
+
+    booster = xgboost_model("multi:softprob")
+    with warnings.catch_warnings():  # MLflow's advice on type hints and environments
+        warnings.simplefilter("ignore")
+        xgboost_mlflow.save_model(booster, str(tmp_path / "xgb"))
+    info = RUNTIME.inspect(tmp_path / "xgb", PushOptions())
+    assert info.metadata["serving"] == "xgboost"
+    assert info.metadata["native"]["objective"] == "multi:softprob"
+    options = LoadOptions(metadata=info.metadata)
+    with default_runtimes().load("mlflow", tmp_path / "xgb", options) as model:
+        result = model.predict({"input": IRIS})
+    np.testing.assert_array_equal(result["label"], booster.predict(IRIS))
+    np.testing.assert_allclose(result["probabilities"], booster.predict_proba(IRIS), rtol=1e-6)
 
 
 @sqlite_only
@@ -210,7 +228,9 @@ def load_pushed(directory: Path, options: PushOptions) -> Any:
     from modelport.runtimes import LoadOptions
 
     info = RUNTIME.inspect(directory, options)
-    return RUNTIME.load(directory, LoadOptions(metadata=info.metadata, trust_pickle=True))
+    return CheckedModel(
+        RUNTIME.load(directory, LoadOptions(metadata=info.metadata, trust_pickle=True))
+    )
 
 
 # --- signatures recorded in MLmodel -------------------------------------------------------------

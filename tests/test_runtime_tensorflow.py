@@ -23,8 +23,8 @@ from tritonclient.utils import np_to_triton_dtype
 from modelport import Registry, Settings
 from modelport.convert import convert
 from modelport.errors import InvalidInput, InvalidModel
-from modelport.runtimes import LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes.tensorflow import KerasRuntime, SavedModelRuntime
+from modelport.runtimes import CheckedModel, LoadOptions, PushOptions, default_runtimes
+from modelport.runtimes.tensorflow.runtime import KerasRuntime, SavedModelRuntime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.keras_models import (
@@ -139,7 +139,7 @@ def test_dict_inputs_and_outputs_keep_their_names(
     runtime = KERAS if name.endswith(".keras") else SAVED
     info = runtime.inspect(files[name], PushOptions())
     assert info.signature == HEADS
-    model = runtime.load(files[name], LoadOptions(metadata=info.metadata))
+    model = CheckedModel(runtime.load(files[name], LoadOptions(metadata=info.metadata)))
 
     result = model.predict(HEADS_IN)
     assert list(result) == ["scores", "total"]

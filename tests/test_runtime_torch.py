@@ -25,13 +25,12 @@ from modelport.errors import (
     InvalidInput,
     InvalidModel,
     ModelportError,
-    Unavailable,
     UnsupportedFormat,
 )
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions, default_runtimes
-from modelport.runtimes import pytorch as pytorch_runtime
-from modelport.runtimes.pytorch import TorchExportRuntime, TorchScriptRuntime
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.threads import ProcessThreads
+from modelport.runtimes.torch import runtime as pytorch_runtime
+from modelport.runtimes.torch.runtime import TorchExportRuntime, TorchScriptRuntime
 from modelport.types import DataType, Signature, TensorSpec
 from tests.conftest import run_cli
 from tests.serving_fixtures import predict_in_process, running_server
@@ -87,7 +86,7 @@ def load(path: Path, options: PushOptions = TRUSTED) -> LoadedModel:
     """Inspect and load as a push and a later load would, metadata passed along."""
     runtime = SCRIPT if path.suffix == ".pt" else EXPORT
     info = runtime.inspect(path, options)
-    return runtime.load(path, LoadOptions(metadata=info.metadata, trust_pickle=True))
+    return CheckedModel(runtime.load(path, LoadOptions(metadata=info.metadata, trust_pickle=True)))
 
 
 def spec(name: str, shape: tuple[int, ...], datatype: DataType = DataType.FP32) -> TensorSpec:
@@ -190,7 +189,9 @@ def test_exported_program_with_a_dynamic_batch(files: dict[str, Path]) -> None:
     assert info.signature == Signature(
         inputs=(spec("input", (-1, 3, 32, 32)),), outputs=(spec("output", (-1, 10)),)
     )
-    model = EXPORT.load(files["cnn.pt2"], LoadOptions(metadata=info.metadata, trust_pickle=True))
+    model = CheckedModel(
+        EXPORT.load(files["cnn.pt2"], LoadOptions(metadata=info.metadata, trust_pickle=True))
+    )
 
     for rows in (1, 5):
         result = model.predict({"input": PHOTOS[:rows]})["output"]
@@ -416,14 +417,6 @@ def test_concurrent_predictions_from_many_threads(files: dict[str, Path], name: 
         np.testing.assert_allclose(result, expected[index % len(images)], rtol=1e-5, atol=1e-6)
 
 
-def test_closed_model_refuses(files: dict[str, Path]) -> None:
-    model = load(files["static.pt2"])
-    assert isinstance(model, LoadedModel)
-    model.close()
-    with pytest.raises(Unavailable, match="closed"):
-        model.predict({"input": ROWS[:2]})
-
-
 def test_intra_op_threads_are_set_once_per_process(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -432,7 +425,7 @@ def test_intra_op_threads_are_set_once_per_process(
     try:
         EXPORT.load(files["static.pt2"], LoadOptions(intra_op_threads=1, trust_pickle=True))
         assert torch.get_num_threads() == 1
-        with caplog.at_level(logging.WARNING, logger="modelport.runtimes.pytorch"):
+        with caplog.at_level(logging.WARNING, logger="modelport.runtimes.torch.runtime"):
             EXPORT.load(files["static.pt2"], LoadOptions(intra_op_threads=2, trust_pickle=True))
         assert torch.get_num_threads() == 1
         assert "already 1; a model asking for 2 runs with 1" in caplog.text

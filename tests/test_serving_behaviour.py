@@ -289,7 +289,7 @@ def test_max_models_unloads_the_least_recently_used(home: Path, tmp_path: Path) 
 
 def test_response_cache_hits(home: Path, tmp_path: Path) -> None:
     push(home, make_iris_onnx(tmp_path / "iris.onnx", zipmap=False), "iris")
-    with running_server(home, ["iris"], ["--cache-size", "8", "--no-grpc"]) as server:
+    with running_server(home, ["iris"], ["--response-cache-size", "8", "--no-grpc"]) as server:
         url = f"{server.http_url}/v2/models/iris/infer"
         first = httpx.post(url, json=IRIS).json()
         second = httpx.post(url, json=IRIS).json()

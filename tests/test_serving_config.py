@@ -80,15 +80,26 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
-def test_default_workers_are_one_single_threaded_stream_per_core() -> None:
+@pytest.mark.parametrize("key", ["response_cache_size", "cache_size"])
+def test_the_response_cache_size_is_read_under_its_new_and_old_names(
+    tmp_path: Path, key: str
+) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text(f"[defaults]\n{key} = 5\n[models.iris]\n{key} = 7\n[models.cnn]\n")
+    config = load_config(path)
+    assert config.model_settings("iris").response_cache_size == 7
+    assert config.model_settings("cnn").response_cache_size == 5
+
+
+def test_default_instances_are_one_single_threaded_stream_per_core() -> None:
     import os
 
     from modelport.serving.config import ModelServeConfig
 
     auto = ModelServeConfig()
     cores = os.cpu_count() or 1
-    assert auto.worker_count() == max(1, min(4, cores))
-    assert auto.thread_count() == (1 if auto.worker_count() > 1 else 0)
+    assert auto.instance_count() == max(1, min(4, cores))
+    assert auto.thread_count() == (1 if auto.instance_count() > 1 else 0)
     assert ModelServeConfig(instances=1).thread_count() == 0  # the runtime picks its threads
     assert ModelServeConfig(instances=3, threads=2).thread_count() == 2
 

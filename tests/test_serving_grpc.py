@@ -194,7 +194,7 @@ def test_model_ready_metadata_and_config(client: triton.InferenceServerClient) -
     assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
     config = client.get_model_config("iris", as_json=True)["config"]
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["-1", "4"]}]
-    workers = ModelServeConfig().worker_count()  # one per core by default
+    workers = ModelServeConfig().instance_count()  # one per core by default
     assert config["instance_group"] == [{"count": workers, "kind": "KIND_CPU"}]
 
 

@@ -69,7 +69,7 @@ def serve(
     ] = None,
     max_queue_delay_ms: Annotated[float | None, typer.Option("--max-queue-delay-ms")] = None,
     instances: Annotated[
-        int | None, typer.Option("--instances", help="Parallel inference workers per model.")
+        int | None, typer.Option("--instances", help="Parallel inference instances per model.")
     ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", help="Threads inside one inference.")
@@ -80,8 +80,11 @@ def serve(
     timeout_ms: Annotated[
         float | None, typer.Option("--timeout-ms", help="Per-request deadline.")
     ] = None,
-    cache_size: Annotated[
-        int | None, typer.Option("--cache-size", help="Response cache entries per model.")
+    response_cache_size: Annotated[
+        int | None,
+        typer.Option(
+            "--response-cache-size", "--cache-size", help="Response cache entries per model."
+        ),
     ] = None,
     max_request_size: Annotated[
         str | None,
@@ -154,7 +157,7 @@ def serve(
         "threads": threads,
         "max_queue_size": max_queue_size,
         "timeout_ms": timeout_ms,
-        "cache_size": cache_size,
+        "response_cache_size": response_cache_size,
     }
     model_updates = {k: v for k, v in per_model.items() if v is not None}
     try:

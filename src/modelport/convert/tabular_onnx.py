@@ -14,7 +14,7 @@ import onnx
 
 from modelport.convert.converters import ConversionSource, Exported, require
 from modelport.errors import UnsupportedFormat
-from modelport.runtimes.scikit_learn import read_estimator
+from modelport.runtimes.sklearn.runtime import read_estimator
 from modelport.types import DataType, TensorSpec
 
 __all__ = ["from_lightgbm", "from_sklearn", "from_xgboost"]

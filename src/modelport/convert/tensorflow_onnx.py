@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelport.convert.converters import ConversionSource, Exported, require
-from modelport.runtimes.tensorflow import open_saved_model, read_keras_model
-from modelport.runtimes.tensorflow_model import import_tensorflow
-from modelport.runtimes.tensorflow_signature import keras_signature, saved_model_signature
+from modelport.runtimes.tensorflow.model import import_tensorflow
+from modelport.runtimes.tensorflow.runtime import open_saved_model, read_keras_model
+from modelport.runtimes.tensorflow.signature import keras_signature, saved_model_signature
 from modelport.types import DataType, TensorSpec
 
 __all__ = ["from_keras", "from_saved_model"]

@@ -30,8 +30,8 @@ from typing import Any
 from modelport.convert.converters import ConversionSource, Exported, require
 from modelport.errors import UnsupportedFormat
 from modelport.jobs.inputs import generated_inputs
-from modelport.runtimes.pytorch import read_exported_program, read_torchscript
-from modelport.runtimes.pytorch_signature import exported_signature
+from modelport.runtimes.torch.runtime import read_exported_program, read_torchscript
+from modelport.runtimes.torch.signature import exported_signature
 from modelport.types import TensorSpec
 
 __all__ = ["from_exported_program", "from_torchscript"]

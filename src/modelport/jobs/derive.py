@@ -36,7 +36,7 @@ from modelport.errors import InvalidModel, VerificationFailed
 from modelport.jobs.scratch import scratch_directory, sweep
 from modelport.registry import Lineage, ModelVersion, Registry
 from modelport.registry.store import hash_file
-from modelport.runtimes import LoadedModel, LoadOptions, PushOptions
+from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions
 from modelport.types import ModelRef, Signature, TensorSpec, validate_alias, validate_name
 
 __all__ = [
@@ -179,9 +179,11 @@ def derive(
                 f"the version derived from {record.ref} by {kind} does not promise what "
                 f"{record.ref} promised: {'; '.join(problems)}; nothing was stored"
             )
-        candidate = runtime.load(
-            info.files.root / info.files.entry,
-            LoadOptions(metadata=info.metadata, trust_pickle=produced.trust_pickle),
+        candidate = CheckedModel(
+            runtime.load(
+                info.files.root / info.files.entry,
+                LoadOptions(metadata=info.metadata, trust_pickle=produced.trust_pickle),
+            )
         )
         try:
             # Its files were verified just now; what it derived (an optimized graph) still is.

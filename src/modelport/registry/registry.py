@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -27,7 +27,6 @@ from modelport.registry.store import (
     manifest_key,
 )
 from modelport.runtimes import (
-    LoadedModel,
     LoadOptions,
     PushOptions,
     RuntimeTable,
@@ -36,6 +35,9 @@ from modelport.runtimes import (
 )
 from modelport.runtimes.derived import DerivedCheck
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
+
+if TYPE_CHECKING:
+    from modelport.runtimes.checked import CheckedModel
 
 __all__ = ["Registry"]
 
@@ -380,11 +382,11 @@ class Registry:
         options: LoadOptions | None = None,
         *,
         verify: VerifyPolicy | None = None,
-    ) -> LoadedModel:
+    ) -> CheckedModel:
         """Load a version for inference through its format's runtime.
 
         Files are checked against the manifest first, per ``verify`` (default: settings).
-        Unless ``options`` name a ``cache_dir``, the runtime may keep files it derives from
+        Unless ``options`` name a ``derived_dir``, the runtime may keep files it derives from
         the version (an optimized graph) in the store, next to its checkout; whenever the
         version's files are re-hashed, derived files found there are too (and built again
         if they changed).
@@ -393,7 +395,7 @@ class Registry:
             NotFound, VerificationFailed, MissingDependency, InvalidModel.
         """
         record = self.get(ref)
-        runtime = self.runtimes.get(record.format)
+        self.runtimes.get(record.format)  # an unknown format fails before any checkout
         directory = self.store.checkout(list(record.files))
         policy = verify or self.settings.verify
         key = manifest_key(record.files)
@@ -406,12 +408,12 @@ class Registry:
             given,
             metadata={**record.metadata, **given.metadata},
             trust_pickle=record.trust_pickle,
-            cache_dir=given.cache_dir or self.store.derived(list(record.files)),
+            derived_dir=given.derived_dir or self.store.derived(list(record.files)),
             # What is served may be a copy derived from the files just verified (an
             # optimized graph): it is held to the same policy.
             verify_derived=given.verify_derived or verifying,
         )
-        return runtime.load(directory / record.entry, recorded)
+        return self.runtimes.load(record.format, directory / record.entry, recorded)
 
 
 def _verify_checkout(directory: Path, record: ModelVersion) -> None:

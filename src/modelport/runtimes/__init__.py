@@ -1,24 +1,34 @@
-"""Runtimes: one module per model format, found through a table by format name."""
+"""Runtimes: one subpackage per framework family, found through a table by format name.
+
+A runtime recognises, inspects and loads one format; its ``load`` returns a ``Predictor``,
+which the table wraps in the one ``CheckedModel``. See ``docs/runtimes.md``.
+"""
 
 from __future__ import annotations
 
-from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from modelport.runtimes.base import (
     LoadedModel,
     LoadOptions,
     ModelFiles,
     ModelInfo,
+    Predictor,
     PushOptions,
     Runtime,
-    RuntimeTable,
 )
+from modelport.runtimes.table import RuntimeTable, default_runtimes
+
+if TYPE_CHECKING:
+    from modelport.runtimes.checked import CheckedModel
 
 __all__ = [
+    "CheckedModel",
     "LoadOptions",
     "LoadedModel",
     "ModelFiles",
     "ModelInfo",
+    "Predictor",
     "PushOptions",
     "Runtime",
     "RuntimeTable",
@@ -26,93 +36,11 @@ __all__ = [
 ]
 
 
-def _onnx() -> Runtime:
-    from modelport.runtimes.onnx import OnnxRuntime
+def __getattr__(name: str) -> Any:
+    # The checked model needs numpy; importing it on first use keeps ``modelport`` (and the
+    # CLI's start) free of numpy until a model is loaded.
+    if name == "CheckedModel":
+        from modelport.runtimes.checked import CheckedModel
 
-    return OnnxRuntime()
-
-
-def _skops() -> Runtime:
-    from modelport.runtimes.scikit_learn import SkopsRuntime
-
-    return SkopsRuntime()
-
-
-def _sklearn_pickle() -> Runtime:
-    from modelport.runtimes.scikit_learn import PickleRuntime
-
-    return PickleRuntime()
-
-
-def _xgboost() -> Runtime:
-    from modelport.runtimes.gradient_boosting import XGBoostRuntime
-
-    return XGBoostRuntime()
-
-
-def _lightgbm() -> Runtime:
-    from modelport.runtimes.gradient_boosting import LightGBMRuntime
-
-    return LightGBMRuntime()
-
-
-def _torchscript() -> Runtime:
-    from modelport.runtimes.pytorch import TorchScriptRuntime
-
-    return TorchScriptRuntime()
-
-
-def _torch_export() -> Runtime:
-    from modelport.runtimes.pytorch import TorchExportRuntime
-
-    return TorchExportRuntime()
-
-
-def _mlflow() -> Runtime:
-    from modelport.runtimes.mlflow import MLflowRuntime
-
-    return MLflowRuntime()
-
-
-def _keras() -> Runtime:
-    from modelport.runtimes.tensorflow import KerasRuntime
-
-    return KerasRuntime()
-
-
-def _tf_savedmodel() -> Runtime:
-    from modelport.runtimes.tensorflow import SavedModelRuntime
-
-    return SavedModelRuntime()
-
-
-def _caffe() -> Runtime:
-    from modelport.runtimes.caffe import CaffeRuntime
-
-    return CaffeRuntime()
-
-
-def _huggingface() -> Runtime:
-    from modelport.runtimes.huggingface import HuggingFaceRuntime
-
-    return HuggingFaceRuntime()
-
-
-@cache
-def default_runtimes() -> RuntimeTable:
-    """The table of built-in runtimes. Framework modules are imported on first use only."""
-    table = RuntimeTable()
-    # Detection follows this order: MLflow directories wrap the other formats, so they come first.
-    table.register("mlflow", _mlflow)
-    table.register("onnx", _onnx)
-    table.register("skops", _skops)
-    table.register("sklearn_pickle", _sklearn_pickle)
-    table.register("xgboost", _xgboost)
-    table.register("lightgbm", _lightgbm)
-    table.register("torchscript", _torchscript)
-    table.register("torch_export", _torch_export)
-    table.register("keras", _keras)
-    table.register("tf_savedmodel", _tf_savedmodel)
-    table.register("caffe", _caffe)
-    table.register("huggingface", _huggingface)
-    return table
+        return CheckedModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

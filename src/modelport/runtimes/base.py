@@ -1,28 +1,31 @@
-"""The runtime plugin point: one small protocol a format implements, and the table of them."""
+"""The runtime plugin point: the protocol a format implements, and what it takes and gives.
+
+The table of runtimes is in ``runtimes.table``; the one wrapper around what ``load`` returns
+is ``runtimes.checked.CheckedModel``.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
+from modelport.errors import InvalidInput, InvalidModel
 from modelport.types import Signature, Tensors
 
 __all__ = [
     "LoadOptions",
     "LoadedModel",
     "ModelFiles",
+    "Predictor",
     "PushOptions",
     "Runtime",
-    "RuntimeTable",
     "declared_signature",
     "directory_files",
     "last_error_line",
-    "requested_outputs",
 ]
 
 
@@ -85,22 +88,6 @@ def declared_signature(options: PushOptions, format_name: str) -> Signature:
     )
 
 
-def requested_outputs(known: Sequence[str], outputs: Sequence[str] | None) -> list[str]:
-    """The output names a ``predict`` call asks for: all of ``known`` when none are named,
-    else the named ones in order, each once.
-
-    Raises:
-        InvalidInput: a name the model does not give, listing those it does.
-    """
-    if not outputs:
-        return list(known)
-    for name in outputs:
-        if name not in known:
-            valid = ", ".join(repr(output) for output in known)
-            raise InvalidInput(f"unknown output {name!r}; the model gives {valid}")
-    return list(dict.fromkeys(outputs))
-
-
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(?:Error|Exception): (.+)$")
 
 
@@ -153,25 +140,59 @@ class LoadOptions:
     """What ``inspect`` recorded about the model at push time."""
     trust_pickle: bool = False
     """The version was pushed with ``--trust-pickle``."""
-    cache_dir: Path | None = None
+    derived_dir: Path | None = None
     """A directory where the runtime may keep derived, machine-specific files for this
-    version (e.g. an optimized graph); ``None``: nothing is cached. Runtimes that derive
+    version (e.g. an optimized graph); ``None``: nothing derived is kept. Runtimes that derive
     nothing ignore it."""
     verify_derived: bool = False
-    """Re-hash derived files found in ``cache_dir`` against the digests recorded when they
+    """Re-hash derived files found in ``derived_dir`` against the digests recorded when they
     were built, and build them again if they differ (see ``runtimes.derived``). The
     registry asks for it whenever its verify policy re-hashes the version's own files."""
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """One framework's model, run as is: what a runtime's ``load`` returns.
+
+    ``run`` is called only with inputs that match ``signature`` and with ``outputs`` a
+    non-empty list of the signature's output names, each once; it returns at least those.
+    It may be called from many threads at once (a predictor whose framework is not
+    thread-safe takes its own lock). ``close`` is called once.
+    """
+
+    @property
+    def signature(self) -> Signature:
+        """The inputs the model takes and the outputs it gives."""
+        ...
+
+    @property
+    def input_errors(self) -> tuple[type[Exception], ...]:
+        """Framework exceptions that mean "these inputs cannot run" (``InvalidInput``);
+        any other exception from ``run`` is a failure of the model (``Internal``)."""
+        ...
+
+    def describe_error(self, error: Exception) -> str:
+        """One short line of ``error``'s message, without native prefixes or tracebacks."""
+        ...
+
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Mapping[str, Any]:
+        """The named ``outputs`` for ``inputs``, as numpy arrays (or array-likes)."""
+        ...
+
+    def close(self) -> None:
+        """Drop the framework's model; calls already running may finish."""
+        ...
 
 
 @runtime_checkable
 class LoadedModel(Protocol):
     """A model ready for inference.
 
-    ``predict`` validates its inputs against ``signature`` first, is safe to call from a
-    worker thread, and releases the GIL while the framework computes.
-
-    A model may also offer ``predict_unchecked(inputs, outputs)``: the same without the
-    validation, which the server's batcher calls on batches of requests it has validated.
+    ``predict`` validates its inputs against ``signature`` first, may be called from many
+    threads at once (the server's instances), and releases the GIL while the framework
+    computes. A loaded model is a context manager: leaving the ``with`` block closes it.
+    Every runtime's model is a ``CheckedModel`` around the runtime's ``Predictor`` (see
+    ``runtimes.checked``).
     """
 
     @property
@@ -180,6 +201,10 @@ class LoadedModel(Protocol):
     def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> LoadedModel: ...
+
+    def __exit__(self, *_exc: object) -> None: ...
 
 
 class Runtime(Protocol):
@@ -203,58 +228,7 @@ class Runtime(Protocol):
         """
         ...
 
-    def load(self, path: Path, options: LoadOptions) -> LoadedModel:
-        """Load the model whose entry file or directory is ``path``."""
+    def load(self, path: Path, options: LoadOptions) -> Predictor:
+        """Load the model whose entry file or directory is ``path``, as a ``Predictor``;
+        ``RuntimeTable.load`` wraps it in the one ``CheckedModel``."""
         ...
-
-
-class RuntimeTable:
-    """Runtimes by format name. Registering a format twice is an error, never an overwrite.
-
-    ``detect`` asks the runtimes in registration order, so a format that wraps others (an
-    MLflow model directory holding an ONNX file) is registered before the formats it wraps.
-    """
-
-    def __init__(self) -> None:
-        self._factories: dict[str, Callable[[], Runtime]] = {}
-        self._instances: dict[str, Runtime] = {}
-
-    def register(self, format_name: str, factory: Callable[[], Runtime]) -> None:
-        if format_name in self._factories:
-            raise ModelportError(f"runtime for format {format_name!r} is already registered")
-        self._factories[format_name] = factory
-
-    def formats(self) -> list[str]:
-        return sorted(self._factories)
-
-    def get(self, format_name: str) -> Runtime:
-        if format_name not in self._factories:
-            raise UnsupportedFormat(
-                f"unknown format {format_name!r}; supported formats: {', '.join(self.formats())}"
-            )
-        runtime = self._instances.get(format_name)
-        if runtime is None:
-            runtime = self._instances[format_name] = self._factories[format_name]()
-        return runtime
-
-    def __iter__(self) -> Iterator[Runtime]:
-        return (self.get(name) for name in self.formats())
-
-    def detect(self, path: Path) -> Runtime:
-        """The runtime that recognises ``path``.
-
-        Raises:
-            InvalidModel: the path is missing, an empty file, or an empty directory.
-            UnsupportedFormat: no runtime recognises it; the message lists the formats.
-        """
-        if not path.exists():
-            raise InvalidModel(f"{path} does not exist")
-        if path.is_file() and path.stat().st_size == 0:
-            raise InvalidModel(f"{path} is an empty file")
-        if path.is_dir() and not any(path.iterdir()):
-            raise InvalidModel(f"{path} is an empty directory")
-        for name in self._factories:
-            if self.get(name).detect(path):
-                return self.get(name)
-        what = "directory with no model in it" if path.is_dir() else "file of no known format"
-        raise UnsupportedFormat(f"{path}: {what}; supported formats: {', '.join(self.formats())}")

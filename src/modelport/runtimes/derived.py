@@ -1,7 +1,7 @@
-"""Files a runtime derives from a version and keeps in ``LoadOptions.cache_dir`` (an optimized
+"""Files a runtime derives from a version and keeps in ``LoadOptions.derived_dir`` (an optimized
 graph and its weights): how they are recorded when built and checked before they are used.
 
-Each set of derived files lives in one directory of ``cache_dir``, beside a ``manifest.json``
+Each set of derived files lives in one directory of ``derived_dir``, beside a ``manifest.json``
 that records the size and sha256 digest of every file as it was written. A load checks the
 sizes every time (a cheap guard against a truncated copy) and the digests when the
 registry's verify policy re-hashes the version's own files; ``modelport verify`` checks the
@@ -91,13 +91,13 @@ def check(directory: Path, *, digests: bool, required: Iterable[str] = ()) -> De
     return DerivedCheck(name, tuple(problems), modified)
 
 
-def copies(cache_dir: Path) -> list[Path]:
-    """The directories of derived files in ``cache_dir``, builds in progress left out."""
-    if not cache_dir.is_dir():
+def copies(derived_dir: Path) -> list[Path]:
+    """The directories of derived files in ``derived_dir``, builds in progress left out."""
+    if not derived_dir.is_dir():
         return []
     return sorted(
         child
-        for child in cache_dir.iterdir()
+        for child in derived_dir.iterdir()
         if not child.name.startswith(".") and (child / MANIFEST).is_file()
     )
 

@@ -32,7 +32,7 @@ from modelport.errors import (
     Timeout,
     Unavailable,
 )
-from modelport.runtimes import LoadedModel
+from modelport.runtimes import CheckedModel
 from modelport.serving.config import ModelServeConfig
 from modelport.types import Tensors
 
@@ -62,7 +62,7 @@ class BatchStats:
 
 
 class Batcher:
-    """Runs a ``LoadedModel`` for many concurrent callers, batching where the model allows.
+    """Runs a ``CheckedModel`` for many concurrent callers, batching where the model allows.
 
     ``submit`` must be called on the event loop that started the batcher; inference runs
     on a thread pool of ``instances`` threads (runtimes release the GIL).
@@ -70,7 +70,7 @@ class Batcher:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: CheckedModel,
         config: ModelServeConfig,
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -78,18 +78,19 @@ class Batcher:
         prevalidated: bool = False,
     ) -> None:
         self.model = model
-        # Callers that validate each request (the manager does, before batching) spare the
-        # runtime a second check of the merged batch, where the runtime offers a way to.
-        unchecked = getattr(model, "predict_unchecked", None) if prevalidated else None
-        self._run_model: Callable[[Tensors, list[str] | None], Tensors] = unchecked or model.predict
+        # Each request is validated once, on arrival (here, or by a caller that says it did:
+        # the manager validates before its response cache); batches, merged from validated
+        # requests, run without a second check.
+        self._prevalidated = prevalidated
+        self._run_model = model.run_validated
         self.config = config
         self._on_batch = on_batch
         self._on_depth = on_depth
         self._queue: deque[_Pending] = deque()
         self._idle: deque[asyncio.Future[None]] = deque()
-        self._workers: list[asyncio.Task[None]] = []
+        self._instances: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(
-            config.worker_count(), thread_name_prefix="modelport-infer"
+            config.instance_count(), thread_name_prefix="modelport-infer"
         )
         self._closed = False
         self._busy = 0
@@ -112,8 +113,8 @@ class Batcher:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._workers = [
-            loop.create_task(self._worker()) for _ in range(self.config.worker_count())
+        self._instances = [
+            loop.create_task(self._instance()) for _ in range(self.config.instance_count())
         ]
 
     async def submit(
@@ -129,6 +130,8 @@ class Batcher:
         """
         if self._closed:
             raise Unavailable("the model is being unloaded; retry")
+        if not self._prevalidated:
+            self.model.validate(inputs, outputs)
         if (
             self._small_cost is not None
             and self._small_cost < self._inline_limit
@@ -180,7 +183,7 @@ class Batcher:
         previous = self._small_cost
         self._small_cost = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
-    async def _worker(self) -> None:
+    async def _instance(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
@@ -325,8 +328,8 @@ class Batcher:
                 waiter.set_result(None)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await asyncio.gather(*self._workers, return_exceptions=True)
-        for task in self._workers:
+                await asyncio.gather(*self._instances, return_exceptions=True)
+        for task in self._instances:
             task.cancel()
         for pending in self._queue:
             _fail(pending, Unavailable("the model was unloaded before this request ran; retry"))

@@ -1,4 +1,5 @@
-"""Serving settings: server-wide limits and per-model batching, instances, cache and timeouts.
+"""Serving settings: server-wide limits and per-model batching, instances, response cache
+and timeouts.
 
 CLI flags cover the common case; a TOML file (``modelport serve --config serve.toml``) sets
 anything per model::
@@ -21,7 +22,7 @@ anything per model::
     [models.iris]
     ref = "iris@production"
     instances = 2
-    cache_size = 10000
+    response_cache_size = 10000   # (also read as cache_size)
 
     [models.resnet]
     ref = "resnet@2"
@@ -36,12 +37,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelport.errors import InvalidInput
 from modelport.types import ModelRef
 
-__all__ = ["ModelServeConfig", "ServeConfig", "load_config", "parse_bytes"]
+__all__ = ["ModelEntry", "ModelServeConfig", "ServeConfig", "load_config", "parse_bytes"]
 
 _UNITS = {"": 1, "b": 1}
 for _power, _prefix in enumerate("kmgt", start=1):
@@ -85,7 +86,8 @@ class ModelServeConfig(BaseModel):
     instances: int = Field(
         0,
         ge=0,
-        description="Batches run in parallel on this many workers; 0: one per CPU core (up to 4).",
+        description="Batches run in parallel on this many instances (threads of one process); "
+        "0: one per CPU core (up to 4).",
     )
     threads: int = Field(
         0,
@@ -99,7 +101,7 @@ class ModelServeConfig(BaseModel):
     def _batch_bytes(cls, value: Any) -> Any:
         return parse_bytes(value) if isinstance(value, str) else value
 
-    def worker_count(self) -> int:
+    def instance_count(self) -> int:
         """Instances to run: independent single-threaded streams keep every core busy with
         less contention than one stream with many threads (measured: bench/RESULTS.md)."""
         return self.instances or max(1, min(4, os.cpu_count() or 1))
@@ -108,11 +110,17 @@ class ModelServeConfig(BaseModel):
         """Threads per inference; 0 lets the runtime choose."""
         if self.threads:
             return self.threads
-        return 1 if self.worker_count() > 1 else 0
+        return 1 if self.instance_count() > 1 else 0
 
     max_queue_size: int = Field(256, ge=1, description="Requests waiting; more get 503.")
     timeout_ms: float = Field(30_000, gt=0, description="Per-request deadline, queue included.")
-    cache_size: int = Field(0, ge=0, description="Response cache entries; 0 turns it off.")
+    response_cache_size: int = Field(
+        0,
+        ge=0,
+        # cache_size: its name before "cache" also meant derived files and the checkout
+        validation_alias=AliasChoices("response_cache_size", "cache_size"),
+        description="Response cache entries; 0 turns it off. Also read as cache_size.",
+    )
     warmup: bool = True
     inline_below_us: float = Field(
         150.0,
@@ -122,7 +130,7 @@ class ModelServeConfig(BaseModel):
     )
 
 
-class ServedModel(ModelServeConfig):
+class ModelEntry(ModelServeConfig):
     """A model entry of the config file: what to serve under which name."""
 
     ref: str
@@ -204,7 +212,7 @@ class ServeConfig(BaseModel):
         "grpc.aio.ServerInterceptor, outermost first; every RPC passes them.",
     )
     defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)
-    models: dict[str, ServedModel] = Field(default_factory=dict)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
 
     @field_validator(
         "memory_budget",

@@ -14,11 +14,11 @@ import numpy as np
 
 from modelport.errors import Internal, InvalidInput, ModelportError
 from modelport.registry import ModelVersion, Registry
-from modelport.runtimes import LoadedModel, LoadOptions
+from modelport.runtimes import CheckedModel, LoadOptions
 from modelport.serving.batching import Batcher, BatchStats
-from modelport.serving.cache import ResponseCache
 from modelport.serving.config import ModelServeConfig
 from modelport.serving.metrics import ServingMetrics
+from modelport.serving.response_cache import ResponseCache
 from modelport.types import DataType, Signature
 
 __all__ = ["Deployment", "State"]
@@ -50,17 +50,19 @@ class Deployment:
         self.config = config
         self.state = State.UNAVAILABLE
         self.reason = ""
-        self.model: LoadedModel | None = None
+        self.model: CheckedModel | None = None
         self.batcher: Batcher | None = None
-        self.cache = ResponseCache(config.cache_size) if config.cache_size else None
+        self.response_cache = (
+            ResponseCache(config.response_cache_size) if config.response_cache_size else None
+        )
         self.memory = 0
         self.last_used = time.monotonic()
         self.in_flight = 0
         self._loading: asyncio.Future[None] | None = None
         labels = {"model": self.name, "version": str(self.version)}
         self.metrics = metrics
-        self.cache_hits = metrics.cache.labels(result="hit", **labels)
-        self.cache_misses = metrics.cache.labels(result="miss", **labels)
+        self.cache_hits = metrics.response_cache.labels(result="hit", **labels)
+        self.cache_misses = metrics.response_cache.labels(result="miss", **labels)
         self._queue_seconds = metrics.queue_seconds.labels(**labels)
         self._compute_seconds = metrics.compute_seconds.labels(**labels)
         self._batch_size = metrics.batch_size.labels(**labels)
@@ -179,7 +181,7 @@ def _resident_bytes() -> int:
 
 def _load_measured(
     registry: Registry, ref: str, options: LoadOptions, warmup: bool
-) -> tuple[LoadedModel, int]:
+) -> tuple[CheckedModel, int]:
     with _LOAD_LOCK:
         before = _resident_bytes()
         model = registry.load(ref, options)
@@ -188,7 +190,7 @@ def _load_measured(
         return model, max(0, _resident_bytes() - before)
 
 
-def _warm_up(model: LoadedModel, ref: str) -> None:
+def _warm_up(model: CheckedModel, ref: str) -> None:
     """One inference on zeros, so the first real request does not pay for lazy set-up."""
     inputs = {spec.name: _zeros(spec.datatype, spec.shape) for spec in model.signature.inputs}
     try:

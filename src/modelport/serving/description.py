@@ -55,7 +55,7 @@ def triton_config(deployment: Deployment) -> dict[str, Any]:
         "max_batch_size": 0,
         "input": [tensor(s) for s in deployment.signature.inputs],
         "output": [tensor(s) for s in deployment.signature.outputs],
-        "instance_group": [{"count": config.worker_count(), "kind": "KIND_CPU"}],
+        "instance_group": [{"count": config.instance_count(), "kind": "KIND_CPU"}],
         "dynamic_batching": {
             "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
             "preferred_batch_size": config.preferred_batch_sizes,

@@ -29,10 +29,10 @@ from modelport.errors import (
     Unavailable,
 )
 from modelport.registry import ModelVersion, Registry
-from modelport.serving.cache import request_digest
 from modelport.serving.config import ModelServeConfig, ServeConfig
 from modelport.serving.deployment import Deployment, State
 from modelport.serving.metrics import ServingMetrics
+from modelport.serving.response_cache import request_digest
 from modelport.types import ModelRef, Tensors, validate_name
 
 __all__ = ["ModelManager", "ServedModel"]
@@ -252,7 +252,7 @@ class ModelManager:
         batcher = deployment.batcher
         if batcher is None:
             raise Unavailable(f"{deployment.record.ref} is not loaded; retry")
-        cache = deployment.cache
+        cache = deployment.response_cache
         if cache is None:
             return await batcher.submit(inputs, outputs, timeout)
         key = request_digest(inputs, outputs)

@@ -197,7 +197,7 @@ class ServingMetrics(Collector):
             "Requests waiting for a batch slot.",
             ["model", "version"],
         )
-        self.cache = add(
+        self.response_cache = add(
             "counter",
             "modelport_cache",
             "Response cache look-ups by result (hit or miss).",

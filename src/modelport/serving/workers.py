@@ -11,7 +11,7 @@ worker with half the streams served such a client at half the speed (bench/RESUL
 
 Memory: every worker holds every model, as in MLServer, but not every copy of the weights:
 ONNX models are loaded from an optimized file whose weights onnxruntime mmaps, so the page
-cache holds one copy for all workers (``runtimes/onnx_cache``) of the weights kernels read
+cache holds one copy for all workers (``runtimes/onnx/shared_weights``) of the weights kernels read
 as stored (convolutions, embeddings); MatMul/Gemm weights are repacked in each worker, and
 other formats' weights are private to each worker.
 

@@ -1,8 +1,8 @@
 """The ``onnx`` runtime: ONNX models served with onnxruntime on CPU.
 
-File checks and signatures live in ``onnx_inspection``; this module adds the session.
-Sessions whose weights are shared between processes (given a ``cache_dir``) are built by
-``onnx_cache``.
+File checks and signatures live in ``onnx.inspect``; this module adds the session.
+Sessions whose weights are shared between processes (given a ``derived_dir``) are built by
+``onnx.shared_weights``.
 """
 
 from __future__ import annotations
@@ -10,20 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from modelport.errors import (
-    Internal,
-    InvalidInput,
-    InvalidModel,
-    MissingDependency,
-    ModelportError,
-    Unavailable,
-)
-from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions, requested_outputs
-from modelport.runtimes.onnx_cache import shared_session
-from modelport.runtimes.onnx_inspection import (
+from modelport.errors import InvalidInput, InvalidModel, MissingDependency
+from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
+from modelport.runtimes.onnx.inspect import (
     entry_file,
     external_data_files,
     inspect_model,
@@ -32,9 +21,11 @@ from modelport.runtimes.onnx_inspection import (
     short_message,
     signature,
 )
-from modelport.types import DataType, Signature, Tensors
+from modelport.runtimes.onnx.model import OnnxModel
+from modelport.runtimes.onnx.shared_weights import shared_session
+from modelport.types import Signature
 
-__all__ = ["OnnxModel", "OnnxRuntime"]
+__all__ = ["OnnxRuntime"]
 
 _OPTIMIZATION_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -86,9 +77,9 @@ class OnnxRuntime:
         ``options.extra`` may hold ``graph_optimization_level`` (disable, basic, extended,
         all) and ``execution_mode`` (sequential, parallel); other keys are ignored.
 
-        With ``options.cache_dir``, the graph is optimized once and saved there with its
+        With ``options.derived_dir``, the graph is optimized once and saved there with its
         weights in a file onnxruntime maps, so that processes loading the same model share
-        one copy of the weights (see ``onnx_cache``; not with optimization ``disable``).
+        one copy of the weights (see ``onnx.shared_weights``; not with optimization ``disable``).
         With ``options.verify_derived``, a copy found there is re-hashed first, and built
         again if it changed. The cache never makes a load fail: when it cannot be used, a
         warning is logged and the model is loaded as without it.
@@ -107,81 +98,19 @@ class OnnxRuntime:
         del model  # its weights may be large; the session does not need this copy
         session_options = _session_options(ort, options)
         level = _optimization_level(options)
-        if options.cache_dir is None or level == "ORT_DISABLE_ALL":
+        if options.derived_dir is None or level == "ORT_DISABLE_ALL":
             session = _open_session(ort, entry, session_options)
         else:
             session = shared_session(
                 ort,
                 entry,
-                options.cache_dir,
+                options.derived_dir,
                 level,
                 make_options=lambda: _session_options(ort, options),
                 open_original=lambda: _open_session(ort, entry, session_options),
                 verify=options.verify_derived,
             )
         return OnnxModel(session, described, _onnxruntime_errors(ort))
-
-
-class OnnxModel:
-    """An ONNX model in an onnxruntime session.
-
-    ``predict`` may be called from many threads at once: onnxruntime's ``run`` is
-    thread-safe and releases the GIL while it computes.
-    """
-
-    def __init__(
-        self, session: Any, signature: Signature, run_errors: tuple[type[Exception], ...]
-    ) -> None:
-        self._session: Any = session
-        self._signature = signature
-        self._run_errors = run_errors
-        self._string_inputs = frozenset(
-            spec.name for spec in signature.inputs if spec.datatype is DataType.BYTES
-        )
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
-
-        BYTES inputs may hold ``bytes`` (UTF-8) or ``str``; BYTES outputs are object arrays
-        of ``bytes``. Probability maps (scikit-learn's ZipMap) come back as 2-D FP32 arrays
-        with one column per class, in sorted class order.
-
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                values the model rejects while running.
-            Internal: the model failed while running on inputs it accepts.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        return self.predict_unchecked(inputs, outputs)
-
-    def predict_unchecked(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """``predict`` for inputs already validated against ``signature`` (the server's
-        batcher validates each request before merging them)."""
-        names = self._requested(outputs)
-        feed = {
-            name: _to_strings(name, array) if name in self._string_inputs else array
-            for name, array in inputs.items()
-        }
-        session = self._session
-        if session is None:
-            raise Unavailable("the model was closed; load it again to predict")
-        try:
-            results = session.run(names, feed)
-        except self._run_errors as exc:
-            raise _run_failure(exc) from exc
-        return {name: _from_result(value) for name, value in zip(names, results, strict=True)}
-
-    def close(self) -> None:
-        """Drop the session; its memory is freed once calls already running finish."""
-        self._session = None
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._signature.output_names(), outputs)
 
 
 def _import_onnxruntime() -> Any:
@@ -204,27 +133,15 @@ def _open_session(ort: Any, entry: Path, session_options: Any) -> Any:
         raise InvalidModel(message) from exc
 
 
-def _run_failure(exc: Exception) -> ModelportError:
-    """What an onnxruntime error on inputs the signature accepted is.
+def _onnxruntime_errors(ort: Any) -> tuple[type[Exception], ...]:
+    """The onnxruntime errors that mean the request's values were refused.
 
     INVALID_ARGUMENT is onnxruntime refusing the values (an index out of range, say): the
-    request's fault. Anything else (FAIL, RUNTIME_EXCEPTION, ...) is the model failing: the
-    same request fails the same way, so it is ``Internal``, never a retry-me ``Unavailable``.
+    request's fault, so ``CheckedModel`` answers ``InvalidInput``. Anything else (FAIL,
+    RUNTIME_EXCEPTION, ...) on inputs the signature accepted is the model failing: the same
+    request fails the same way, so it is ``Internal``, never a retry-me ``Unavailable``.
     """
-    if type(exc).__name__ == "InvalidArgument":
-        return InvalidInput(f"the model could not run on these inputs: {short_message(exc)}")
-    return Internal(f"the model failed while running: {short_message(exc)}")
-
-
-def _onnxruntime_errors(ort: Any) -> tuple[type[Exception], ...]:
-    # onnxruntime's exception classes share no base but Exception; naming them keeps our own
-    # bugs (TypeError and friends) from being reported to users as bad input.
-    state = ort.capi.onnxruntime_pybind11_state
-    return tuple(
-        error
-        for error in vars(state).values()
-        if isinstance(error, type) and issubclass(error, Exception)
-    )
+    return (ort.capi.onnxruntime_pybind11_state.InvalidArgument,)
 
 
 def _session_options(ort: Any, options: LoadOptions) -> Any:
@@ -264,37 +181,6 @@ def _choice(extra: dict[str, Any], key: str, choices: dict[str, str]) -> str | N
         valid = ", ".join(repr(choice) for choice in choices)
         raise InvalidInput(f"{key} {value!r} is not one of {valid}")
     return choices[value]
-
-
-def _to_strings(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """An object array of ``str``: onnxruntime would turn ``bytes`` into "b'...'" text."""
-
-    def decode(item: object) -> str:
-        if isinstance(item, bytes):
-            return item.decode("utf-8")
-        if isinstance(item, str):
-            return item
-        raise InvalidInput(f"input {name!r}: BYTES elements must be bytes or str, not {item!r}")
-
-    try:
-        return np.asarray(np.frompyfunc(decode, 1, 1)(array), dtype=object)
-    except UnicodeDecodeError:
-        raise InvalidInput(f"input {name!r}: BYTES elements must be valid UTF-8") from None
-
-
-def _from_result(value: Any) -> npt.NDArray[Any]:
-    if isinstance(value, list):  # only probability maps pass the signature as sequences
-        classes = sorted(value[0]) if value else []
-        rows = [[row[label] for label in classes] for row in value]
-        return np.array(rows, dtype=np.float32).reshape(len(value), len(classes))
-    array: npt.NDArray[Any] = value
-    if array.dtype == object:
-        return np.asarray(np.frompyfunc(_encode, 1, 1)(array), dtype=object)
-    return array
-
-
-def _encode(item: str) -> bytes:
-    return item.encode("utf-8")
 
 
 def _check_declared(declared: Signature, actual: Signature) -> None:

@@ -8,9 +8,9 @@ outputs with a leading batch dimension:
 - ``prediction``: what a regressor (or a booster with another objective) predicts;
 - ``output``: what a transformer gives.
 
-``TabularModel`` turns a framework's prediction function into a ``LoadedModel``: it checks
-inputs against the signature, runs only what the requested outputs need, and casts every
-output to the datatype the signature declares.
+``TabularModel`` turns a framework's prediction function into a ``Predictor``: it runs only
+what the requested outputs need, and conforms every output to the spec the signature
+declares (cast, a lone column folded away).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from modelport.runtimes.base import (
     ModelFiles,
     PushOptions,
     declared_signature,
-    requested_outputs,
 )
+from modelport.runtimes.checked import CheckedModel
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = [
@@ -182,7 +182,8 @@ def resolve_signature(
     if options.signature is not None:
         _check_declared(options.signature, outputs, width)
         if example is not None:
-            build(options.signature).predict({options.signature.inputs[0].name: example})
+            checked = CheckedModel(build(options.signature))
+            checked.predict({options.signature.inputs[0].name: example})
         return options.signature
     spec = _input_spec(width, example, datatype)
     if spec is None:
@@ -203,7 +204,8 @@ def _learned(spec: TensorSpec, array: Array) -> TensorSpec:
 
 
 class TabularModel:
-    """A ``LoadedModel`` over a framework's prediction function (see ``Compute``).
+    """The ``Predictor`` over a framework's prediction function (see ``Compute``): runs only
+    what the requested outputs need and conforms each output to its declared spec.
 
     Thread-safe when ``compute`` is: each runtime says so for its framework.
     """
@@ -213,7 +215,7 @@ class TabularModel:
     ) -> None:
         self._signature = signature
         self._compute: Compute | None = compute
-        self._errors = errors
+        self.input_errors = errors
         self._input = signature.inputs[0].name
         self._outputs = {spec.name: spec for spec in signature.outputs}
 
@@ -221,45 +223,38 @@ class TabularModel:
     def signature(self) -> Signature:
         return self._signature
 
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
 
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                values the framework rejects.
-            InvalidModel: the model gives an output the signature cannot hold.
-            Unavailable: the model was closed.
-        """
-        names = self._requested(outputs)
-        raw = self._run(inputs, names, "the model could not run on these inputs")
-        return {name: conform(self._outputs[name], raw[name]) for name in names}
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> dict[str, Array]:
+        raw = self._compute_outputs(inputs, list(outputs))
+        return {name: conform(self._outputs[name], raw[name]) for name in outputs}
 
     def run_raw(self, inputs: Tensors) -> dict[str, Array]:
         """Every output as the framework gives it (densified), to learn a signature from.
 
         Raises:
-            InvalidInput: as for ``predict``, saying the example input is the problem.
+            InvalidInput: inputs that do not match the signature or that the framework
+                rejects, saying the example input is the problem.
         """
+        self._signature.validate(inputs)
         names = list(self._outputs)
-        raw = self._run(inputs, names, "the example input does not run through the model")
+        try:
+            raw = self._compute_outputs(inputs, names)
+        except self.input_errors as exc:
+            message = f"the example input does not run through the model: {short_message(exc)}"
+            raise InvalidInput(message) from exc
         return {name: dense(raw[name]) for name in names}
 
-    def _run(self, inputs: Tensors, names: list[str], failure: str) -> Mapping[str, Any]:
-        self._signature.validate(inputs)
+    def _compute_outputs(self, inputs: Tensors, names: list[str]) -> Mapping[str, Any]:
         compute = self._compute
         if compute is None:
             raise Unavailable("the model was closed; load it again to predict")
-        try:
-            return compute(inputs[self._input], names)
-        except self._errors as exc:
-            raise InvalidInput(f"{failure}: {short_message(exc)}") from exc
+        return compute(inputs[self._input], names)
 
     def close(self) -> None:
         """Drop the framework's model; calls already running finish first."""
         self._compute = None
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(list(self._outputs), outputs)
 
 
 def dense(value: Any) -> Array:

@@ -1,7 +1,7 @@
 """The scikit-learn runtimes: ``skops`` files (safe), and pickles (only when trusted).
 
 Both serve any fitted estimator or pipeline with ``predict`` or ``transform`` through the
-tabular contract (``runtimes.tabular``): one 2-D input ``input``, FP32 ``[-1,
+tabular contract (``runtimes.sklearn.tabular``): one 2-D input ``input``, FP32 ``[-1,
 n_features_in_]`` unless an example or ``--signature`` says otherwise, and these outputs:
 
 - classifiers: ``label`` ``[-1]`` (INT64 for integer classes, BYTES for strings, as
@@ -20,17 +20,15 @@ an ``--example``. Thread options are ignored: scikit-learn predicts in the calli
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from modelport.errors import InvalidInput, InvalidModel
+from modelport.errors import InvalidModel
 from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
-from modelport.runtimes.tabular import (
+from modelport.runtimes.sklearn.model import estimator_predictor
+from modelport.runtimes.sklearn.tabular import (
     LABEL,
     OUTPUT,
     PREDICTION,
@@ -47,12 +45,6 @@ __all__ = ["PickleRuntime", "SkopsRuntime", "describe", "read_estimator", "sklea
 
 _PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle"})
 _NEEDS = "scikit-learn models needs scikit-learn and skops"
-_METHODS = {
-    LABEL: "predict",
-    PREDICTION: "predict",
-    PROBABILITIES: "predict_proba",
-    OUTPUT: "transform",
-}
 _LABEL_ESTIMATORS = frozenset({"clusterer", "outlier_detector"})
 
 
@@ -146,7 +138,7 @@ def describe(estimator: Any, options: PushOptions) -> tuple[Signature, dict[str,
         "scikit-learn",
         _outputs(estimator, _estimator_type(sklearn, estimator)),
         width if isinstance(width, int) else None,
-        lambda declared: _model(estimator, declared),
+        lambda declared: estimator_predictor(estimator, declared),
         learn=True,
     )
     metadata: dict[str, Any] = {
@@ -170,8 +162,8 @@ def sklearn_model(estimator: Any, options: LoadOptions) -> TabularModel:
     """
     recorded = options.metadata.get("signature")
     if recorded:
-        return _model(estimator, Signature.from_dict(recorded))
-    return _model(estimator, describe(estimator, PushOptions())[0])
+        return estimator_predictor(estimator, Signature.from_dict(recorded))
+    return estimator_predictor(estimator, describe(estimator, PushOptions())[0])
 
 
 def read_estimator(path: Path, format_name: str, *, trusted: bool) -> Any:
@@ -186,20 +178,6 @@ def read_estimator(path: Path, format_name: str, *, trusted: bool) -> Any:
     if format_name == "skops":
         return _read_skops(path, trusted=trusted)[0]
     return _read_pickle(path, trusted=trusted)
-
-
-def _model(estimator: Any, signature: Signature) -> TabularModel:
-    frame = _frame_builder(getattr(estimator, "feature_names_in_", None))
-    strings = signature.inputs[0].datatype is DataType.BYTES
-
-    def compute(rows: npt.NDArray[Any], names: Sequence[str]) -> dict[str, Any]:
-        data: Any = _as_strings(rows) if strings else rows
-        if frame is not None:
-            data = frame(data)
-        return {name: getattr(estimator, _METHODS[name])(data) for name in names}
-
-    # scikit-learn reports values it cannot take (NaN, unknown categories, ...) as ValueError.
-    return TabularModel(signature, compute, (ValueError,))
 
 
 def _outputs(estimator: Any, kind: str | None) -> tuple[TensorSpec, ...]:
@@ -248,28 +226,6 @@ def _target_count(estimator: Any) -> int:
         return count
     coef = getattr(final, "coef_", None)
     return int(coef.shape[0]) if isinstance(coef, np.ndarray) and coef.ndim == 2 else 1
-
-
-def _frame_builder(columns: Any) -> Callable[[Any], Any] | None:
-    """A DataFrame maker for a model fitted on one, so it sees its own column names."""
-    if columns is None:
-        return None
-    try:
-        pandas = importlib.import_module("pandas")
-    except ImportError:  # scikit-learn then warns that the rows have no feature names
-        return None
-    names = list(columns)
-    return lambda rows: pandas.DataFrame(rows, columns=names)
-
-
-def _as_strings(rows: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    def decode(item: object) -> object:
-        return item.decode("utf-8") if isinstance(item, bytes) else item
-
-    try:
-        return np.asarray(np.frompyfunc(decode, 1, 1)(rows), dtype=object)
-    except UnicodeDecodeError:
-        raise InvalidInput("BYTES inputs must be valid UTF-8 text") from None
 
 
 def _import_sklearn() -> Any:

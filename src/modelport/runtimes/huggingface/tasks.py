@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel
-from modelport.runtimes.huggingface_layout import CLASSIFICATION, Layout
+from modelport.runtimes.huggingface.inspect import CLASSIFICATION, Layout
 from modelport.types import DataType, Signature, TensorSpec
 
 __all__ = ["Head", "decode_texts", "head_for", "task_signature"]

@@ -33,42 +33,35 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
+from modelport.errors import InvalidInput, InvalidModel, MissingDependency
 from modelport.runtimes.base import (
     LoadOptions,
     ModelFiles,
     ModelInfo,
     PushOptions,
     declared_signature,
-    requested_outputs,
 )
-from modelport.runtimes.pytorch_signature import (
+from modelport.runtimes.threads import ProcessThreads
+from modelport.runtimes.torch.model import TorchModel
+from modelport.runtimes.torch.signature import (
     PICKLED_MESSAGE,
-    TORCH_DATATYPES,
     archive_kind,
     check_export_archive,
     declared_export_signature,
     declared_script_signature,
     example_signature,
     exported_signature,
-    flatten_outputs,
     forward_arguments,
     has_archive_magic,
     short_message,
 )
-from modelport.runtimes.threads import ProcessThreads
-from modelport.types import Signature, Tensors
+from modelport.types import Signature
 
 __all__ = [
     "TorchExportRuntime",
-    "TorchModel",
     "TorchScriptRuntime",
     "read_exported_program",
     "read_torchscript",
@@ -78,9 +71,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SCRIPT_SUFFIXES = frozenset({".pt", ".pth", ".torchscript"})
-# What torch raises for inputs a model cannot take (shape and dtype mismatches, failed
-# guards of exported programs, out-of-range indices); torch.jit.Error is a RuntimeError.
-_RUN_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)
 _OTHER_KIND = {
     "torchscript": "a TorchScript archive (torch.jit.save): name it .pt, or --format torchscript",
     "export": "a torch.export archive (torch.export.save): name it .pt2, or --format torch_export",
@@ -207,78 +197,6 @@ class TorchExportRuntime:
         return TorchModel(torch, call, signature, [spec.name for spec in described.inputs])
 
 
-class TorchModel:
-    """A PyTorch module ready for inference, behind the ``LoadedModel`` protocol.
-
-    Inputs reach torch without a copy when they are writable and C-contiguous (a model that
-    writes into its inputs then writes into the caller's arrays); read-only or strided
-    arrays are copied first. ``predict`` may be called from many threads at once.
-    """
-
-    def __init__(
-        self,
-        torch: Any,
-        call: Callable[[list[Any]], Any],
-        signature: Signature,
-        input_order: list[str],
-    ) -> None:
-        self._torch = torch
-        self._call: Callable[[list[Any]], Any] | None = call
-        self._signature = signature
-        self._input_order = input_order
-        self._output_names = signature.output_names()
-        self._output_dtypes = {spec.name: spec.datatype.numpy for spec in signature.outputs}
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
-
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                values the model rejects while running.
-            InvalidModel: a result that does not fit the signature.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        names = self._requested(outputs)
-        call = self._call
-        if call is None:
-            raise Unavailable("the model was closed; load it again to predict")
-        torch = self._torch
-        tensors = [torch.from_numpy(_shareable(inputs[name])) for name in self._input_order]
-        try:
-            with torch.inference_mode():
-                result = call(tensors)
-        except _RUN_ERRORS as exc:
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
-        leaves = list(flatten_outputs(result))
-        expected = self._output_names
-        if len(leaves) != len(expected) or not all(isinstance(t, torch.Tensor) for t in leaves):
-            raise InvalidModel(
-                f"the model gave {len(leaves)} value(s) where its signature lists "
-                f"{len(expected)} tensor(s): {', '.join(expected)}"
-            )
-        by_name = dict(zip(expected, leaves, strict=True))
-        return {name: self._to_numpy(by_name[name], self._output_dtypes[name]) for name in names}
-
-    def close(self) -> None:
-        """Drop the module; its memory is freed once calls already running finish."""
-        self._call = None
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._output_names, outputs)
-
-    def _to_numpy(self, tensor: Any, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-        if str(tensor.dtype) not in TORCH_DATATYPES:  # e.g. bfloat16 under a declared FP32
-            tensor = tensor.to(self._torch.float32)
-        array: npt.NDArray[Any] = tensor.detach().numpy()
-        return array if array.dtype == dtype else array.astype(dtype)
-
-
 def read_torchscript(path: Path, *, trusted: bool) -> Any:
     """The ``ScriptModule`` in a ``torchscript`` file, in eval mode, for jobs that need the
     module itself (conversion to ONNX). ``trusted`` is the version's ``trust_pickle``.
@@ -372,10 +290,3 @@ def _open_program(path: Path, trusted: bool) -> tuple[Any, Any, Any]:
         message = f"{path.name} could not be loaded as an exported program: {short_message(exc)}"
         raise InvalidModel(message) from exc
     return torch, program, module
-
-
-def _shareable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """``array`` itself when torch can share it, else a C-contiguous copy."""
-    if array.flags.writeable and array.flags.c_contiguous:
-        return array
-    return np.array(array, order="C", copy=True)

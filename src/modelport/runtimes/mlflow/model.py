@@ -1,6 +1,6 @@
 """The pyfunc path of the ``mlflow`` runtime: models loaded with ``mlflow.pyfunc.load_model``.
 
-Tensors are fed to pyfunc as the signature's ``input_kind`` says (see ``mlflow_signature``):
+Tensors are fed to pyfunc as the signature's ``input_kind`` says (see ``mlflow.signature``):
 one array, a dict of arrays, or a pandas DataFrame; BYTES become ``str``. What ``predict``
 returns (an array, a list, a Series, a DataFrame or a dict) is split into the signature's
 outputs by name (dict keys, DataFrame columns) or, for one output, taken whole, then cast
@@ -12,31 +12,42 @@ from __future__ import annotations
 import importlib
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import PushOptions, requested_outputs
-from modelport.runtimes.mlflow_signature import (
+from modelport.errors import (
+    InvalidInput,
+    InvalidModel,
+    MissingDependency,
+    ModelportError,
+    Unavailable,
+)
+from modelport.runtimes.base import PushOptions
+from modelport.runtimes.checked import CheckedModel
+from modelport.runtimes.mlflow.signature import (
     PREDICTIONS,
     MLModel,
     recorded_signature,
     saved_example,
 )
-from modelport.runtimes.tabular import conform, short_message
+from modelport.runtimes.sklearn.tabular import conform, short_message
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = ["PyfuncModel", "describe_pyfunc", "load_pyfunc"]
 
 
 class PyfuncModel:
-    """A model loaded with ``mlflow.pyfunc.load_model``.
+    """A model loaded with ``mlflow.pyfunc.load_model``: the ``Predictor`` of the pyfunc path.
 
-    ``predict`` takes one call at a time (a lock): a custom ``PythonModel`` may keep state,
-    and pyfunc makes no promise about threads.
+    ``run`` takes one call at a time (a lock): a custom ``PythonModel`` may keep state,
+    and pyfunc makes no promise about threads. The model's own code may raise anything on
+    bad input, so every exception it raises counts as an input error.
     """
+
+    input_errors: tuple[type[Exception], ...] = (Exception,)
 
     def __init__(self, model: Any, signature: Signature, kind: str, columns: tuple[str, ...]):
         self._model: Any = model
@@ -50,34 +61,37 @@ class PyfuncModel:
     def signature(self) -> Signature:
         return self._signature
 
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
 
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                inputs the model (or MLflow's schema check) rejects.
-            InvalidModel: the model gives something its signature cannot hold.
-            Unavailable: the model was closed.
-        """
-        names = _requested(outputs, list(self._outputs))
-        raw = self.run_raw(inputs)
-        return {name: conform(self._outputs[name], raw[name]) for name in names}
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
+        raw = self._predict(inputs)
+        return {name: conform(self._outputs[name], raw[name]) for name in outputs}
 
     def run_raw(self, inputs: Tensors) -> dict[str, Any]:
-        """Every output as the model gives it, before casting to the signature."""
+        """Every output as the model gives it, before casting to the signature.
+
+        Raises:
+            InvalidInput: inputs that do not match the signature or that the model rejects.
+        """
         self._signature.validate(inputs)
+        try:
+            return self._predict(inputs)
+        except ModelportError:
+            raise
+        except Exception as exc:
+            message = f"the model could not run on these inputs: {short_message(exc)}"
+            raise InvalidInput(message) from exc
+
+    def _predict(self, inputs: Tensors) -> dict[str, Any]:
         data = _pyfunc_input(inputs, self._signature, self._kind, self._columns)
         with self._lock:
             model = self._model
             if model is None:
                 raise Unavailable("the model was closed; load it again to predict")
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    result = model.predict(data)
-            except Exception as exc:  # the model's own code may raise anything on bad input
-                message = f"the model could not run on these inputs: {short_message(exc)}"
-                raise InvalidInput(message) from exc
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = model.predict(data)
         return _split(result, list(self._outputs))
 
     def close(self) -> None:
@@ -145,7 +159,7 @@ def describe_pyfunc(
         signature = _learned_signature(pyfunc, example, kind)
     loaded = PyfuncModel(pyfunc, signature, kind, columns)
     if example is not None:  # an example that does not run is refused at push
-        loaded.predict(example)
+        CheckedModel(loaded).predict(example)
     metadata = {"signature": signature.to_dict(), "input_kind": kind, "columns": list(columns)}
     return loaded, metadata
 
@@ -212,7 +226,3 @@ def _split(result: Any, names: list[str]) -> dict[str, Any]:
         f"the model gave a {type(result).__name__} that does not hold its outputs {valid}; "
         "push it again with a --signature whose outputs match what predict returns"
     )
-
-
-def _requested(outputs: list[str] | None, known: list[str]) -> list[str]:
-    return requested_outputs(known, outputs)

@@ -8,12 +8,17 @@ An MLflow model wraps another format, so this runtime chooses a serving path at 
 - ``skops``: the ``sklearn`` flavor saved with ``serialization_format="skops"`` (MLflow's
   default outside Databricks since 2.x), served by modelport's skops runtime, under its rules
   (types skops does not trust need ``--trust-pickle``);
+- ``xgboost``: the ``xgboost`` flavor saved as JSON or UBJSON (``model_format`` json or ubj,
+  MLflow's default), served by modelport's XGBoost runtime;
+- ``lightgbm``: the ``lightgbm`` flavor saved as a LightGBM text model (older MLflow), served
+  by modelport's LightGBM runtime;
 - ``pyfunc``: anything else with a ``python_function`` flavor, through
   ``mlflow.pyfunc.load_model``, which unpickles (cloudpickle) code from the directory: refused
   unless pushed with ``--trust-pickle``.
 
-Native paths take the signature of the runtime they delegate to. The pyfunc path takes
-``--signature``, else the signature ``MLmodel`` records (see ``mlflow_signature``), else the
+Native paths (``NATIVE_FLAVORS``) are served by the runtime the table has for their format
+and take that runtime's signature. The pyfunc path takes
+``--signature``, else the signature ``MLmodel`` records (see ``mlflow.signature``), else the
 saved input example or ``--example``, run once through the model to learn the outputs.
 
 The whole directory is stored; ``entry`` is the directory itself.
@@ -21,26 +26,37 @@ The whole directory is stored; ``entry`` is the directory itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from modelport.errors import InvalidModel, UnsupportedFormat
 from modelport.runtimes.base import (
-    LoadedModel,
     LoadOptions,
     ModelFiles,
     ModelInfo,
+    Predictor,
     PushOptions,
     Runtime,
     directory_files,
 )
-from modelport.runtimes.mlflow_pyfunc import PyfuncModel, describe_pyfunc, load_pyfunc
-from modelport.runtimes.mlflow_signature import MLMODEL, MLModel, read_mlmodel
+from modelport.runtimes.mlflow.model import PyfuncModel, describe_pyfunc, load_pyfunc
+from modelport.runtimes.mlflow.signature import MLMODEL, MLModel, read_mlmodel
+from modelport.runtimes.table import RuntimeTable, default_runtimes
 from modelport.types import Signature
 
 __all__ = ["MLflowRuntime"]
 
 _PYFUNC = "python_function"
+
+NATIVE_FLAVORS: tuple[tuple[str, str, str, Callable[[dict[str, Any]], bool]], ...] = (
+    # (MLflow flavor, its key naming the model file, the modelport format, when it applies)
+    ("onnx", "data", "onnx", lambda flavor: True),
+    ("sklearn", "pickled_model", "skops", lambda f: f.get("serialization_format") == "skops"),
+    ("xgboost", "data", "xgboost", lambda f: f.get("model_format", "ubj") in ("json", "ubj")),
+    ("lightgbm", "data", "lightgbm", lambda f: "serialization_format" not in f),
+)
+"""Flavors served natively, in order of preference, with what they need."""
 # Files a python_function flavor may name; each must be inside the directory.
 _PYFUNC_FILES = ("data", "model_path", "python_model")
 _SAFE_FORMATS = (
@@ -50,10 +66,20 @@ _SAFE_FORMATS = (
 
 
 class MLflowRuntime:
-    """The ``mlflow`` format: a directory holding an ``MLmodel`` file (see the module doc)."""
+    """The ``mlflow`` format: a directory holding an ``MLmodel`` file (see the module doc).
+
+    Native flavors are served by the runtime ``runtimes`` has for their format (default: the
+    process's ``default_runtimes()``), never by an import of their own.
+    """
 
     format = "mlflow"
     extra = "mlflow"
+
+    def __init__(self, runtimes: RuntimeTable | None = None) -> None:
+        self._runtimes = runtimes
+
+    def _native(self, serving: str) -> Runtime:
+        return (self._runtimes or default_runtimes()).get(serving)
 
     def detect(self, path: Path) -> bool:
         """Whether ``path`` is a directory with an ``MLmodel`` file. Never reads it."""
@@ -83,7 +109,7 @@ class MLflowRuntime:
             "serving": serving,
         }
         if entry is not None:
-            info = _native(serving).inspect(entry, options)
+            info = self._native(serving).inspect(entry, options)
             metadata |= {"entry": entry.relative_to(path).as_posix(), "native": info.metadata}
             return ModelInfo(files, info.signature, metadata)
         _refuse_untrusted(model, trusted=options.trust_pickle)
@@ -93,7 +119,7 @@ class MLflowRuntime:
         metadata["loader_module"] = str(model.flavors[_PYFUNC].get("loader_module", ""))
         return ModelInfo(files, loaded.signature, metadata)
 
-    def load(self, path: Path, options: LoadOptions) -> LoadedModel:
+    def load(self, path: Path, options: LoadOptions) -> Predictor:
         """Load the model by the serving path recorded at push time.
 
         Raises:
@@ -103,17 +129,17 @@ class MLflowRuntime:
         recorded = options.metadata
         serving = recorded.get("serving")
         entry = recorded.get("entry")
-        if serving in ("onnx", "skops") and isinstance(entry, str):
+        if isinstance(serving, str) and serving != "pyfunc" and isinstance(entry, str):
             native = LoadOptions(
                 intra_op_threads=options.intra_op_threads,
                 inter_op_threads=options.inter_op_threads,
                 extra=options.extra,
                 metadata=dict(recorded.get("native") or {}),
                 trust_pickle=options.trust_pickle,
-                cache_dir=options.cache_dir,
+                derived_dir=options.derived_dir,
                 verify_derived=options.verify_derived,
             )
-            return _native(serving).load(path / entry, native)
+            return self._native(serving).load(path / entry, native)
         model = read_mlmodel(path)
         _refuse_untrusted(model, trusted=options.trust_pickle)
         signature = Signature.from_dict(recorded["signature"])
@@ -123,18 +149,19 @@ class MLflowRuntime:
 
 
 def _serving_path(model: MLModel) -> tuple[str, Path | None]:
-    """``("onnx" | "skops", entry file)`` for native flavors, else ``("pyfunc", None)``."""
+    """``(format, entry file)`` for the first native flavor that applies (``NATIVE_FLAVORS``),
+    else ``("pyfunc", None)``."""
     flavors = model.flavors
-    if "onnx" in flavors:
-        return "onnx", model.flavor_file("onnx", "data")
+    for flavor, key, format_name, applies in NATIVE_FLAVORS:
+        if flavor in flavors and applies(flavors[flavor]):
+            return format_name, model.flavor_file(flavor, key)
     sklearn = flavors.get("sklearn")
-    if sklearn is not None and sklearn.get("serialization_format") == "skops":
-        return "skops", model.flavor_file("sklearn", "pickled_model")
     if _PYFUNC not in flavors:
         raise UnsupportedFormat(
             f"{model.directory.name}: MLflow flavors {', '.join(sorted(flavors))} have no "
             f"{_PYFUNC} flavor; modelport serves the onnx flavor, sklearn saved with skops, "
-            f"and models with a {_PYFUNC} flavor (with --trust-pickle)"
+            f"xgboost, lightgbm text models, and models with a {_PYFUNC} flavor (with "
+            "--trust-pickle)"
         )
     for key in _PYFUNC_FILES:
         if key in flavors[_PYFUNC]:
@@ -142,16 +169,6 @@ def _serving_path(model: MLModel) -> tuple[str, Path | None]:
     if sklearn is not None:
         model.flavor_file("sklearn", "pickled_model")
     return "pyfunc", None
-
-
-def _native(serving: str) -> Runtime:
-    if serving == "onnx":
-        from modelport.runtimes.onnx import OnnxRuntime
-
-        return OnnxRuntime()
-    from modelport.runtimes.scikit_learn import SkopsRuntime
-
-    return SkopsRuntime()
 
 
 def _refuse_untrusted(model: MLModel, *, trusted: bool) -> None:

@@ -1,6 +1,6 @@
 """Running Keras and TensorFlow models: the lazy TensorFlow import (its native log noise
 filtered), the process-wide thread pools, and a model traced once into a concrete function
-behind ``LoadedModel``."""
+that is the ``Predictor`` of both formats."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import re
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
-from modelport.runtimes.base import LoadOptions, requested_outputs
-from modelport.runtimes.tensorflow_signature import short_message
+from modelport.runtimes.base import LoadOptions
+from modelport.runtimes.tensorflow.signature import short_message
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = ["MISSING", "TensorFlowModel", "import_tensorflow", "set_threads"]
@@ -42,8 +41,8 @@ _OP_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*")
 class TensorFlowModel:
     """``call`` traced once, for the signature's inputs, into one concrete function.
 
-    Tracing up front means every ``predict`` runs the same graph without retracing or the
-    Python of Keras' layers, with the GIL released while TensorFlow computes; ``predict`` may
+    Tracing up front means every ``run`` runs the same graph without retracing or the
+    Python of Keras' layers, with the GIL released while TensorFlow computes; ``run`` may
     be called from several threads at once.
 
     Args:
@@ -64,7 +63,6 @@ class TensorFlowModel:
         self._tf = tf
         self._signature = signature
         self._output_names = signature.output_names()
-        self._output_dtypes = {spec.name: spec.datatype.numpy for spec in signature.outputs}
         names = self._output_names
 
         def flat(*tensors: Any) -> list[Any]:
@@ -81,52 +79,33 @@ class TensorFlowModel:
             message = f"the model could not be traced for its signature: {short_message(exc)}"
             raise InvalidModel(message) from exc
         self._keep: Any = keep
-        self._run_errors = (tf.errors.OpError, ValueError, TypeError)
+        self.input_errors: tuple[type[Exception], ...] = (tf.errors.OpError, ValueError, TypeError)
 
     @property
     def signature(self) -> Signature:
         return self._signature
 
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the model on ``inputs``; return the ``outputs`` named, or all when none are.
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
 
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                values the model rejects while running.
-            InvalidModel: a result that does not fit the signature.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        names = self._requested(outputs)
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
         function = self._function
         if function is None:
             raise Unavailable("the model was closed; load it again to predict")
         tensors = [inputs[spec.name] for spec in self._signature.inputs]
-        try:
-            results = function(*tensors)
-        except self._run_errors as exc:
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
+        results = function(*tensors)
         if len(results) != len(self._output_names):
             raise InvalidModel(
                 f"the model gave {len(results)} tensor(s) where its signature lists "
                 f"{len(self._output_names)}: {', '.join(self._output_names)}"
             )
         by_name = dict(zip(self._output_names, results, strict=True))
-        return {name: self._to_numpy(by_name[name], self._output_dtypes[name]) for name in names}
+        return {name: np.asarray(by_name[name].numpy()) for name in outputs}
 
     def close(self) -> None:
         """Drop the function and the model; memory is freed once running calls finish."""
         self._function = None
         self._keep = None
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._output_names, outputs)
-
-    @staticmethod
-    def _to_numpy(tensor: Any, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-        array: npt.NDArray[Any] = np.asarray(tensor.numpy())
-        return array if array.dtype == dtype else array.astype(dtype)
 
 
 def _tensor_spec(tf: Any, spec: TensorSpec) -> Any:

@@ -3,7 +3,7 @@ by OpenCV's dnn module (``cv2.dnn.readNetFromCaffe``) on CPU.
 
 A version holds both files; the prototxt is the entry and ``metadata["weights"]`` names the
 weights, relative to the version's root. The signature comes from the prototxt's inputs (see
-``caffe_prototxt``), or ``--example``/``--signature`` when it gives no shapes; it is checked by
+``caffe.prototxt``), or ``--example``/``--signature`` when it gives no shapes; it is checked by
 running the net once at push, and the first dimension is made dynamic (-1) when the net also
 runs another batch size and its outputs follow it.
 
@@ -12,7 +12,7 @@ output so the user sees one line; ``load`` reads files that ``inspect`` accepted
 own log lines about a request it could not run go to the server's stderr.
 
 Concurrency: a ``cv2.dnn.Net`` keeps its inputs and buffers in itself and is not thread-safe;
-the serving layer runs one loaded model on several worker threads, so ``CaffeModel`` keeps a
+the serving layer runs one loaded model on several instances (threads), so ``CaffeModel`` keeps a
 pool of Nets, one per forward pass running (see ``CaffeModel``). OpenCV releases the GIL
 while it computes. ``cv2.setNumThreads`` is process-wide: see ``set_threads``.
 """
@@ -21,32 +21,27 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
-from modelport.errors import InvalidInput, InvalidModel, MissingDependency, Unavailable
+from modelport.errors import InvalidInput, InvalidModel, MissingDependency
 from modelport.runtimes.base import (
     LoadOptions,
     ModelFiles,
     ModelInfo,
     PushOptions,
-    requested_outputs,
 )
-from modelport.runtimes.caffe_prototxt import network_inputs, read_network
-from modelport.runtimes.caffe_signature import (
+from modelport.runtimes.caffe.model import CaffeModel
+from modelport.runtimes.caffe.prototxt import network_inputs, read_network
+from modelport.runtimes.caffe.signature import (
     captured_stderr,
     describe,
     open_net,
-    short_message,
 )
 from modelport.runtimes.threads import ProcessThreads
-from modelport.types import Signature, Tensors
+from modelport.types import Signature
 
-__all__ = ["CaffeModel", "CaffeRuntime"]
+__all__ = ["CaffeRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -125,81 +120,6 @@ class CaffeRuntime:
             Signature.from_dict(recorded),
             (cv2.error,),
         )
-
-
-class CaffeModel:
-    """A Caffe net in OpenCV, behind the ``LoadedModel`` protocol.
-
-    A ``cv2.dnn.Net`` is not thread-safe, so each forward pass takes a Net of its own from a
-    pool: the one built at load, and more built (from the stored files) when calls overlap.
-    The pool grows to the most calls ever run at once (the serving layer's instances), each
-    Net holding its own copy of the weights. ``predict`` may be called from many threads.
-    """
-
-    def __init__(
-        self,
-        open_net: Callable[[], Any],
-        signature: Signature,
-        run_errors: tuple[type[Exception], ...],
-    ) -> None:
-        self._open_net = open_net
-        self._idle: list[Any] = [open_net()]
-        self._closed = False
-        self._lock = threading.Lock()  # guards _idle and _closed, never a forward pass
-        self._signature = signature
-        self._run_errors = run_errors
-        self._output_names = signature.output_names()
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Run the net on ``inputs``; return the ``outputs`` named (FP32), or all of them.
-
-        Raises:
-            InvalidInput: inputs that do not match the signature, unknown output names, or
-                inputs the net cannot run on.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        names = self._requested(outputs)
-        net = self._take()
-        try:
-            for name, array in inputs.items():
-                net.setInput(np.ascontiguousarray(array), name)
-            results = net.forward(names)
-        except self._run_errors as exc:
-            # The Net is dropped, not pooled: OpenCV does not say what state a failure leaves.
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
-        self._give(net)
-        return {
-            name: np.asarray(result, dtype=np.float32)
-            for name, result in zip(names, results, strict=True)
-        }
-
-    def close(self) -> None:
-        """Drop the Nets; calls already running finish on theirs."""
-        with self._lock:
-            self._closed = True
-            self._idle.clear()
-
-    def _take(self) -> Any:
-        with self._lock:
-            if self._closed:
-                raise Unavailable("the model was closed; load it again to predict")
-            if self._idle:
-                return self._idle.pop()
-        return self._open_net()  # outside the lock: other calls go on meanwhile
-
-    def _give(self, net: Any) -> None:
-        with self._lock:
-            if not self._closed:
-                self._idle.append(net)
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._output_names, outputs)
 
 
 _OPENCV_THREADS = ProcessThreads("OpenCV")

@@ -3,7 +3,7 @@
 A model is a directory written by ``save_pretrained`` (``config.json``, weights, tokenizer
 files), or a sentence-transformers directory (``modules.json``, ``1_Pooling/...``). The
 served model takes ``text`` (BYTES ``[-1]``, UTF-8 strings) and tokenizes it itself
-(padding, truncation to the model's maximum length); see ``huggingface_tasks`` for what
+(padding, truncation to the model's maximum length); see ``huggingface.tasks`` for what
 each task gives back.
 
 Safety: safetensors weights hold tensors only and load without ``--trust-pickle``;
@@ -13,7 +13,7 @@ Safety: safetensors weights hold tensors only and load without ``--trust-pickle`
 
 Threads: as the PyTorch runtimes, through their process-wide ``set_torch_threads``.
 
-Concurrency: ``predict`` may run in many threads at once. The fast tokenizer sets its
+Concurrency: ``run`` may run in many threads at once. The fast tokenizer sets its
 padding and truncation on the shared Rust object at every call (which raises "Already
 borrowed" when two threads meet), so tokenization holds a lock; the forward pass runs under
 ``torch.inference_mode`` without one, with the GIL released by torch's operators.
@@ -22,7 +22,6 @@ borrowed" when two threads meet), so tokenization holds a lock; the forward pass
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import (
+    Internal,
     InvalidInput,
     InvalidModel,
     MissingDependency,
-    Unavailable,
     UnsupportedFormat,
 )
 from modelport.runtimes.base import (
@@ -41,21 +40,21 @@ from modelport.runtimes.base import (
     ModelFiles,
     ModelInfo,
     PushOptions,
-    requested_outputs,
 )
-from modelport.runtimes.huggingface_layout import (
+from modelport.runtimes.checked import CheckedModel
+from modelport.runtimes.huggingface.inspect import (
     CLASSIFICATION,
     Layout,
     looks_like_huggingface,
     read_layout,
     resolve_task,
 )
-from modelport.runtimes.huggingface_tasks import Head, decode_texts, head_for, task_signature
-from modelport.runtimes.pytorch import set_torch_threads
-from modelport.runtimes.pytorch_signature import short_message
-from modelport.types import Signature, Tensors
+from modelport.runtimes.huggingface.model import HuggingFaceModel
+from modelport.runtimes.huggingface.tasks import head_for
+from modelport.runtimes.torch.runtime import set_torch_threads
+from modelport.runtimes.torch.signature import short_message
 
-__all__ = ["HuggingFaceModel", "HuggingFaceRuntime"]
+__all__ = ["HuggingFaceRuntime"]
 
 _MISSING = (
     "serving Hugging Face models needs transformers and PyTorch, which are missing: "
@@ -111,11 +110,11 @@ class HuggingFaceRuntime:
             "transformers_version": str(transformers.__version__),
         }
         metadata |= head_for(task, model.config, layout).to_metadata()
-        served = HuggingFaceModel(torch, tokenizer, model, metadata)
+        served = CheckedModel(HuggingFaceModel(torch, tokenizer, model, metadata))
         probe = np.array([_PROBE.encode(), (_PROBE + " ") * metadata["max_length"]], object)
         try:
             result = served.predict({"text": probe})
-        except InvalidInput as exc:
+        except (InvalidInput, Internal) as exc:
             raise InvalidModel(f"{path.name}: the model fails on a probe text: {exc}") from exc
         for spec in served.signature.outputs:
             if spec.shape is not None and result[spec.name].shape[1:] != spec.shape[1:]:
@@ -138,70 +137,6 @@ class HuggingFaceRuntime:
             )
         torch, _, tokenizer, model = _open(layout, task, options)
         return HuggingFaceModel(torch, tokenizer, model, metadata)
-
-
-class HuggingFaceModel:
-    """A tokenizer and a transformers model behind the ``LoadedModel`` protocol.
-
-    ``predict`` takes ``text`` as a 1-D array of ``bytes`` (UTF-8) or ``str`` and may be
-    called from many threads at once.
-    """
-
-    def __init__(self, torch: Any, tokenizer: Any, model: Any, metadata: dict[str, Any]) -> None:
-        self._torch = torch
-        self._tokenizer = tokenizer
-        self._model: Any | None = model
-        self._lock = threading.Lock()
-        self._max_length = int(metadata["max_length"])
-        self._lowercase = bool(metadata.get("lowercase", False))
-        self._head: Head = Head.from_metadata(str(metadata["task"]), metadata)
-        self._signature = task_signature(self._head)
-        self._output_names = self._signature.output_names()
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    def predict(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
-        """Tokenize ``text``, run the model, and give the ``outputs`` named (all when none).
-
-        Raises:
-            InvalidInput: inputs that do not match the signature, text that is not UTF-8,
-                or unknown output names.
-            Unavailable: the model was closed.
-        """
-        self._signature.validate(inputs)
-        names = self._requested(outputs)
-        model = self._model
-        if model is None:
-            raise Unavailable("the model was closed; load it again to predict")
-        texts = decode_texts(inputs["text"], self._lowercase)
-        if not texts:
-            return {name: self._head.empty(name) for name in names}
-        torch = self._torch
-        with self._lock:
-            encoded = self._tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self._max_length,
-                return_tensors="pt",
-            )
-        try:
-            with torch.inference_mode():
-                result = model(**encoded)
-                tensors = self._head.outputs(torch, result, encoded["attention_mask"])
-        except (RuntimeError, ValueError, IndexError) as exc:
-            message = f"the model could not run on these inputs: {short_message(exc)}"
-            raise InvalidInput(message) from exc
-        return {name: tensors[name] for name in names}
-
-    def close(self) -> None:
-        """Drop the model; its memory is freed once calls already running finish."""
-        self._model = None
-
-    def _requested(self, outputs: list[str] | None) -> list[str]:
-        return requested_outputs(self._output_names, outputs)
 
 
 def _check_trust(layout: Layout, trusted: bool) -> None:

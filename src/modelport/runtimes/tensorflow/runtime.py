@@ -5,7 +5,7 @@ Python code stored in the config (a ``Lambda`` layer's bytecode); such a model i
 with ``--trust-pickle`` and then loaded with ``safe_mode=False``. Classes Keras does not know
 (custom layers) cannot be loaded at all: their code is not in the archive. A SavedModel holds
 a graph of TensorFlow operations, no Python; operations that reach files or Python
-(``tensorflow_signature.UNSAFE_OPS``) are refused without ``--trust-pickle``.
+(``tensorflow.signature.UNSAFE_OPS``) are refused without ``--trust-pickle``.
 
 Detection needs no TensorFlow: any ``.keras`` file is ``keras``'s (a broken one is reported
 as broken), and a directory holding ``saved_model.pb`` or ``saved_model.pbtxt`` is
@@ -30,13 +30,13 @@ from typing import Any
 
 from modelport.errors import InvalidModel, MissingDependency, UnsupportedFormat
 from modelport.runtimes.base import LoadOptions, ModelFiles, ModelInfo, PushOptions, directory_files
-from modelport.runtimes.tensorflow_model import (
+from modelport.runtimes.tensorflow.model import (
     MISSING,
     TensorFlowModel,
     import_tensorflow,
     set_threads,
 )
-from modelport.runtimes.tensorflow_signature import (
+from modelport.runtimes.tensorflow.signature import (
     SERVING_KEY,
     check_keras_archive,
     check_saved_model,

@@ -23,7 +23,7 @@ import numpy as np
 
 from modelport.errors import InvalidInput, InvalidModel, UnsupportedFormat
 from modelport.runtimes.base import PushOptions
-from modelport.runtimes.caffe_prototxt import NetworkInput
+from modelport.runtimes.caffe.prototxt import NetworkInput
 from modelport.types import DataType, Signature, TensorSpec
 
 __all__ = ["captured_stderr", "describe", "open_net", "short_message"]

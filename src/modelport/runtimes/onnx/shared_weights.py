@@ -51,7 +51,7 @@ _MIN_EXTERNAL_BYTES = 1024
 # A build is seconds to minutes; a .tmp directory this old was left by a killed process.
 _STALE_BUILD_SECONDS = 3600.0
 # onnxruntime nests statuses, each with a source location: the last one says what happened.
-# (``onnx_inspection.short_message`` keeps the first line whole and cuts it at 300
+# (``onnx.inspect.short_message`` keeps the first line whole and cuts it at 300
 # characters, which for a failed save leaves only locations.)
 _ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : (?:\S+\.cc:\d+ \S+ )?")
 
@@ -59,7 +59,7 @@ _ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : (?:\S+\.cc:\d+ \S+
 def shared_session(
     ort: Any,
     entry: Path,
-    cache_dir: Path,
+    derived_dir: Path,
     level: str,
     *,
     make_options: Callable[[], Any],
@@ -67,12 +67,12 @@ def shared_session(
     verify: bool = False,
 ) -> Any:
     """A session on ``entry`` whose weights onnxruntime maps from a derived file in
-    ``cache_dir``, built on first use and reused by every later load on this machine.
+    ``derived_dir``, built on first use and reused by every later load on this machine.
 
     Args:
         ort: the onnxruntime module.
         entry: the original model file, already checked by the caller.
-        cache_dir: where derived files may be kept (created if missing).
+        derived_dir: where derived files may be kept (created if missing).
         level: the ``GraphOptimizationLevel`` name the user chose (not ``ORT_DISABLE_ALL``):
             the derived graph is optimized at this level once, then loaded as it is.
         make_options: fresh ``SessionOptions`` as the user asked for them.
@@ -84,7 +84,7 @@ def shared_session(
     full disk, a read-only store, a graph onnxruntime cannot save), this logs one warning
     and returns ``open_original()``, whose own errors (the model refused) propagate.
     """
-    variant = cache_dir / f"onnx-{variant_key(ort.__version__, level, entry.name)}"
+    variant = derived_dir / f"onnx-{variant_key(ort.__version__, level, entry.name)}"
     try:
         return _derived_session(ort, entry, variant, make_options, verify)
     except Exception as exc:  # whatever went wrong, the original can still be served
@@ -222,9 +222,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def _remove_stale_builds(cache_dir: Path) -> None:
+def _remove_stale_builds(derived_dir: Path) -> None:
     cutoff = time.time() - _STALE_BUILD_SECONDS
-    for child in cache_dir.glob(".tmp-*"):
+    for child in derived_dir.glob(".tmp-*"):
         with contextlib.suppress(OSError):
             if child.stat().st_mtime < cutoff:
                 shutil.rmtree(child, ignore_errors=True)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import InvalidInput, InvalidModel, MissingDependency, UnsupportedFormat
-from modelport.runtimes.tabular import INPUT, short_message
+from modelport.runtimes.sklearn.tabular import INPUT, short_message
 from modelport.types import DataType, Signature, Tensors, TensorSpec
 
 __all__ = [

@@ -1,8 +1,9 @@
 """The gradient-boosting runtimes: XGBoost models (``.json``/``.ubj``) and LightGBM text models.
 
-Both are tabular (``runtimes.tabular``): one input ``input`` ``[-1, n_features]`` of FP32 for
-XGBoost (which computes in float32) and FP64 for LightGBM (which computes in double, so no
-value is rounded on the way in); an ``--example`` or ``--signature`` may choose the other.
+Both are tabular (``runtimes.sklearn.tabular``): one input ``input`` ``[-1, n_features]`` of
+FP32 for XGBoost (which computes in float32) and FP64 for LightGBM (which computes in double,
+so no value is rounded on the way in); an ``--example`` or ``--signature`` may choose the
+other.
 The outputs follow the objective the model was trained with:
 
 - binary classification: ``label`` INT64 ``[-1]`` (1 where the probability of class 1 is
@@ -21,21 +22,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from modelport.errors import InvalidInput, InvalidModel
 from modelport.runtimes.base import LoadOptions, ModelInfo, PushOptions
-from modelport.runtimes.tabular import (
-    LABEL,
-    PREDICTION,
-    PROBABILITIES,
+from modelport.runtimes.boosting.model import Array, Booster, Task, softmax
+from modelport.runtimes.sklearn.tabular import (
     TabularModel,
     import_framework,
     resolve_signature,
@@ -43,11 +36,10 @@ from modelport.runtimes.tabular import (
     single_file,
     thread_count,
 )
-from modelport.types import DataType, Signature, TensorSpec
+from modelport.types import DataType, Signature
 
 __all__ = ["LightGBMRuntime", "XGBoostRuntime"]
 
-Array = npt.NDArray[Any]
 
 # XGBoost writes "learner" as the first key; a pretty-printer may add whitespace.
 _XGBOOST_JSON = re.compile(rb'\A\s*\{\s*"learner"\s*:')
@@ -56,56 +48,6 @@ _LIGHTGBM_REGRESSION = frozenset(
     {"regression", "regression_l1", "huber", "fair", "poisson", "quantile", "mape", "gamma",
      "tweedie"}
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class _Task:
-    """What the objective makes of a booster's output: binary, multiclass, regression, raw."""
-
-    kind: str
-    classes: int = 2
-    targets: int = 1
-
-    def outputs(self, prediction: DataType) -> tuple[TensorSpec, ...]:
-        if self.kind in ("binary", "multiclass"):
-            return (
-                TensorSpec(LABEL, DataType.INT64, (-1,)),
-                TensorSpec(PROBABILITIES, DataType.FP32, (-1, self.classes)),
-            )
-        shape: tuple[int, ...] = (-1, -1)
-        if self.kind == "regression":
-            shape = (-1,) if self.targets == 1 else (-1, self.targets)
-        return (TensorSpec(PREDICTION, prediction, shape),)
-
-    def results(self, value: Array) -> dict[str, Array]:
-        """Our outputs from the booster's prediction (class probabilities for classifiers)."""
-        if self.kind == "binary":
-            return {
-                LABEL: (value > 0.5).astype(np.int64),
-                PROBABILITIES: np.column_stack((1 - value, value)),
-            }
-        if self.kind == "multiclass":
-            return {LABEL: np.argmax(value, axis=1), PROBABILITIES: value}
-        if self.kind == "regression":
-            return {PREDICTION: value}
-        return {PREDICTION: value.reshape(len(value), -1)}
-
-
-@dataclass(frozen=True, slots=True)
-class _Booster:
-    """A booster read from its file: how to predict, and what it records about itself."""
-
-    predict: Callable[[Array], Array]
-    errors: tuple[type[Exception], ...]
-    task: _Task
-    width: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def build(self, signature: Signature) -> TabularModel:
-        task, predict = self.task, self.predict
-        return TabularModel(
-            signature, lambda rows, _names: task.results(predict(rows)), self.errors
-        )
 
 
 class _BoosterRuntime:
@@ -136,7 +78,7 @@ class _BoosterRuntime:
             return booster.build(Signature.from_dict(recorded))
         return booster.build(self._signature(booster, PushOptions()))
 
-    def _signature(self, booster: _Booster, options: PushOptions) -> Signature:
+    def _signature(self, booster: Booster, options: PushOptions) -> Signature:
         outputs = booster.task.outputs(self.computes_in)
         signature = resolve_signature(
             options, self.name, outputs, booster.width, booster.build,
@@ -146,7 +88,7 @@ class _BoosterRuntime:
             raise InvalidInput(f"{self.name} models take numbers; the input cannot be BYTES")
         return signature
 
-    def _open(self, path: Path, threads: int) -> _Booster:
+    def _open(self, path: Path, threads: int) -> Booster:
         raise NotImplementedError
 
 
@@ -172,7 +114,7 @@ class XGBoostRuntime(_BoosterRuntime):
             return path.is_file()
         return suffix == ".json" and _XGBOOST_JSON.match(_head(path, 1024)) is not None
 
-    def _open(self, path: Path, threads: int) -> _Booster:
+    def _open(self, path: Path, threads: int) -> Booster:
         xgboost = import_framework("xgboost", "XGBoost models needs xgboost", "xgboost")
         try:
             booster = xgboost.Booster(model_file=str(path))
@@ -197,21 +139,21 @@ class XGBoostRuntime(_BoosterRuntime):
                 predict_type="margin" if margin else "value",
                 validate_features=False,
             )
-            return _softmax(value) if margin else value
+            return softmax(value) if margin else value
 
         if objective == "binary:logistic":
-            task = _Task("binary")
+            task = Task("binary")
         elif objective in ("multi:softprob", "multi:softmax"):
-            task = _Task("multiclass", classes=classes)
+            task = Task("multiclass", classes=classes)
         else:
-            task = _Task("regression" if objective.startswith("reg:") else "raw", targets=targets)
+            task = Task("regression" if objective.startswith("reg:") else "raw", targets=targets)
         metadata = {
             "xgboost_version": xgboost.__version__,
             "objective": objective,
             "num_features": booster.num_features(),
             "best_iteration": None if best is None else int(best),
         }
-        return _Booster(predict, (ValueError,), task, booster.num_features(), metadata)
+        return Booster(predict, (ValueError,), task, booster.num_features(), metadata)
 
 
 class LightGBMRuntime(_BoosterRuntime):
@@ -232,7 +174,7 @@ class LightGBMRuntime(_BoosterRuntime):
         """Files whose first bytes are the ``tree`` and ``version=`` lines, whatever the suffix."""
         return _LIGHTGBM_TEXT.match(_head(path, 32)) is not None
 
-    def _open(self, path: Path, threads: int) -> _Booster:
+    def _open(self, path: Path, threads: int) -> Booster:
         lightgbm = import_framework("lightgbm", "LightGBM models needs lightgbm", "lightgbm")
         errors = (lightgbm.basic.LightGBMError, ValueError)
         try:
@@ -243,11 +185,11 @@ class LightGBMRuntime(_BoosterRuntime):
         objective = _lightgbm_objective(path)
         name = objective.split(" ", 1)[0]
         if name == "binary":
-            task = _Task("binary")
+            task = Task("binary")
         elif name in ("multiclass", "multiclassova"):
-            task = _Task("multiclass", classes=booster.num_model_per_iteration())
+            task = Task("multiclass", classes=booster.num_model_per_iteration())
         else:
-            task = _Task("regression" if name in _LIGHTGBM_REGRESSION else "raw")
+            task = Task("regression" if name in _LIGHTGBM_REGRESSION else "raw")
         options = {"num_threads": threads} if threads else {}
 
         def predict(rows: Array) -> Array:
@@ -259,7 +201,7 @@ class LightGBMRuntime(_BoosterRuntime):
             "objective": objective,
             "num_features": booster.num_feature(),
         }
-        return _Booster(predict, errors, task, booster.num_feature(), metadata)
+        return Booster(predict, errors, task, booster.num_feature(), metadata)
 
 
 def _head(path: Path, size: int) -> bytes:
@@ -268,12 +210,6 @@ def _head(path: Path, size: int) -> bytes:
             return handle.read(size)
     except OSError:  # a directory, or unreadable: not ours to claim
         return b""
-
-
-def _softmax(margin: Array) -> Array:
-    exp = np.exp(margin - margin.max(axis=1, keepdims=True))
-    result: Array = exp / exp.sum(axis=1, keepdims=True)
-    return result
 
 
 def _lightgbm_objective(path: Path) -> str:

@@ -1,0 +1,1 @@
+"""Gradient-boosted trees: XGBoost and LightGBM boosters, through the tabular contract."""

@@ -1,0 +1,1 @@
+"""Caffe: a deploy prototxt and its weights, run with OpenCV's dnn module."""

@@ -1,0 +1,1 @@
+"""Hugging Face: transformers model directories served by task."""

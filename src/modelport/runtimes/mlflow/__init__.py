@@ -1,0 +1,1 @@
+"""MLflow: model directories, served through their native flavor's runtime or mlflow.pyfunc."""

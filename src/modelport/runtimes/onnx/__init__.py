@@ -1,0 +1,1 @@
+"""The ONNX runtime: onnxruntime on CPU, the framework-free inspection, the shared-weights graph."""

@@ -1,0 +1,89 @@
+"""The predictor of the ``onnx`` format: an onnxruntime session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelport.errors import InvalidInput, Unavailable
+from modelport.runtimes.onnx.inspect import short_message
+from modelport.types import DataType, Signature, Tensors
+
+__all__ = ["OnnxModel"]
+
+
+class OnnxModel:
+    """An ONNX model in an onnxruntime session: the ``Predictor`` of the ``onnx`` format.
+
+    ``run`` may be called from many threads at once: onnxruntime's ``run`` is thread-safe
+    and releases the GIL while it computes. BYTES inputs may hold ``bytes`` (UTF-8) or
+    ``str``; BYTES outputs are object arrays of ``bytes``. Probability maps (scikit-learn's
+    ZipMap) come back as 2-D FP32 arrays with one column per class, in sorted class order.
+    """
+
+    def __init__(
+        self, session: Any, signature: Signature, run_errors: tuple[type[Exception], ...]
+    ) -> None:
+        self._session: Any = session
+        self._signature = signature
+        self.input_errors = run_errors
+        self._string_inputs = frozenset(
+            spec.name for spec in signature.inputs if spec.datatype is DataType.BYTES
+        )
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def describe_error(self, error: Exception) -> str:
+        return short_message(error)
+
+    def run(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
+        names = list(outputs)
+        feed = {
+            name: _to_strings(name, array) if name in self._string_inputs else array
+            for name, array in inputs.items()
+        }
+        session = self._session
+        if session is None:
+            raise Unavailable("the model was closed; load it again to predict")
+        results = session.run(names, feed)
+        return {name: _from_result(value) for name, value in zip(names, results, strict=True)}
+
+    def close(self) -> None:
+        """Drop the session; its memory is freed once calls already running finish."""
+        self._session = None
+
+
+def _to_strings(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """An object array of ``str``: onnxruntime would turn ``bytes`` into "b'...'" text."""
+
+    def decode(item: object) -> str:
+        if isinstance(item, bytes):
+            return item.decode("utf-8")
+        if isinstance(item, str):
+            return item
+        raise InvalidInput(f"input {name!r}: BYTES elements must be bytes or str, not {item!r}")
+
+    try:
+        return np.asarray(np.frompyfunc(decode, 1, 1)(array), dtype=object)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input {name!r}: BYTES elements must be valid UTF-8") from None
+
+
+def _from_result(value: Any) -> npt.NDArray[Any]:
+    if isinstance(value, list):  # only probability maps pass the signature as sequences
+        classes = sorted(value[0]) if value else []
+        rows = [[row[label] for label in classes] for row in value]
+        return np.array(rows, dtype=np.float32).reshape(len(value), len(classes))
+    array: npt.NDArray[Any] = value
+    if array.dtype == object:
+        return np.asarray(np.frompyfunc(_encode, 1, 1)(array), dtype=object)
+    return array
+
+
+def _encode(item: str) -> bytes:
+    return item.encode("utf-8")

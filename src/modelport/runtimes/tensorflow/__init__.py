@@ -1,0 +1,1 @@
+"""TensorFlow: Keras archives and SavedModel directories, traced once into one concrete function."""

@@ -1,0 +1,1 @@
+"""PyTorch: TorchScript files and torch.export programs."""
