@@ -137,7 +137,7 @@ def convert(
     source_model = registry.load(record.ref)
     try:
         with tempfile.TemporaryDirectory(prefix="modelport-convert-") as scratch:
-            checkout = registry.store.checkout(list(record.files))
+            checkout = registry.checkout.checkout(list(record.files))
             job = ConversionSource(record, checkout / record.entry, opset, Path(scratch))
             exported = _export(converter, job)
             conform(exported.path, record.signature)

@@ -13,19 +13,30 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from modelport.config import Settings, VerifyPolicy, load_settings
-from modelport.errors import Conflict, InvalidInput, Unavailable, VerificationFailed
+from modelport.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidModel,
+    Unavailable,
+    VerificationFailed,
+)
 from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
 from modelport.registry.store import (
+    BlobStore,
+    CheckoutCache,
     FileEntry,
     GcReport,
-    LocalStore,
     References,
+    checkout_cache_for,
     hash_file,
     manifest_key,
+    open_store,
+    safe_relative_path,
 )
+from modelport.registry.store.base import hash_stream
 from modelport.runtimes import (
     LoadedModel,
     LoadOptions,
@@ -41,21 +52,30 @@ __all__ = ["Registry"]
 
 
 class Registry:
-    """A model registry: metadata in a SQL database, files in an artifact store.
+    """A model registry: metadata in a SQL database, files in a blob store.
 
     Every method is safe to call from several processes at once; each write is one DB
     transaction, published only after its files are stored and hashed.
+
+    ``store`` and ``checkout`` default to what ``settings`` name: the local directory
+    store under ``MODELPORT_HOME`` (or ``MODELPORT_STORE_URL``), and its checkout cache.
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, runtimes: RuntimeTable | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        runtimes: RuntimeTable | None = None,
+        store: BlobStore | None = None,
+        checkout: CheckoutCache | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.runtimes = runtimes or default_runtimes()
-        self.store = LocalStore(self.settings.resolved_store_path())
+        self.store: BlobStore = store or open_store(self.settings)
+        self.checkout = checkout or checkout_cache_for(self.store, self.settings)
         self.engine = open_database(
             self.settings.resolved_db_url(),
-            holding_store=lambda: self.store.root if self.store.holds_blobs() else None,
+            holding_store=lambda: self.store.url if self.store.holds_blobs() else None,
         )
         self._verified: set[str] = set()
 
@@ -121,12 +141,12 @@ class Registry:
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
         info = runtime.inspect(source, options)
         runtime_metadata = _json_dict(info.metadata, "runtime metadata")
-        with self.store.shared_lock(), self.store.staging() as stage:
+        with self.store.writing():
             files = info.files
             entries = [
-                stage.add(files.sources.get(rel, files.root / rel), rel) for rel in files.paths
+                self._put(files.sources.get(rel, files.root / rel), rel) for rel in files.paths
             ]
-            stage.publish()
+            self.store.confirm({e.digest for e in entries})
             number = self._insert_version(
                 name=name,
                 row={
@@ -147,6 +167,21 @@ class Registry:
                 aliases=alias_list,
             )
         return self.get(ModelRef(name, version=number))
+
+    def _put(self, source: Path, relative: str) -> FileEntry:
+        """Store one file; refuse it if it changed while it was read."""
+        safe_relative_path(relative)
+        try:
+            before = source.stat()
+            handle = source.open("rb")
+        except OSError as exc:
+            raise InvalidModel(f"cannot read {source}: {exc.strerror}") from exc
+        with handle:
+            blob = self.store.put(handle)
+        after = source.stat()
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            raise InvalidModel(f"{source} changed while it was being pushed; push it again")
+        return FileEntry(relative, blob.digest, blob.size)
 
     def _insert_version(
         self,
@@ -320,7 +355,8 @@ class Registry:
         Raises:
             Unavailable: a push held the store for ``wait`` seconds.
         """
-        return self.store.collect_garbage(self._references, wait=wait)
+        stored = self.store.collect_garbage(self._references, wait=wait)
+        return stored + self.checkout.collect_garbage(self._references, wait=wait)
 
     def _references(self) -> References:
         # Called by the store under its exclusive lock, never before: a push that commits
@@ -350,9 +386,22 @@ class Registry:
             return queries.load_versions(conn, queries.version_ids_of(conn, mid))
 
     def verify(self, ref: ModelRef | str) -> list[str]:
-        """Re-hash the version's stored files; one line per problem, empty when intact."""
+        """Re-hash the version's files as the store holds them (for S3, the objects
+        themselves, streamed); one line per problem, empty when intact."""
         record = self.get(ref)
-        return self.store.verify(list(record.files))
+        problems = []
+        for entry in record.files:
+            if not self.store.exists(entry.digest):
+                problems.append(f"{entry.path}: missing from the store")
+                continue
+            with self.store.get(entry.digest) as stream:
+                digest, size = hash_stream(stream)
+            if digest != entry.digest or size != entry.size:
+                problems.append(
+                    f"{entry.path}: content changed (expected sha256 {entry.digest[:12]}…, "
+                    f"found {digest[:12]}…)"
+                )
+        return problems
 
     def verify_derived(self, ref: ModelRef | str) -> list[DerivedCheck]:
         """Re-hash the files runtimes derived from the version on this machine (optimized
@@ -363,7 +412,7 @@ class Registry:
         """
         record = self.get(ref)
         results = []
-        for directory in derived.copies(self.store.derived(list(record.files))):
+        for directory in derived.copies(self.checkout.derived(list(record.files))):
             result = derived.check(directory, digests=True)
             if not result.intact:
                 try:
@@ -394,7 +443,7 @@ class Registry:
         """
         record = self.get(ref)
         runtime = self.runtimes.get(record.format)
-        directory = self.store.checkout(list(record.files))
+        directory = self.checkout.checkout(list(record.files))
         policy = verify or self.settings.verify
         key = manifest_key(record.files)
         verifying = policy == "always" or (policy == "first-load" and key not in self._verified)
@@ -406,7 +455,7 @@ class Registry:
             given,
             metadata={**record.metadata, **given.metadata},
             trust_pickle=record.trust_pickle,
-            cache_dir=given.cache_dir or self.store.derived(list(record.files)),
+            cache_dir=given.cache_dir or self.checkout.derived(list(record.files)),
             # What is served may be a copy derived from the files just verified (an
             # optimized graph): it is held to the same policy.
             verify_derived=given.verify_derived or verifying,
