@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelport import Registry, Settings
-from modelport.errors import VerificationFailed
+from modelport.errors import StorageError, VerificationFailed
 from modelport.registry.store import (
     BlobStore,
     CheckoutCache,
@@ -122,12 +122,30 @@ def test_gc_removes_only_unreferenced_blobs(store: BlobStore) -> None:
     assert not store.exists(dropped.digest)
 
 
-def test_confirm_refuses_a_blob_that_vanished(store: BlobStore) -> None:
-    blob = store.put(io.BytesIO(b"here"))
-    store.confirm([blob.digest])
-    store.delete(blob.digest)
-    with pytest.raises(Exception, match="vanished"):
-        store.confirm([blob.digest])
+def test_publish_never_references_a_blob_that_vanished(store: BlobStore) -> None:
+    with store.writing() as writer:
+        blob = writer.put(io.BytesIO(b"here"))
+        writer.publish([blob.digest])
+    assert store.exists(blob.digest)
+    with store.writing() as writer:
+        writer.put(io.BytesIO(b"here"))
+        store.delete(blob.digest)  # a gc with no grace, meanwhile
+        if writer.staged:  # the staged copy is filed again
+            writer.publish([blob.digest])
+            assert store.exists(blob.digest)
+        else:  # the upload found the blob and did not send it again
+            with pytest.raises(StorageError, match="vanished"):
+                writer.publish([blob.digest])
+
+
+def test_what_a_writer_did_not_publish_is_not_kept(store: BlobStore) -> None:
+    with store.writing() as writer:
+        blob = writer.put(io.BytesIO(b"a model that failed its check"))
+    if writer.staged:
+        assert not store.exists(blob.digest)
+    else:  # uploaded already: an orphan for gc
+        assert store.collect_garbage(nothing_referenced).blobs_removed == 1
+    assert not store.holds_blobs()
 
 
 def test_checkout_downloads_verified_and_links_once(store: BlobStore, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from modelport.registry.db import open_database, read_transaction, write_transac
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
 from modelport.registry.store import (
+    Blob,
     BlobStore,
+    BlobWriter,
     CheckoutCache,
     FileEntry,
     GcReport,
@@ -114,8 +117,10 @@ class Registry:
 
         Anything that is neither a regular file nor a directory (a named pipe, a device) is
         refused before it is read. The model is validated and its signature read before
-        anything is stored; files are hashed while copied and published in one transaction,
-        so a failure or a kill at any point leaves no half version.
+        anything is published (a local store copies the file meanwhile, into staging that
+        a rejected model leaves empty); files are hashed while copied, and published
+        before the one transaction that records the version, so a failure or a kill at
+        any point leaves no half version.
 
         Raises:
             InvalidName, InvalidModel, UnsupportedFormat, NotFound (lineage parent),
@@ -139,14 +144,32 @@ class Registry:
             companions=tuple(companions),
         )
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
-        info = runtime.inspect(source, options)
-        runtime_metadata = _json_dict(info.metadata, "runtime metadata")
-        with self.store.writing():
+        with (
+            self.store.writing() as writer,
+            ThreadPoolExecutor(1, thread_name_prefix="modelport-push") as pool,
+        ):
+            # Copying a big file costs about as much as parsing and checking it, and the two
+            # run on different cores (the copy in the kernel, the hash in hashlib, both
+            # without the GIL): so a store that only stages copies the file while the
+            # runtime checks it, and a rejected model still leaves nothing behind.
+            early = (
+                pool.submit(self._put, writer, source)
+                if writer.staged and source.is_file()
+                else None
+            )
+            info = runtime.inspect(source, options)
+            runtime_metadata = _json_dict(info.metadata, "runtime metadata")
             files = info.files
-            entries = [
-                self._put(files.sources.get(rel, files.root / rel), rel) for rel in files.paths
-            ]
-            self.store.confirm({e.digest for e in entries})
+            entries = []
+            for rel in files.paths:
+                path = files.sources.get(rel, files.root / rel)
+                safe_relative_path(rel)
+                if early is not None and path.absolute() == source.absolute():
+                    blob = early.result()
+                else:
+                    blob = self._put(writer, path)
+                entries.append(FileEntry(rel, blob.digest, blob.size))
+            writer.publish({e.digest for e in entries})
             number = self._insert_version(
                 name=name,
                 row={
@@ -168,20 +191,20 @@ class Registry:
             )
         return self.get(ModelRef(name, version=number))
 
-    def _put(self, source: Path, relative: str) -> FileEntry:
+    @staticmethod
+    def _put(writer: BlobWriter, source: Path) -> Blob:
         """Store one file; refuse it if it changed while it was read."""
-        safe_relative_path(relative)
         try:
             before = source.stat()
             handle = source.open("rb")
         except OSError as exc:
             raise InvalidModel(f"cannot read {source}: {exc.strerror}") from exc
         with handle:
-            blob = self.store.put(handle)
+            blob = writer.put(handle)
         after = source.stat()
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             raise InvalidModel(f"{source} changed while it was being pushed; push it again")
-        return FileEntry(relative, blob.digest, blob.size)
+        return blob
 
     def _insert_version(
         self,

@@ -15,6 +15,7 @@ from modelport.errors import InvalidInput
 from modelport.registry.store.base import (
     Blob,
     BlobStore,
+    BlobWriter,
     FileEntry,
     GcReport,
     References,
@@ -30,6 +31,7 @@ from modelport.registry.store.s3 import S3Store
 __all__ = [
     "Blob",
     "BlobStore",
+    "BlobWriter",
     "CheckoutCache",
     "FileEntry",
     "GcReport",

@@ -24,6 +24,7 @@ __all__ = [
     "CHUNK",
     "Blob",
     "BlobStore",
+    "BlobWriter",
     "FileEntry",
     "GcReport",
     "Readable",
@@ -99,6 +100,42 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+class BlobWriter(Protocol):
+    """The writes of one push: ``put`` each file, then ``publish`` before the database
+    commit. Leaving ``BlobStore.writing`` without publishing discards what was staged (as
+    far as ``staged`` says)."""
+
+    staged: bool
+    """True when ``put`` only stages: nothing is visible until ``publish``, and what was
+    not published is gone when the writer ends. A push may then store files while it is
+    still validating the model, since a rejected model leaves nothing behind. False when
+    ``put`` writes the final blob at once (an upload); what a rejected push stored is then
+    an orphan for ``collect_garbage``."""
+
+    def put(self, source: Readable) -> Blob:
+        """Store the bytes of ``source`` (read from its start) under their digest.
+
+        The digest is computed on the bytes as they are stored; storing bytes already held
+        is cheap and refreshes the blob's time (see ``collect_garbage``). Safe to call from
+        several threads.
+
+        Raises:
+            StorageError: the store refused the write (full, unreachable, no access).
+            InvalidModel: the source changed while it was read.
+        """
+        ...
+
+    def publish(self, digests: Iterable[str]) -> None:
+        """Make what was put visible, right before the push commits: every blob in
+        ``digests`` is then held, and a garbage collection keeps it long enough to see the
+        commit.
+
+        Raises:
+            StorageError: a blob is gone (a garbage collection ran meanwhile); push again.
+        """
+        ...
+
+
 class BlobStore(Protocol):
     """Digest-keyed storage of version files.
 
@@ -113,15 +150,7 @@ class BlobStore(Protocol):
         ...
 
     def put(self, source: Readable) -> Blob:
-        """Store the bytes of ``source`` (read from its start) under their digest.
-
-        The digest is computed on the bytes as they are stored; storing bytes already held
-        is cheap and refreshes the blob's time (see ``collect_garbage``).
-
-        Raises:
-            StorageError: the store refused the write (full, unreachable, no access).
-            InvalidModel: the source changed while it was read.
-        """
+        """Store and publish one blob at once (see ``BlobWriter.put``)."""
         ...
 
     def get(self, digest: str) -> contextlib.AbstractContextManager[Readable]:
@@ -147,18 +176,9 @@ class BlobStore(Protocol):
         """Whether the store holds any blob (an empty database with such a store is refused)."""
         ...
 
-    def writing(self) -> contextlib.AbstractContextManager[None]:
-        """Held by a push from its first ``put`` until its database commit: within it, a
-        concurrent ``collect_garbage`` does not remove what the push stored."""
-        ...
-
-    def confirm(self, digests: Iterable[str]) -> None:
-        """Called by a push right before it publishes: make sure every blob it references
-        is held, and will be kept by a garbage collection long enough to see the commit.
-
-        Raises:
-            StorageError: a blob is gone (a garbage collection ran meanwhile); push again.
-        """
+    def writing(self) -> contextlib.AbstractContextManager[BlobWriter]:
+        """A writer held by a push from its first ``put`` until its database commit: within
+        it, a concurrent ``collect_garbage`` does not remove what the push stored."""
         ...
 
     def collect_garbage(
@@ -210,8 +230,3 @@ def safe_relative_path(path: str) -> PurePosixPath:
 def is_digest(name: str) -> bool:
     """Whether ``name`` looks like a sha256 hex digest (anything else in a store is not ours)."""
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
-
-
-@contextlib.contextmanager
-def no_lock() -> Iterator[None]:
-    yield

@@ -3,7 +3,7 @@
 Layout (unchanged since the first release, so existing registries keep working)::
 
     blobs/ab/abcdef…      one read-only file per distinct content
-    staging/<id>          a file being stored (hashed while copied in)
+    staging/<id>/         the files of a push in progress (hashed while copied in)
     gc.lock               pushes and checkouts hold it shared; gc and deletes exclusive
 
 The local checkout cache (``checkout.py``) shares this directory by default: its
@@ -42,7 +42,7 @@ from modelport.registry.store.base import (
     is_digest,
 )
 
-__all__ = ["LocalStore", "file_lock", "remove_children"]
+__all__ = ["LocalStore", "LocalWriter", "copy_hashing", "file_lock", "remove_children"]
 
 
 class LocalStore:
@@ -67,24 +67,10 @@ class LocalStore:
         return self.root / "blobs" / digest[:2] / digest
 
     def put(self, source: Readable) -> Blob:
-        """Copy ``source`` in, hashing in the same pass, and file it under its digest."""
-        staged = self.root / "staging" / uuid.uuid4().hex
-        try:
-            with staged.open("wb") as target:
-                digest, size = copy_hashing(source, target)
-            blob = self._path(digest)
-            if blob.exists():
-                # Refresh the time so an old orphan sweep never races a fresh reference.
-                os.utime(blob)
-                return Blob(digest, size)
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            staged.chmod(0o444)
-            staged.replace(blob)
-            return Blob(digest, size)
-        except OSError as exc:
-            raise _write_error(self.root, exc) from exc
-        finally:
-            staged.unlink(missing_ok=True)
+        with self.writing() as writer:
+            blob = writer.put(source)
+            writer.publish([blob.digest])
+        return blob
 
     @contextlib.contextmanager
     def get(self, digest: str) -> Iterator[BinaryIO]:
@@ -123,18 +109,16 @@ class LocalStore:
         return False
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """Held by writers until their DB commit: keeps gc away from new blobs."""
+    def writing(self) -> Iterator[LocalWriter]:
+        """A writer staging into ``staging/<id>/``, holding the shared lock until the
+        caller's DB commit (keeping gc away from new blobs); unpublished files are removed."""
         with file_lock(self.lock_path, fcntl.LOCK_SH):
-            yield
-
-    def confirm(self, digests: Iterable[str]) -> None:
-        # Under the shared lock nothing can remove a blob: this only catches damage.
-        missing = [d for d in digests if not self.exists(d)]
-        if missing:
-            raise StorageError(
-                f"blob {missing[0][:12]}… vanished from {self.root} during the push; push again"
-            )
+            directory = self.root / "staging" / uuid.uuid4().hex
+            directory.mkdir()
+            try:
+                yield LocalWriter(self, directory)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def collect_garbage(
         self, read_references: Callable[[], References], *, wait: float = 60.0
@@ -158,6 +142,49 @@ class LocalStore:
                     self.delete(blob.digest)
                     removed += 1
         return GcReport(blobs_removed=removed, bytes_freed=freed, staging_removed=staging)
+
+
+class LocalWriter:
+    """Stages files of one push (copied and hashed in one pass); ``publish`` files them
+    under their digests."""
+
+    staged = True
+
+    def __init__(self, store: LocalStore, directory: Path) -> None:
+        self._store = store
+        self._dir = directory
+        self._staged: dict[str, Path] = {}
+
+    def put(self, source: Readable) -> Blob:
+        staged = self._dir / uuid.uuid4().hex
+        try:
+            with staged.open("wb") as target:
+                digest, size = copy_hashing(source, target)
+        except OSError as exc:
+            raise _write_error(self._store.root, exc) from exc
+        self._staged[digest] = staged
+        return Blob(digest, size)
+
+    def publish(self, digests: Iterable[str]) -> None:
+        """Move staged files into the blob area. Identical content is kept once."""
+        try:
+            for digest in digests:
+                blob = self._store._path(digest)
+                if blob.exists():
+                    # Refresh the time so an old orphan sweep never races a fresh reference.
+                    os.utime(blob)
+                    continue
+                staged = self._staged.get(digest)
+                if staged is None:
+                    raise StorageError(
+                        f"blob {digest[:12]}… vanished from {self._store.root} during the "
+                        "push; push again"
+                    )
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                staged.chmod(0o444)
+                staged.replace(blob)
+        except OSError as exc:
+            raise _write_error(self._store.root, exc) from exc
 
 
 @contextlib.contextmanager

@@ -52,7 +52,7 @@ from modelport.registry.store.base import (
     is_digest,
 )
 
-__all__ = ["S3Store", "parse_s3_url"]
+__all__ = ["S3Store", "S3Writer", "parse_s3_url"]
 
 PART_SIZE = 16 * 1024 * 1024  # S3 wants at least 5 MiB per part but the last
 _CONCURRENCY = 4
@@ -184,11 +184,16 @@ class S3Store:
         return bool(page.get("KeyCount", 0))
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        # No lock reaches other machines: the grace period and ``confirm`` keep gc away.
-        yield
+    def writing(self) -> Iterator[S3Writer]:
+        # No lock reaches other machines: the grace period and ``publish`` keep gc away.
+        yield S3Writer(self)
 
     def confirm(self, digests: Iterable[str]) -> None:
+        """Every blob in ``digests`` is held and younger than half the grace period.
+
+        Raises:
+            StorageError: one is gone.
+        """
         now = time.time()
         with self._errors("checking the stored files"):
             for digest in digests:
@@ -380,6 +385,22 @@ class S3Store:
         if kind in ("ClientError", "BotoCoreError") or type(exc).__module__.startswith("botocore"):
             return StorageError(f"the store {self.url} failed while {doing}: {exc}")
         return None
+
+
+class S3Writer:
+    """Uploads go straight to their final keys (the key is the digest); ``publish``
+    re-checks them before the commit."""
+
+    staged = False
+
+    def __init__(self, store: S3Store) -> None:
+        self._store = store
+
+    def put(self, source: Readable) -> Blob:
+        return self._store.put(source)
+
+    def publish(self, digests: Iterable[str]) -> None:
+        self._store.confirm(digests)
 
 
 def _error_code(exc: BaseException) -> str:
