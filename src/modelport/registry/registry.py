@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -117,10 +116,9 @@ class Registry:
 
         Anything that is neither a regular file nor a directory (a named pipe, a device) is
         refused before it is read. The model is validated and its signature read before
-        anything is published (a local store copies the file meanwhile, into staging that
-        a rejected model leaves empty); files are hashed while copied, and published
-        before the one transaction that records the version, so a failure or a kill at
-        any point leaves no half version.
+        anything is stored; files are hashed while copied, and published right before the
+        one transaction that records the version, so a failure or a kill at any point
+        leaves no half version.
 
         Raises:
             InvalidName, InvalidModel, UnsupportedFormat, NotFound (lineage parent),
@@ -144,30 +142,14 @@ class Registry:
             companions=tuple(companions),
         )
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
-        with (
-            self.store.writing() as writer,
-            ThreadPoolExecutor(1, thread_name_prefix="modelport-push") as pool,
-        ):
-            # Copying a big file costs about as much as parsing and checking it, and the two
-            # run on different cores (the copy in the kernel, the hash in hashlib, both
-            # without the GIL): so a store that only stages copies the file while the
-            # runtime checks it, and a rejected model still leaves nothing behind.
-            early = (
-                pool.submit(self._put, writer, source)
-                if writer.staged and source.is_file()
-                else None
-            )
-            info = runtime.inspect(source, options)
-            runtime_metadata = _json_dict(info.metadata, "runtime metadata")
+        info = runtime.inspect(source, options)
+        runtime_metadata = _json_dict(info.metadata, "runtime metadata")
+        with self.store.writing() as writer:
             files = info.files
             entries = []
             for rel in files.paths:
-                path = files.sources.get(rel, files.root / rel)
                 safe_relative_path(rel)
-                if early is not None and path.absolute() == source.absolute():
-                    blob = early.result()
-                else:
-                    blob = self._put(writer, path)
+                blob = self._put(writer, files.sources.get(rel, files.root / rel))
                 entries.append(FileEntry(rel, blob.digest, blob.size))
             writer.publish({e.digest for e in entries})
             number = self._insert_version(

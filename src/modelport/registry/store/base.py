@@ -107,10 +107,9 @@ class BlobWriter(Protocol):
 
     staged: bool
     """True when ``put`` only stages: nothing is visible until ``publish``, and what was
-    not published is gone when the writer ends. A push may then store files while it is
-    still validating the model, since a rejected model leaves nothing behind. False when
-    ``put`` writes the final blob at once (an upload); what a rejected push stored is then
-    an orphan for ``collect_garbage``."""
+    not published is gone when the writer ends. False when ``put`` writes the final blob
+    at once (an upload); what a push that failed before ``publish`` stored is then an
+    orphan for ``collect_garbage``."""
 
     def put(self, source: Readable) -> Blob:
         """Store the bytes of ``source`` (read from its start) under their digest.
