@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelport import Registry, Settings
-from modelport.errors import StorageError, VerificationFailed
+from modelport.errors import InvalidInput, StorageError, VerificationFailed
 from modelport.registry.store import (
     BlobStore,
     CheckoutCache,
@@ -20,6 +20,7 @@ from modelport.registry.store import (
     LocalStore,
     References,
     S3Store,
+    open_store,
 )
 from tests.onnx_models import make_add_model
 from tests.s3_server import make_bucket, moto_s3, s3_client
@@ -224,3 +225,18 @@ def test_the_default_local_layout_is_unchanged(tmp_path: Path) -> None:
         root / "blobs" / digest[:2] / digest
     ).stat().st_ino
     assert (root / "gc.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [("ftp://models/team", "unknown kind of store"), ("s3:///team", "not an S3 URL")],
+)
+def test_a_store_url_modelport_cannot_use_is_refused(url: str, says: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=says):
+        open_store(Settings(home=tmp_path, store_url=url))
+
+
+def test_a_file_url_is_a_local_store(tmp_path: Path) -> None:
+    store = open_store(Settings(home=tmp_path, store_url=f"file://{tmp_path / 'elsewhere'}"))
+    assert isinstance(store, LocalStore)
+    assert store.root == tmp_path / "elsewhere"

@@ -247,14 +247,22 @@ class S3Store:
 
     def _refresh(self, key: str) -> None:
         """Give an object a new modification time (a copy onto itself), so that a gc in
-        progress does not take it for an old orphan."""
-        self._client.copy_object(
-            Bucket=self.bucket,
-            Key=key,
-            CopySource={"Bucket": self.bucket, "Key": key},
-            MetadataDirective="REPLACE",
-            Metadata={"refreshed": datetime.now(UTC).isoformat()},
-        )
+        progress does not take it for an old orphan.
+
+        S3 copies at most 5 GB in one request; a larger blob keeps its time (and gc's
+        grace period is then all that protects a push reusing it, see the module
+        docstring)."""
+        try:
+            self._client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE",
+                Metadata={"refreshed": datetime.now(UTC).isoformat()},
+            )
+        except Exception as exc:
+            if _error_code(exc) not in ("InvalidRequest", "EntityTooLarge"):
+                raise
 
     def _put_object(self, key: str, data: bytes) -> None:
         try:
