@@ -37,8 +37,8 @@ from modelport.registry.store import (
     manifest_key,
     open_store,
     safe_relative_path,
+    verify_blobs,
 )
-from modelport.registry.store.base import hash_stream
 from modelport.runtimes import (
     LoadedModel,
     LoadOptions,
@@ -393,20 +393,7 @@ class Registry:
     def verify(self, ref: ModelRef | str) -> list[str]:
         """Re-hash the version's files as the store holds them (for S3, the objects
         themselves, streamed); one line per problem, empty when intact."""
-        record = self.get(ref)
-        problems = []
-        for entry in record.files:
-            if not self.store.exists(entry.digest):
-                problems.append(f"{entry.path}: missing from the store")
-                continue
-            with self.store.get(entry.digest) as stream:
-                digest, size = hash_stream(stream)
-            if digest != entry.digest or size != entry.size:
-                problems.append(
-                    f"{entry.path}: content changed (expected sha256 {entry.digest[:12]}…, "
-                    f"found {digest[:12]}…)"
-                )
-        return problems
+        return verify_blobs(self.store, self.get(ref).files)
 
     def verify_derived(self, ref: ModelRef | str) -> list[DerivedCheck]:
         """Re-hash the files runtimes derived from the version on this machine (optimized

@@ -23,6 +23,7 @@ from modelport.registry.store.base import (
     hash_file,
     manifest_key,
     safe_relative_path,
+    verify_blobs,
 )
 from modelport.registry.store.checkout import CheckoutCache
 from modelport.registry.store.local import LocalStore
@@ -44,6 +45,7 @@ __all__ = [
     "manifest_key",
     "open_store",
     "safe_relative_path",
+    "verify_blobs",
 ]
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "hash_file",
     "manifest_key",
     "safe_relative_path",
+    "verify_blobs",
 ]
 
 CHUNK = 4 * 1024 * 1024
@@ -216,6 +217,24 @@ def hash_stream(stream: Readable) -> tuple[str, int]:
         hasher.update(chunk)
         size += len(chunk)
     return hasher.hexdigest(), size
+
+
+def verify_blobs(store: BlobStore, files: Iterable[FileEntry]) -> list[str]:
+    """Re-hash ``files`` as ``store`` holds them (streamed, never from a local copy);
+    one line per problem, empty when all are intact."""
+    problems = []
+    for entry in files:
+        if not store.exists(entry.digest):
+            problems.append(f"{entry.path}: missing from the store")
+            continue
+        with store.get(entry.digest) as stream:
+            digest, size = hash_stream(stream)
+        if digest != entry.digest or size != entry.size:
+            problems.append(
+                f"{entry.path}: content changed (expected sha256 {entry.digest[:12]}…, "
+                f"found {digest[:12]}…)"
+            )
+    return problems
 
 
 def safe_relative_path(path: str) -> PurePosixPath:
