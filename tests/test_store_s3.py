@@ -4,6 +4,7 @@ tampered object; missing credentials and buckets; an empty database over a full 
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import time
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from modelport.registry.store import References, S3Store
 from tests.onnx_models import make_graph_model, tensor
 from tests.s3_server import (
     make_bucket,
@@ -236,3 +238,17 @@ def test_an_empty_database_over_a_bucket_that_holds_models_is_refused(
     # The bucket under another prefix is another store: a new registry may start there.
     fresh = cli(tmp_path / "other", s3_env(endpoint, bucket, prefix="other"), "ls")
     assert fresh.returncode == 0, fresh.stderr
+
+
+def test_gc_keeps_what_a_push_may_not_have_committed_yet(endpoint: str, bucket: str) -> None:
+    """No lock reaches other machines: an unreferenced object younger than the grace
+    period may belong to a push about to commit, so gc leaves it."""
+    store = S3Store(
+        f"s3://{bucket}/team", endpoint_url=endpoint, grace=3600, client=s3_client(endpoint)
+    )
+    blob = store.put(io.BytesIO(b"stored, not yet committed"))
+    report = store.collect_garbage(lambda: References(frozenset(), frozenset()))
+    assert report.blobs_removed == 0
+    assert store.exists(blob.digest)
+    with store.writing() as writer:
+        writer.publish([blob.digest])  # still there: the push may commit
