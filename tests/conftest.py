@@ -24,7 +24,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "home"
     monkeypatch.setenv("MODELPORT_HOME", str(path))
     monkeypatch.delenv("MODELPORT_DB_URL", raising=False)
-    monkeypatch.delenv("MODELPORT_STORE_PATH", raising=False)
+    for variable in ("STORE_PATH", "STORE_URL", "S3_ENDPOINT_URL", "CACHE_PATH", "GC_GRACE"):
+        monkeypatch.delenv(f"MODELPORT_{variable}", raising=False)
     monkeypatch.delenv("MODELPORT_VERIFY", raising=False)
     return path
 

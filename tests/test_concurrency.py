@@ -131,9 +131,7 @@ def test_push_killed_mid_copy_leaves_nothing_gc_cannot_clean(home: Path, tmp_pat
     # Kill as soon as bytes are landing in the store: the copy is under way.
     while time.monotonic() < deadline:
         partial = (
-            [p for p in staging.glob("*/files/*") if p.stat().st_size > 0]
-            if staging.exists()
-            else []
+            [p for p in staging.glob("*/*") if p.stat().st_size > 0] if staging.exists() else []
         )
         if partial:
             break

@@ -365,7 +365,7 @@ def test_registry_keeps_the_copy_in_the_store_and_gc_removes_it(tmp_path: Path, 
     with Registry(Settings(home=tmp_path / "home")) as registry:
         version = registry.push(conv, "conv")
         key = manifest_key(version.files)
-        derived = registry.store.root / "derived" / key
+        derived = registry.checkout.root / "derived" / key
         model = registry.load("conv")
         assert (only_variant(derived) / "weights.bin").is_file()
         assert_same_outputs(model, load(conv, None), CONV_INPUT)
@@ -374,11 +374,11 @@ def test_registry_keeps_the_copy_in_the_store_and_gc_removes_it(tmp_path: Path, 
         registry.load("conv", LoadOptions(derived_dir=explicit))
         only_variant(explicit)
 
-        with registry.store.shared_lock():  # a push in progress: delete leaves gc for later
+        with registry.store.writing():  # a push in progress: delete leaves gc for later
             registry.delete("conv@1")
         assert derived.is_dir()
         report = registry.gc()
         assert report.derived_removed == 1
         assert report.checkouts_removed == 1
         assert not derived.exists()
-        assert not (registry.store.root / "checkouts" / key).exists()
+        assert not (registry.checkout.root / "checkouts" / key).exists()

@@ -77,8 +77,8 @@ def test_gc_keeps_a_push_that_commits_while_gc_waits_for_the_store(
     late = make_add_model(tmp_path / "late.onnx", shape=("batch", 5))
     with Registry(settings) as registry:
         registry.push(make_add_model(tmp_path / "early.onnx"), "early")
-        lock = registry.store.root / "gc.lock"
-        with registry.store.shared_lock():  # what a push holds until its commit
+        lock = registry.checkout.root / "gc.lock"
+        with registry.store.writing():  # what a push holds until its commit
             gc = subprocess.Popen(
                 [CLI, "gc"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )

@@ -36,6 +36,26 @@ class Settings(BaseSettings):
         default=None,
         description="Local artifact store directory; default $MODELPORT_HOME/artifacts.",
     )
+    store_url: str | None = Field(
+        default=None,
+        description="Where version files live: s3://bucket/prefix for an S3-compatible store; "
+        "default: the local directory store (MODELPORT_STORE_PATH).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of a non-AWS S3 server (MinIO, Ceph, ...); region and "
+        "credentials come from the usual AWS_* variables.",
+    )
+    cache_path: Path | None = Field(
+        default=None,
+        description="Local checkout cache of a remote store; default $MODELPORT_HOME/cache.",
+    )
+    gc_grace: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds an unreferenced S3 object or upload is kept before gc removes "
+        "it, so that gc is safe while other machines push.",
+    )
     verify: VerifyPolicy = Field(
         default="always",
         description="When loading re-hashes model files against their manifest.",
@@ -48,6 +68,9 @@ class Settings(BaseSettings):
 
     def resolved_store_path(self) -> Path:
         return (self.store_path or self.home / "artifacts").expanduser()
+
+    def resolved_cache_path(self) -> Path:
+        return (self.cache_path or self.home / "cache").expanduser()
 
 
 def load_settings() -> Settings:

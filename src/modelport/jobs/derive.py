@@ -276,7 +276,7 @@ def _compare(
 def _checked_out(registry: Registry, record: ModelVersion) -> Path:
     # A job reads the parent's files directly, so they are re-hashed whatever the registry's
     # verify policy: a derived version is never built from damaged bytes.
-    directory = registry.store.checkout(list(record.files))
+    directory = registry.checkout.checkout(list(record.files))
     for entry in record.files:
         path = directory / entry.path
         digest, size = hash_file(path) if path.is_file() else ("", -1)

@@ -2,6 +2,6 @@
 
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.registry import Registry
-from modelport.registry.store import FileEntry, GcReport
+from modelport.registry.store.base import FileEntry, GcReport
 
 __all__ = ["FileEntry", "GcReport", "Lineage", "ModelSummary", "ModelVersion", "Registry"]

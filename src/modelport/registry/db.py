@@ -47,7 +47,7 @@ def database_error_text(exc: SQLAlchemyError) -> str:
     return text or type(cause).__name__
 
 
-def open_database(url: str, *, holding_store: Callable[[], Path | None] | None = None) -> Engine:
+def open_database(url: str, *, holding_store: Callable[[], str | None] | None = None) -> Engine:
     """Create an engine for ``url`` and bring its schema up to ``HEAD_REVISION``.
 
     SQLite runs in WAL mode so readers never wait for a writer, with foreign keys on and
@@ -190,7 +190,7 @@ def _current_revision(connection: Connection) -> str | None:
 
 
 def _migrate(
-    engine: Engine, shown_url: str, holding_store: Callable[[], Path | None] | None
+    engine: Engine, shown_url: str, holding_store: Callable[[], str | None] | None
 ) -> None:
     with engine.connect() as connection:
         revision = _current_revision(connection)

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, func, select
 from modelport.errors import NotFound
 from modelport.registry import schema
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
-from modelport.registry.store import FileEntry
+from modelport.registry.store.base import FileEntry
 from modelport.types import ModelRef, Signature
 
 __all__ = ["list_models", "load_versions", "model_id", "resolve"]

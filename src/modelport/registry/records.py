@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from modelport.registry.store import FileEntry
+from modelport.registry.store.base import FileEntry
 from modelport.types import Signature
 
 __all__ = ["Lineage", "ModelSummary", "ModelVersion"]

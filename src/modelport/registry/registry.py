@@ -13,18 +13,31 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from modelport.config import Settings, VerifyPolicy, load_settings
-from modelport.errors import Conflict, InvalidInput, Unavailable, VerificationFailed
+from modelport.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidModel,
+    Unavailable,
+    VerificationFailed,
+)
 from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
 from modelport.registry.store import (
+    Blob,
+    BlobStore,
+    BlobWriter,
+    CheckoutCache,
     FileEntry,
     GcReport,
-    LocalStore,
     References,
+    checkout_cache_for,
     hash_file,
     manifest_key,
+    open_store,
+    safe_relative_path,
+    verify_blobs,
 )
 from modelport.runtimes import (
     LoadOptions,
@@ -43,21 +56,30 @@ __all__ = ["Registry"]
 
 
 class Registry:
-    """A model registry: metadata in a SQL database, files in an artifact store.
+    """A model registry: metadata in a SQL database, files in a blob store.
 
     Every method is safe to call from several processes at once; each write is one DB
     transaction, published only after its files are stored and hashed.
+
+    ``store`` and ``checkout`` default to what ``settings`` name: the local directory
+    store under ``MODELPORT_HOME`` (or ``MODELPORT_STORE_URL``), and its checkout cache.
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, runtimes: RuntimeTable | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        runtimes: RuntimeTable | None = None,
+        store: BlobStore | None = None,
+        checkout: CheckoutCache | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.runtimes = runtimes or default_runtimes()
-        self.store = LocalStore(self.settings.resolved_store_path())
+        self.store: BlobStore = store or open_store(self.settings)
+        self.checkout = checkout or checkout_cache_for(self.store, self.settings)
         self.engine = open_database(
             self.settings.resolved_db_url(),
-            holding_store=lambda: self.store.root if self.store.holds_blobs() else None,
+            holding_store=lambda: self.store.url if self.store.holds_blobs() else None,
         )
         self._verified: set[str] = set()
 
@@ -96,8 +118,9 @@ class Registry:
 
         Anything that is neither a regular file nor a directory (a named pipe, a device) is
         refused before it is read. The model is validated and its signature read before
-        anything is stored; files are hashed while copied and published in one transaction,
-        so a failure or a kill at any point leaves no half version.
+        anything is stored; files are hashed while copied, and published right before the
+        one transaction that records the version, so a failure or a kill at any point
+        leaves no half version.
 
         Raises:
             InvalidName, InvalidModel, UnsupportedFormat, NotFound (lineage parent),
@@ -123,12 +146,14 @@ class Registry:
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
         info = runtime.inspect(source, options)
         runtime_metadata = _json_dict(info.metadata, "runtime metadata")
-        with self.store.shared_lock(), self.store.staging() as stage:
+        with self.store.writing() as writer:
             files = info.files
-            entries = [
-                stage.add(files.sources.get(rel, files.root / rel), rel) for rel in files.paths
-            ]
-            stage.publish()
+            entries = []
+            for rel in files.paths:
+                safe_relative_path(rel)
+                blob = self._put(writer, files.sources.get(rel, files.root / rel))
+                entries.append(FileEntry(rel, blob.digest, blob.size))
+            writer.publish({e.digest for e in entries})
             number = self._insert_version(
                 name=name,
                 row={
@@ -149,6 +174,21 @@ class Registry:
                 aliases=alias_list,
             )
         return self.get(ModelRef(name, version=number))
+
+    @staticmethod
+    def _put(writer: BlobWriter, source: Path) -> Blob:
+        """Store one file; refuse it if it changed while it was read."""
+        try:
+            before = source.stat()
+            handle = source.open("rb")
+        except OSError as exc:
+            raise InvalidModel(f"cannot read {source}: {exc.strerror}") from exc
+        with handle:
+            blob = writer.put(handle)
+        after = source.stat()
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            raise InvalidModel(f"{source} changed while it was being pushed; push it again")
+        return blob
 
     def _insert_version(
         self,
@@ -322,7 +362,8 @@ class Registry:
         Raises:
             Unavailable: a push held the store for ``wait`` seconds.
         """
-        return self.store.collect_garbage(self._references, wait=wait)
+        stored = self.store.collect_garbage(self._references, wait=wait)
+        return stored + self.checkout.collect_garbage(self._references, wait=wait)
 
     def _references(self) -> References:
         # Called by the store under its exclusive lock, never before: a push that commits
@@ -352,9 +393,9 @@ class Registry:
             return queries.load_versions(conn, queries.version_ids_of(conn, mid))
 
     def verify(self, ref: ModelRef | str) -> list[str]:
-        """Re-hash the version's stored files; one line per problem, empty when intact."""
-        record = self.get(ref)
-        return self.store.verify(list(record.files))
+        """Re-hash the version's files as the store holds them (for S3, the objects
+        themselves, streamed); one line per problem, empty when intact."""
+        return verify_blobs(self.store, self.get(ref).files)
 
     def verify_derived(self, ref: ModelRef | str) -> list[DerivedCheck]:
         """Re-hash the files runtimes derived from the version on this machine (optimized
@@ -365,7 +406,7 @@ class Registry:
         """
         record = self.get(ref)
         results = []
-        for directory in derived.copies(self.store.derived(list(record.files))):
+        for directory in derived.copies(self.checkout.derived(list(record.files))):
             result = derived.check(directory, digests=True)
             if not result.intact:
                 try:
@@ -396,7 +437,7 @@ class Registry:
         """
         record = self.get(ref)
         self.runtimes.get(record.format)  # an unknown format fails before any checkout
-        directory = self.store.checkout(list(record.files))
+        directory = self.checkout.checkout(list(record.files))
         policy = verify or self.settings.verify
         key = manifest_key(record.files)
         verifying = policy == "always" or (policy == "first-load" and key not in self._verified)
@@ -408,7 +449,7 @@ class Registry:
             given,
             metadata={**record.metadata, **given.metadata},
             trust_pickle=record.trust_pickle,
-            derived_dir=given.derived_dir or self.store.derived(list(record.files)),
+            derived_dir=given.derived_dir or self.checkout.derived(list(record.files)),
             # What is served may be a copy derived from the files just verified (an
             # optimized graph): it is held to the same policy.
             verify_derived=given.verify_derived or verifying,

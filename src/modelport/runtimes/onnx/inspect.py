@@ -16,6 +16,7 @@ import onnx
 
 from modelport.errors import InvalidModel, UnsupportedFormat
 from modelport.runtimes.base import ModelFiles, ModelInfo, directory_files
+from modelport.runtimes.onnx.skeleton import skeleton
 from modelport.types import DataType, Signature, TensorSpec
 
 __all__ = [
@@ -81,7 +82,7 @@ def inspect_model(path: Path) -> ModelInfo:
         UnsupportedFormat: an input or output of a type modelport cannot serve.
     """
     entry = entry_file(path)
-    model, data = read_model_bytes(entry)
+    model, data = read_model_bytes(entry, weights=False)
     external = external_data_files(model, entry)
     try:
         # The checker resolves external data against the model's path, not the cwd; without
@@ -132,10 +133,12 @@ def read_model(entry: Path) -> Any:
     return read_model_bytes(entry)[0]
 
 
-def read_model_bytes(entry: Path) -> tuple[Any, bytes]:
+def read_model_bytes(entry: Path, *, weights: bool = True) -> tuple[Any, bytes]:
     """Parse ``entry`` as a ``ModelProto`` and keep the bytes it was parsed from.
 
     The checker takes the same bytes, so a big model is read once and never re-serialised.
+    Without ``weights``, the proto lacks the values of the main graph's initializers (see
+    ``onnx.skeleton``): what describing a model needs, at a fraction of the parse.
 
     Raises:
         InvalidModel: the file is empty, unreadable, truncated or not an ONNX protobuf.
@@ -144,7 +147,8 @@ def read_model_bytes(entry: Path) -> tuple[Any, bytes]:
         data = entry.read_bytes()
         if not data:
             raise InvalidModel(f"{entry.name} is an empty file, not an ONNX model")
-        return onnx.load_model_from_string(data), data
+        cut = None if weights else skeleton(data)
+        return onnx.load_model_from_string(data if cut is None else cut), data
     except OSError as exc:
         raise InvalidModel(f"{entry.name} could not be read: {exc.strerror or exc}") from exc
     except InvalidModel:

@@ -1,0 +1,77 @@
+"""Where version files live: a digest-keyed blob store, and the local checkout cache.
+
+``open_store(settings)`` builds the pair the settings describe: the local directory store
+under ``MODELPORT_HOME`` (the default), or an S3 bucket (``MODELPORT_STORE_URL=s3://...``)
+with a checkout cache under ``MODELPORT_CACHE_PATH``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from modelport.config import Settings
+from modelport.errors import InvalidInput
+from modelport.registry.store.base import (
+    Blob,
+    BlobStore,
+    BlobWriter,
+    FileEntry,
+    GcReport,
+    References,
+    StoredBlob,
+    hash_file,
+    manifest_key,
+    safe_relative_path,
+    verify_blobs,
+)
+from modelport.registry.store.checkout import CheckoutCache
+from modelport.registry.store.local import LocalStore
+from modelport.registry.store.s3 import S3Store
+
+__all__ = [
+    "Blob",
+    "BlobStore",
+    "BlobWriter",
+    "CheckoutCache",
+    "FileEntry",
+    "GcReport",
+    "LocalStore",
+    "References",
+    "S3Store",
+    "StoredBlob",
+    "checkout_cache_for",
+    "hash_file",
+    "manifest_key",
+    "open_store",
+    "safe_relative_path",
+    "verify_blobs",
+]
+
+
+def open_store(settings: Settings) -> BlobStore:
+    """The blob store ``settings`` name.
+
+    Raises:
+        InvalidInput: ``MODELPORT_STORE_URL`` has a scheme modelport does not know.
+    """
+    url = settings.store_url
+    if not url:
+        return LocalStore(settings.resolved_store_path())
+    scheme = urlparse(url).scheme
+    if scheme == "s3":
+        return S3Store(url, endpoint_url=settings.s3_endpoint_url, grace=settings.gc_grace)
+    if scheme == "file":
+        return LocalStore(Path(urlparse(url).path).expanduser())
+    raise InvalidInput(
+        f"MODELPORT_STORE_URL={url!r}: unknown kind of store; use s3://bucket/prefix, or "
+        "file:///a/directory (or leave it unset for the directory under MODELPORT_HOME)"
+    )
+
+
+def checkout_cache_for(store: BlobStore, settings: Settings) -> CheckoutCache:
+    """The checkout cache for ``store``: inside a local store's own directory (its files
+    are linked, never copied), else under ``MODELPORT_CACHE_PATH``."""
+    if isinstance(store, LocalStore):
+        return CheckoutCache(store.root, store, blobs=store.blobs)
+    return CheckoutCache(settings.resolved_cache_path(), store)
