@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from modelport.runtimes.onnx_inspection import inspect_model
 from onnx import TensorProto, helper, numpy_helper
 
+from modelport.runtimes.onnx.inspect import inspect_model
 from modelport.runtimes.onnx.skeleton import skeleton
 from tests.onnx_models import make_graph_model, make_iris_onnx, make_matmul_model, tensor
 
