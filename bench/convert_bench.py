@@ -6,7 +6,7 @@ One architecture, built twice: three 3x3 conv layers (16, 32, 64 channels, ReLU,
 pool) on 3x64x64 images, global average pooling, a 10-way linear layer; PyTorch saved with
 ``torch.export.save`` (dynamic batch, NCHW) and Keras 3 saved as ``.keras`` (NHWC). Each is
 pushed into a throwaway MODELPORT_HOME under bench/out/convert/, converted with
-``modelport.convert.convert`` (parity checked), and loaded with ``Registry.load`` (default
+``modelport.conversion.convert`` (parity checked), and loaded with ``Registry.load`` (default
 ``LoadOptions``: each runtime picks its threads). Native and ONNX run on the same seeded
 input batch, through ``LoadedModel.predict`` (input validation included):
 
@@ -139,7 +139,7 @@ def main() -> int:
     import numpy as np
 
     from modelport import Registry, Settings
-    from modelport.convert import convert
+    from modelport.conversion import convert
 
     if OUT.exists():
         shutil.rmtree(OUT)

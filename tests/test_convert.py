@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from modelport import Registry, Settings
-from modelport.convert import (
+from modelport.conversion import (
     DEFAULT_TOLERANCES,
     LABEL_AGREEMENT,
     Tolerance,
     convert,
     supported_formats,
 )
-from modelport.convert.converters import converter_for
+from modelport.conversion.converters import converter_for
 from modelport.errors import (
     InvalidInput,
     InvalidModel,

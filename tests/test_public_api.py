@@ -12,6 +12,7 @@ def test_public_names() -> None:
         "Conflict",
         "DataType",
         "Forbidden",
+        "Internal",
         "InvalidInput",
         "InvalidModel",
         "InvalidName",
@@ -25,6 +26,7 @@ def test_public_names() -> None:
         "ModelportError",
         "NotFound",
         "Overloaded",
+        "PayloadTooLarge",
         "Registry",
         "Settings",
         "Signature",
@@ -37,6 +39,8 @@ def test_public_names() -> None:
         "UnsupportedFormat",
         "VerificationFailed",
         "__version__",
+        "convert",
+        "serve",
     ]
     for name in modelport.__all__:
         assert hasattr(modelport, name)

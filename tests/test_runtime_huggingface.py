@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from modelport import Registry, Settings
-from modelport.convert import convert
+from modelport.conversion import convert
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.huggingface.runtime import HuggingFaceRuntime

@@ -21,7 +21,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import np_to_triton_dtype
 
 from modelport import Registry, Settings
-from modelport.convert import convert
+from modelport.conversion import convert
 from modelport.errors import InvalidInput, InvalidModel
 from modelport.runtimes import CheckedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.tensorflow.runtime import KerasRuntime, SavedModelRuntime

@@ -6,6 +6,7 @@ from modelport.config import Settings
 from modelport.errors import (
     Conflict,
     Forbidden,
+    Internal,
     InvalidInput,
     InvalidModel,
     InvalidName,
@@ -13,6 +14,7 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
     StorageError,
     Timeout,
     Unauthorized,
@@ -26,6 +28,8 @@ from modelport.types import DataType, ModelRef, Signature, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from modelport.client import AsyncClient, Client
+    from modelport.conversion import convert
+    from modelport.serving.launch import serve
 
 __version__ = "0.1.0"
 
@@ -35,6 +39,7 @@ __all__ = [
     "Conflict",
     "DataType",
     "Forbidden",
+    "Internal",
     "InvalidInput",
     "InvalidModel",
     "InvalidName",
@@ -48,6 +53,7 @@ __all__ = [
     "ModelportError",
     "NotFound",
     "Overloaded",
+    "PayloadTooLarge",
     "Registry",
     "Settings",
     "Signature",
@@ -60,13 +66,24 @@ __all__ = [
     "UnsupportedFormat",
     "VerificationFailed",
     "__version__",
+    "convert",
+    "serve",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The client (numpy, grpc) is imported when first named: the CLI starts without it.
+    # The client (numpy, grpc), conversion and the server are imported when first named:
+    # the CLI starts without them.
     if name in ("AsyncClient", "Client"):
         from modelport import client
 
         return getattr(client, name)
+    if name == "convert":
+        from modelport.conversion import convert
+
+        return convert
+    if name == "serve":
+        from modelport.serving.launch import serve
+
+        return serve
     raise AttributeError(f"module 'modelport' has no attribute {name!r}")

@@ -337,7 +337,7 @@ def convert(
     as_json: JsonFlag = False,
 ) -> None:
     """Convert a version (e.g. to ONNX), check it computes the same, store it as a new version."""
-    from modelport.convert import convert as convert_version
+    from modelport.conversion import convert as convert_version
 
     with _registry() as registry:
         report = convert_version(

@@ -1,6 +1,6 @@
 """Jobs: versions derived from other versions, each checked and pushed with its lineage.
 
-``derive`` is the one job every derivation is built on (``modelport.convert`` is one short
+``derive`` is the one job every derivation is built on (``modelport.conversion`` is one short
 function on it); ``parity`` and ``inputs`` are the check most derivations run.
 """
 

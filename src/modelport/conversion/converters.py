@@ -68,43 +68,43 @@ Converter = Callable[[ConversionSource], Exported]
 
 
 def _sklearn(source: ConversionSource) -> Exported:
-    from modelport.convert.tabular_onnx import from_sklearn
+    from modelport.conversion.tabular_onnx import from_sklearn
 
     return from_sklearn(source)
 
 
 def _xgboost(source: ConversionSource) -> Exported:
-    from modelport.convert.tabular_onnx import from_xgboost
+    from modelport.conversion.tabular_onnx import from_xgboost
 
     return from_xgboost(source)
 
 
 def _lightgbm(source: ConversionSource) -> Exported:
-    from modelport.convert.tabular_onnx import from_lightgbm
+    from modelport.conversion.tabular_onnx import from_lightgbm
 
     return from_lightgbm(source)
 
 
 def _torchscript(source: ConversionSource) -> Exported:
-    from modelport.convert.torch_onnx import from_torchscript
+    from modelport.conversion.torch_onnx import from_torchscript
 
     return from_torchscript(source)
 
 
 def _torch_export(source: ConversionSource) -> Exported:
-    from modelport.convert.torch_onnx import from_exported_program
+    from modelport.conversion.torch_onnx import from_exported_program
 
     return from_exported_program(source)
 
 
 def _keras(source: ConversionSource) -> Exported:
-    from modelport.convert.tensorflow_onnx import from_keras
+    from modelport.conversion.tensorflow_onnx import from_keras
 
     return from_keras(source)
 
 
 def _tf_savedmodel(source: ConversionSource) -> Exported:
-    from modelport.convert.tensorflow_onnx import from_saved_model
+    from modelport.conversion.tensorflow_onnx import from_saved_model
 
     return from_saved_model(source)
 

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from modelport.convert.converters import ConversionSource, Exported, require
+from modelport.conversion.converters import ConversionSource, Exported, require
 from modelport.runtimes.tensorflow.model import import_tensorflow
 from modelport.runtimes.tensorflow.runtime import open_saved_model, read_keras_model
 from modelport.runtimes.tensorflow.signature import keras_signature, saved_model_signature

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx
 
-from modelport.convert.converters import ConversionSource, Exported, require
+from modelport.conversion.converters import ConversionSource, Exported, require
 from modelport.errors import UnsupportedFormat
 from modelport.runtimes.sklearn.runtime import read_estimator
 from modelport.types import DataType, TensorSpec

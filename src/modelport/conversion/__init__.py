@@ -1,6 +1,6 @@
 """Format conversion with a parity check: every result is a new version with its lineage.
 
-    from modelport.convert import convert
+    from modelport.conversion import convert
 
     report = convert(registry, "cnn@1", to="onnx")  # cnn@2, checked against cnn@1
     report.version.ref, report.parity.metrics()
@@ -9,8 +9,8 @@ The converters by source format are in ``converters``; what "computes the same" 
 ``modelport.jobs.parity``.
 """
 
-from modelport.convert.conversion import ConversionReport, convert
-from modelport.convert.converters import TARGETS, supported_formats
+from modelport.conversion.converters import TARGETS, supported_formats
+from modelport.conversion.job import ConversionReport, convert
 from modelport.jobs.parity import (
     DEFAULT_TOLERANCES,
     LABEL_AGREEMENT,

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from modelport.convert.converters import ConversionSource, Exported, require
+from modelport.conversion.converters import ConversionSource, Exported, require
 from modelport.errors import UnsupportedFormat
 from modelport.jobs.inputs import generated_inputs
 from modelport.runtimes.torch.runtime import read_exported_program, read_torchscript

@@ -20,8 +20,8 @@ from typing import Any
 
 import onnx
 
-from modelport.convert.converters import ConversionSource, Converter, Exported, converter_for
-from modelport.convert.onnx_graph import conform, opsets
+from modelport.conversion.converters import ConversionSource, Converter, Exported, converter_for
+from modelport.conversion.onnx_graph import conform, opsets
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
 from modelport.jobs import Checkout, Produced, derive
 from modelport.jobs.inputs import parity_inputs
