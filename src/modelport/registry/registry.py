@@ -16,7 +16,6 @@ from modelport.config import Settings, VerifyPolicy, load_settings
 from modelport.errors import (
     Conflict,
     InvalidInput,
-    InvalidModel,
     Unavailable,
     VerificationFailed,
 )
@@ -24,10 +23,9 @@ from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
+from modelport.registry.staging import inspect_while_staging, put_file
 from modelport.registry.store import (
-    Blob,
     BlobStore,
-    BlobWriter,
     CheckoutCache,
     FileEntry,
     GcReport,
@@ -144,14 +142,15 @@ class Registry:
             companions=tuple(companions),
         )
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
-        info = runtime.inspect(source, options)
-        runtime_metadata = _json_dict(info.metadata, "runtime metadata")
         with self.store.writing() as writer:
+            info, early = inspect_while_staging(runtime, source, options, writer)
+            runtime_metadata = _json_dict(info.metadata, "runtime metadata")
             files = info.files
             entries = []
             for rel in files.paths:
                 safe_relative_path(rel)
-                blob = self._put(writer, files.sources.get(rel, files.root / rel))
+                path = files.sources.get(rel, files.root / rel)
+                blob = early if early is not None and path == source else put_file(writer, path)
                 entries.append(FileEntry(rel, blob.digest, blob.size))
             writer.publish({e.digest for e in entries})
             number = self._insert_version(
@@ -174,21 +173,6 @@ class Registry:
                 aliases=alias_list,
             )
         return self.get(ModelRef(name, version=number))
-
-    @staticmethod
-    def _put(writer: BlobWriter, source: Path) -> Blob:
-        """Store one file; refuse it if it changed while it was read."""
-        try:
-            before = source.stat()
-            handle = source.open("rb")
-        except OSError as exc:
-            raise InvalidModel(f"cannot read {source}: {exc.strerror}") from exc
-        with handle:
-            blob = writer.put(handle)
-        after = source.stat()
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            raise InvalidModel(f"{source} changed while it was being pushed; push it again")
-        return blob
 
     def _insert_version(
         self,
