@@ -103,7 +103,7 @@ class CheckoutCache:
             return path
         staged = self.root / "staging" / f"download-{uuid.uuid4().hex}"
         try:
-            with self.store.get(entry.digest) as source, staged.open("wb") as target:
+            with self.store.get(entry.digest) as source, staged.open("w+b") as target:
                 digest, size = copy_hashing(source, target)
             if (digest, size) != (entry.digest, entry.size):
                 raise VerificationFailed(

@@ -22,16 +22,16 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import mmap
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from modelport.errors import InvalidModel, StorageError, Unavailable, VerificationFailed
+from modelport.errors import StorageError, Unavailable, VerificationFailed
 from modelport.registry.store.base import (
     CHUNK,
     Blob,
@@ -158,7 +158,7 @@ class LocalWriter:
     def put(self, source: Readable) -> Blob:
         staged = self._dir / uuid.uuid4().hex
         try:
-            with staged.open("wb") as target:
+            with staged.open("w+b") as target:
                 digest, size = copy_hashing(source, target)
         except OSError as exc:
             raise _write_error(self._store.root, exc) from exc
@@ -241,10 +241,13 @@ def copy_hashing(source: Readable, target: BinaryIO) -> tuple[str, int]:
     """Copy ``source`` (from its start) to ``target`` and hash the bytes; fsync the target.
 
     For an open file, the kernel copies (copy_file_range: no trip through Python buffers,
-    as ``cp`` does) while a second thread hashes the same source through the page cache;
-    hashlib releases the GIL, so on two cores this costs about max(hash, copy) instead of
-    their sum. Any other stream is read, hashed and written chunk by chunk. The fsync puts
-    the bytes on disk before any database row points at them.
+    as ``cp`` does), and then the copy is hashed through a read-only map of it in one
+    ``hashlib`` call. Neither step holds the GIL, so a push that inspects the model in
+    another thread at the same time (``registry.staging``) pays for about the longer of the
+    two; and what is hashed is what was stored. The map is of our own staged file, which
+    nothing else truncates. Any other stream is read, hashed and written chunk by chunk.
+    ``target`` must be open for reading too (``w+b``). The fsync puts the bytes on disk
+    before any database row points at them.
     """
     fileno = getattr(source, "fileno", None)
     try:
@@ -261,25 +264,18 @@ def copy_hashing(source: Readable, target: BinaryIO) -> tuple[str, int]:
         target.flush()
         digest = hasher.hexdigest()
     else:
-        with ThreadPoolExecutor(1, thread_name_prefix="modelport-hash") as hasher_thread:
-            hashed = hasher_thread.submit(_hash_descriptor, fd)
-            copied = _kernel_copy(fd, target.fileno())
-            digest, size = hashed.result()
-        if copied != size:
-            raise InvalidModel(
-                f"the source changed size while being copied ({copied} != {size}); push again"
-            )
+        size = _kernel_copy(fd, target.fileno())
+        digest = _hash_mapped(target.fileno(), size)
     os.fsync(target.fileno())
     return digest, size
 
 
-def _hash_descriptor(fd: int) -> tuple[str, int]:
+def _hash_mapped(fd: int, size: int) -> str:
     hasher = hashlib.sha256()
-    size = 0
-    while chunk := os.pread(fd, CHUNK, size):
-        hasher.update(chunk)
-        size += len(chunk)
-    return hasher.hexdigest(), size
+    if size:
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
+            hasher.update(view)  # one call: hashlib lets go of the GIL for all of it
+    return hasher.hexdigest()
 
 
 def _kernel_copy(src: int, dst: int) -> int:
