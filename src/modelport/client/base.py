@@ -17,7 +17,16 @@ if TYPE_CHECKING:
     from modelport.protocols.v2.metadata import ModelMetadata, RepositoryEntry, ServerMetadata
     from modelport.types import Tensors
 
-__all__ = ["Api", "Backoff", "Call", "ModelInfo", "Retry", "retry_after_seconds", "scheme_of"]
+__all__ = [
+    "Api",
+    "Backoff",
+    "Call",
+    "ModelInfo",
+    "Retry",
+    "connect",
+    "retry_after_seconds",
+    "scheme_of",
+]
 
 T = TypeVar("T")
 
@@ -143,3 +152,28 @@ class Api(Protocol):
         binary: bool,
         timeout: float | None,
     ) -> Call[Tensors]: ...
+
+
+def connect(
+    url: str,
+    timeout: float,
+    headers: Mapping[str, str] | None,
+    pool: int,
+    *,
+    asynchronous: bool,
+) -> tuple[Api, Any]:
+    """The calls and the transport for ``url``'s scheme: blocking ones for ``Client``, asyncio
+    ones for ``AsyncClient``. Imported here, so a REST client never imports grpc.
+
+    Raises:
+        InvalidInput: ``url`` has no scheme the client speaks.
+    """
+    if scheme_of(url) == "rest":
+        from modelport.client import rest
+
+        transport = rest.AsyncHttpTransport if asynchronous else rest.HttpTransport
+        return rest.RestApi(), transport(url, timeout, headers, pool)
+    from modelport.client import grpc
+
+    channel = grpc.AsyncGrpcTransport if asynchronous else grpc.GrpcTransport
+    return grpc.GrpcApi(), channel(url, timeout, headers)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy.typing as npt
 
-from modelport.client.base import Api, Backoff, Call, ModelInfo, Retry, scheme_of
+from modelport.client.base import Backoff, Call, ModelInfo, Retry, connect
 from modelport.client.records import model_infos
 from modelport.protocols.v2.metadata import ModelMetadata, ServerMetadata
 from modelport.types import Tensors
@@ -57,17 +57,7 @@ class Client:
     ) -> None:
         self.url = url
         self._backoff = Backoff(retries)
-        self._api: Api
-        if scheme_of(url) == "rest":
-            from modelport.client.rest import HttpTransport, RestApi
-
-            self._api = RestApi()
-            self._transport: Any = HttpTransport(url, timeout, headers, pool)
-        else:
-            from modelport.client.grpc import GrpcApi, GrpcTransport
-
-            self._api = GrpcApi()
-            self._transport = GrpcTransport(url, timeout, headers)
+        self._api, self._transport = connect(url, timeout, headers, pool, asynchronous=False)
 
     def __enter__(self) -> Client:
         return self
