@@ -16,7 +16,11 @@ _UCI = "CC-BY-4.0 (UCI Machine Learning Repository), the copy bundled with sciki
 _SKLEARN = "as distributed with scikit-learn (BSD-3-Clause)"
 BUILTINS = {
     "iris": ("load_iris", _UCI, "Iris plants: 4 measurements, 3 species"),
-    "digits": ("load_digits", _UCI, "Handwritten digits: 8x8 images as 64 pixels (0-16), 10 classes"),
+    "digits": (
+        "load_digits",
+        _UCI,
+        "Handwritten digits: 8x8 images as 64 pixels (0-16), 10 classes",
+    ),
     "wine": ("load_wine", _UCI, "Wine recognition: 13 chemical measurements, 3 cultivars"),
     "breast_cancer": (
         "load_breast_cancer",
@@ -47,9 +51,7 @@ def write_builtin(which: str, directory: Path) -> Builtin:
         InvalidInput: not one of ``BUILTINS``. MissingDependency: no scikit-learn.
     """
     if which not in BUILTINS:
-        raise InvalidInput(
-            f"no builtin dataset {which!r}; choose one of {', '.join(BUILTINS)}"
-        )
+        raise InvalidInput(f"no builtin dataset {which!r}; choose one of {', '.join(BUILTINS)}")
     try:
         from sklearn import datasets
     except ImportError as exc:

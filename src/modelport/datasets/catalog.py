@@ -8,12 +8,14 @@ the profiler, so memory stays bounded and a push costs about one read of the fil
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import io
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from modelport.datasets.readers import WidenColumn, detect_format, image_files, 
 from modelport.datasets.records import DatasetRef, DatasetSummary, DatasetVersion
 from modelport.datasets.splitting import check_fractions, draw_splits
 from modelport.datasets.view import DatasetView
-from modelport.errors import Conflict, InvalidInput, Unavailable
+from modelport.errors import Conflict, InvalidInput, NotFound, Unavailable
 from modelport.registry.db import read_transaction, write_transaction
 from modelport.registry.sources import refuse_special_files
 from modelport.registry.store import BlobWriter, FileEntry, manifest_key, verify_blobs
@@ -133,12 +135,12 @@ class Datasets:
         target = DatasetRef.coerce(ref)
         parent = self.get(target.ref)
         view = self.load(str(target))
-        universe = (
-            view.split_rows[target.split] if target.split else np.arange(parent.rows)
-        )
+        universe = view.split_rows[target.split] if target.split else np.arange(parent.rows)
         strata = view[stratify] if stratify is not None else None
         if strata is not None and strata.ndim != 1:
-            raise InvalidInput(f"--stratify needs a column with one value per row; {stratify!r} has more")
+            raise InvalidInput(
+                f"--stratify needs a column with one value per row; {stratify!r} has more"
+            )
         parts = draw_splits(universe, kept, seed=seed, strata=strata)
         data_files = [e for e in parent.files if not e.path.startswith("splits/")]
         target_name = validate_name(name or parent.name, "dataset name")
@@ -153,7 +155,7 @@ class Datasets:
             ]
             entries = [*data_files, *index_files]
             writer.publish({e.digest for e in entries})
-            method = {
+            method: dict[str, Any] = {
                 "method": "stratified" if stratify else "random",
                 "seed": seed,
                 "fractions": kept,
@@ -236,10 +238,9 @@ class Datasets:
                     "the alias first (modelport dataset alias) or pass --force"
                 )
             tables.delete_version(conn, vid)
-        try:
+        # Freeing space now is a courtesy: while a push holds the store, `gc` does it later.
+        with contextlib.suppress(Unavailable):
             self.registry.gc(wait=2.0)
-        except Unavailable:
-            pass  # a push holds the store; `modelport gc` frees the space later
         return record
 
     # -- reading -------------------------------------------------------------------------
@@ -253,19 +254,21 @@ class Datasets:
             record = tables.load_versions(conn, [vid])[0]
         if target.split is not None and target.split not in record.splits:
             known = ", ".join(record.splits) or "none: split it with `modelport dataset split`"
-            raise InvalidInput(f"dataset {record.ref} has no split {target.split!r}; its splits: {known}")
+            raise NotFound(
+                f"dataset {record.ref} has no split {target.split!r}; its splits: {known}"
+            )
         return record
 
-    def list(self) -> list[DatasetSummary]:
+    def list(self) -> builtins.list[DatasetSummary]:
         with read_transaction(self.registry.engine) as conn:
             return tables.list_datasets(conn)
 
-    def versions(self, name: str) -> list[DatasetVersion]:
+    def versions(self, name: str) -> builtins.list[DatasetVersion]:
         with read_transaction(self.registry.engine) as conn:
             did = tables.dataset_id(conn, validate_name(name, "dataset name"))
             return tables.load_versions(conn, tables.version_ids(conn, did))
 
-    def verify(self, ref: DatasetRef | str) -> list[str]:
+    def verify(self, ref: DatasetRef | str) -> builtins.list[str]:
         """Re-hash every file of the version as the store holds it, and its identity;
         one line per problem, empty when intact."""
         record = self.get(DatasetRef.coerce(ref).ref)
@@ -290,9 +293,7 @@ class Datasets:
         for chunk in read_chunks(record.format, _data_path(record.format, directory), types):
             for column, values in chunk.items():
                 chunks[column].append(values)
-        whole = {
-            c.name: _typed(np.concatenate(chunks[c.name]), c.datatype) for c in record.columns
-        }
+        whole = {c.name: _typed(np.concatenate(chunks[c.name]), c.datatype) for c in record.columns}
         split_rows = {
             split: np.load(directory / "splits" / f"{split}.npy", allow_pickle=False)
             for split in record.splits
@@ -397,4 +398,3 @@ def _tags(tags: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
     if isinstance(tags, Mapping):
         return parse_tags(f"{k}={v}" for k, v in tags.items())
     return parse_tags(tags)
-

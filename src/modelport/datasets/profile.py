@@ -99,8 +99,8 @@ class _Column:
                 f"values per row, then {list(shape)} after row {row}"
             )
         if kind == "number":
-            self.dtype = values.dtype if self.dtype is None else np.promote_types(
-                self.dtype, values.dtype
+            self.dtype = (
+                values.dtype if self.dtype is None else np.promote_types(self.dtype, values.dtype)
             )
             self._numbers(values.reshape(-1))
         else:
@@ -182,9 +182,10 @@ class _Column:
                 max=self.maximum,
                 mean=self.mean,
                 std=float(np.sqrt(self.m2 / self.count)),
-                quantiles={str(q): float(v) for q, v in zip(
-                    QUANTILES, np.quantile(self.sample, QUANTILES), strict=True
-                )},
+                quantiles={
+                    str(q): float(v)
+                    for q, v in zip(QUANTILES, np.quantile(self.sample, QUANTILES), strict=True)
+                },
                 histogram=self._histogram(),
                 sampled=self.count > RESERVOIR,
             )

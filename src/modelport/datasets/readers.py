@@ -42,7 +42,9 @@ _SUFFIXES = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
-_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
+_CONVERSION = re.compile(
+    r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'"
+)
 
 
 def detect_format(path: Path) -> str:
@@ -255,8 +257,10 @@ def _batch_to_chunk(pa: Any, batch: Any, source: str) -> Chunk:
     chunk = {}
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         kind = column.type
-        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(
-            kind
+        if (
+            pa.types.is_list(kind)
+            or pa.types.is_large_list(kind)
+            or pa.types.is_fixed_size_list(kind)
         ):
             chunk[name] = _list_column(pc, name, column, source)
         elif pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):

@@ -50,9 +50,7 @@ def draw_splits(
     if strata is None:
         groups = [random.permutation(rows)]
     else:
-        groups = [
-            random.permutation(rows[strata == value]) for value in _unique(strata)
-        ]
+        groups = [random.permutation(rows[strata == value]) for value in _unique(strata)]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in fractions}
     for group in groups:
         start = 0

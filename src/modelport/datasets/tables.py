@@ -47,9 +47,7 @@ def resolve(conn: Connection, ref: ModelRef) -> tuple[int, int]:
             select(_A.c.version_id).where(_A.c.dataset_id == did, _A.c.name == ref.alias)
         ).scalar()
         if found is None:
-            known = sorted(
-                conn.execute(select(_A.c.name).where(_A.c.dataset_id == did)).scalars()
-            )
+            known = sorted(conn.execute(select(_A.c.name).where(_A.c.dataset_id == did)).scalars())
             listed = f"its aliases are {', '.join(known)}" if known else "it has none"
             raise NotFound(f"dataset {ref.name!r} has no alias {ref.alias!r}; {listed}")
         return did, int(found)

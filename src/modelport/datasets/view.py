@@ -67,7 +67,9 @@ class DatasetView:
             return DatasetView(self.version, None, dict(self.whole), self.whole, self.split_rows)
         if split not in self.split_rows:
             known = ", ".join(self.split_rows) or "none: split it with `modelport dataset split`"
-            raise NotFound(f"dataset {self.version.ref} has no split {split!r}; its splits: {known}")
+            raise NotFound(
+                f"dataset {self.version.ref} has no split {split!r}; its splits: {known}"
+            )
         index = self.split_rows[split]
         return DatasetView(
             self.version,

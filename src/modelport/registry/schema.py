@@ -138,9 +138,7 @@ dataset_versions = Table(
     "dataset_versions",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column(
-        "dataset_id", ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True
-    ),
+    Column("dataset_id", ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("number", Integer, nullable=False),
     Column("format", String(64), nullable=False),
     Column("digest", String(DIGEST_LENGTH), nullable=False),
@@ -164,9 +162,7 @@ dataset_versions = Table(
 dataset_files = Table(
     "dataset_files",
     metadata,
-    Column(
-        "version_id", ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
-    ),
+    Column("version_id", ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True),
     Column("path", Text, primary_key=True),
     Column("digest", String(DIGEST_LENGTH), nullable=False),
     Column("size", BigInteger, nullable=False),
@@ -184,9 +180,7 @@ dataset_aliases = Table(
 dataset_tags = Table(
     "dataset_tags",
     metadata,
-    Column(
-        "version_id", ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
-    ),
+    Column("version_id", ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True),
     Column("key", String(NAME_LENGTH), primary_key=True),
     Column("value", Text, nullable=False),
 )
