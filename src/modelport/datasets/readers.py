@@ -172,6 +172,7 @@ def _csv(path: Path, types: Mapping[str, DataType]) -> Iterator[Chunk]:
             convert_options=csv.ConvertOptions(column_types=_arrow_types(pa, types)),
         )
         for batch in reader:
+            _refuse_numbers_among_text(pa, batch, path.name, rows)
             rows += batch.num_rows
             yield _batch_to_chunk(pa, batch, path.name)
     except pa.ArrowInvalid as exc:
@@ -183,6 +184,30 @@ def _csv(path: Path, types: Mapping[str, DataType]) -> Iterator[Chunk]:
         raise InvalidInput(_csv_error(path, message, rows)) from exc
     except OSError as exc:
         raise InvalidInput(f"cannot read {path.name}: {exc}") from exc
+
+
+_NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def _refuse_numbers_among_text(pa: Any, batch: Any, source: str, before: int) -> None:
+    """A CSV column pyarrow read as text because some of its values are not numbers, while
+    others are, mixes types (``1``, ``2``, ``foo``): refuse it rather than store numbers
+    as text."""
+    import pyarrow.compute as pc
+
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if not pa.types.is_string(column.type):
+            continue
+        numeric = pc.match_substring_regex(column, _NUMBER)
+        count = pc.sum(numeric).as_py() or 0
+        if 0 < count < len(column) - column.null_count:
+            text_at = pc.index(numeric, False).as_py()
+            number_at = pc.index(numeric, True).as_py()
+            raise InvalidInput(
+                f"{source}: column {name!r} mixes types: numbers (row {before + number_at + 1}: "
+                f"{column[number_at].as_py()!r}) and text (row {before + text_at + 1}: "
+                f"{column[text_at].as_py()!r}); make the column all numbers or all text"
+            )
 
 
 def _is_float(text: str) -> bool:
@@ -326,7 +351,7 @@ def _images(root: Path, _types: Mapping[str, DataType]) -> Iterator[Chunk]:
             if first is None:
                 first = (name, pixels.shape)
             elif pixels.shape != first[1]:
-                differing.append(f"{name} {_shape_text(pixels.shape)}")
+                differing.append(f"{name} ({_shape_text(pixels.shape)})")
                 continue
             images.append(pixels)
             labels.append(classes.index(cls))
