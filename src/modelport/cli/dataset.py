@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from modelport.cli import render
 from modelport.config import load_settings
-from modelport.datasets.records import DatasetVersion
 from modelport.errors import VerificationFailed
 from modelport.registry import Registry
+
+if TYPE_CHECKING:
+    # numpy and the datasets package load only when a dataset command runs.
+    from modelport.datasets.records import DatasetVersion
 
 app = typer.Typer(
     name="dataset",
