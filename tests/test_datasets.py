@@ -287,3 +287,22 @@ def test_a_large_csv_streams_in_chunks_and_widens_an_int_column(home: Path, tmp_
         with pytest.raises(InvalidInput, match=r"column 'n' mixes types after row \d+: 'oops'"):
             registry.datasets.push(path, "bad")
         assert [d.name for d in registry.datasets.list()] == ["big"]
+
+
+def test_booleans_with_gaps_infinities_and_objects(registry: Registry, tmp_path: Path) -> None:
+    (tmp_path / "b.jsonl").write_text(
+        '{"ok": true, "x": 1.0}\n{"ok": null, "x": 2.0}\n{"ok": false, "x": 3.0}\n'
+    )
+    version = registry.datasets.push(tmp_path / "b.jsonl", "flags")
+    assert version.column("ok").datatype is DataType.BOOL
+    assert version.profile["ok"]["categories"] == {"True": 1, "False": 1}
+    (tmp_path / "inf.csv").write_text("x\n1.0\ninf\n")
+    assert registry.datasets.push(tmp_path / "inf.csv", "inf").profile["x"]["mean"] is None
+    (tmp_path / "o.jsonl").write_text('{"a": {"b": 1}}\n')
+    with pytest.raises(InvalidInput, match="column 'a' holds objects"):
+        registry.datasets.push(tmp_path / "o.jsonl", "objects")
+
+
+def test_image_class_names_are_recorded(registry: Registry, tmp_path: Path) -> None:
+    version = registry.datasets.push(write_images(tmp_path / "pets"), "pets")
+    assert version.profile["label"]["classes"] == ["cat", "dog"]

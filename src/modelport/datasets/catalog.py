@@ -95,7 +95,7 @@ class Datasets:
                 "columns": [c.to_dict() for c in columns],
                 "splits": {},
                 "split_method": {},
-                "profile": profiler.profile(),
+                "profile": _with_classes(profiler.profile(), fmt, data),
                 "source": source or str(data.resolve()),
                 "license": license,
                 "description": description,
@@ -358,6 +358,13 @@ def _stored_files(fmt: str, data: Path) -> list[tuple[str, Path]]:
     if not found:
         raise InvalidInput(f"{data}: the class folders hold no images (.png, .jpg, ...)")
     return [(f"images/{cls}/{path.name}", path) for cls, path in found]
+
+
+def _with_classes(profile: dict[str, Any], fmt: str, data: Path) -> dict[str, Any]:
+    # An image folder's labels are class indices: keep the names they stand for.
+    if fmt == "images":
+        profile["label"]["classes"] = sorted({cls for cls, _ in image_files(data)})
+    return profile
 
 
 def _data_path(fmt: str, directory: Path) -> Path:

@@ -114,8 +114,9 @@ class _Column:
         if not len(flat):
             return
         as_float = flat.astype(np.float64, copy=False)
-        count, mean = len(as_float), float(as_float.mean())
-        m2 = float(((as_float - mean) ** 2).sum())
+        with np.errstate(invalid="ignore", over="ignore"):  # inf is a value: no finite mean
+            count, mean = len(as_float), float(as_float.mean())
+            m2 = float(((as_float - mean) ** 2).sum())
         total = self.count + count
         delta = mean - self.mean
         self.mean += delta * count / total
@@ -171,21 +172,23 @@ class _Column:
         return ColumnSpec(self.name, datatype, self.shape or ())
 
     def summary(self, rows: int) -> dict[str, Any]:
+        return _finite(self._summary(rows))
+
+    def _summary(self, rows: int) -> dict[str, Any]:
         values = rows * _elements(self.shape)
         out: dict[str, Any] = {
             "count": self.count,
             "missing_rate": self.missing / values if values else 0.0,
         }
         if self.kind == "number" and self.count:
+            with np.errstate(invalid="ignore"):
+                quantiles = np.quantile(self.sample, QUANTILES)
             out.update(
                 min=self.minimum,
                 max=self.maximum,
                 mean=self.mean,
-                std=float(np.sqrt(self.m2 / self.count)),
-                quantiles={
-                    str(q): float(v)
-                    for q, v in zip(QUANTILES, np.quantile(self.sample, QUANTILES), strict=True)
-                },
+                std=float(np.sqrt(self.m2 / self.count)) if np.isfinite(self.m2) else None,
+                quantiles={str(q): float(v) for q, v in zip(QUANTILES, quantiles, strict=True)},
                 histogram=self._histogram(),
                 sampled=self.count > RESERVOIR,
             )
@@ -198,8 +201,11 @@ class _Column:
         return out
 
     def _histogram(self) -> dict[str, list[float]]:
-        counts, edges = np.histogram(self.sample, bins=BINS, range=(self.minimum, self.maximum))
-        scale = self.count / len(self.sample) if len(self.sample) else 0.0
+        finite = self.sample[np.isfinite(self.sample)]
+        if not len(finite):
+            return {"edges": [], "counts": []}
+        counts, edges = np.histogram(finite, bins=BINS)
+        scale = self.count / len(self.sample)
         return {
             "edges": [float(e) for e in edges],
             "counts": [round(float(c) * scale) for c in counts],
@@ -211,8 +217,22 @@ def _kind(values: np.ndarray) -> str:
         return "bool"
     if values.dtype.kind in "iuf":
         return "number"
-    # Object arrays come from pyarrow's text columns only (npz refuses pickled objects).
-    return "text"
+    # Object arrays come from pyarrow (npz refuses pickled objects): text, or booleans
+    # with missing values.
+    first = next((v for v in values.reshape(-1).tolist()[:1000] if v is not None), None)
+    return "bool" if isinstance(first, bool) else "text"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float as ``None``: JSON has no such numbers
+    (PostgreSQL refuses them), and a column holding ``inf`` has no finite mean."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _elements(shape: tuple[int, ...] | None) -> int:

@@ -294,6 +294,11 @@ def _batch_to_chunk(pa: Any, batch: Any, source: str) -> Chunk:
             chunk[name] = _list_column(pc, name, column, source)
         elif pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
             chunk[name] = column.cast(pa.string()).to_numpy(zero_copy_only=False)
+        elif pa.types.is_struct(kind) or pa.types.is_map(kind):
+            raise InvalidInput(
+                f"{source}: column {name!r} holds objects; a dataset column holds numbers, "
+                "text or lists of numbers: flatten the objects into columns"
+            )
         elif pa.types.is_dictionary(kind):
             chunk[name] = column.cast(kind.value_type).to_numpy(zero_copy_only=False)
         else:
