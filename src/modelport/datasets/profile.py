@@ -172,7 +172,8 @@ class _Column:
         return ColumnSpec(self.name, datatype, self.shape or ())
 
     def summary(self, rows: int) -> dict[str, Any]:
-        return _finite(self._summary(rows))
+        summary: dict[str, Any] = _finite(self._summary(rows))
+        return summary
 
     def _summary(self, rows: int) -> dict[str, Any]:
         values = rows * _elements(self.shape)
