@@ -114,3 +114,11 @@ def test_a_feature_count_that_fits_no_input_is_a_clear_error(registry: Registry)
         load_feed(registry, "wine", cnn)
     with pytest.raises(NotFound, match="no split 'val'"):
         load_feed(registry, "wine@1:val", cnn)
+
+
+def test_input_map_items_parse_or_say_how() -> None:
+    from modelport.datasets import parse_input_map
+
+    assert parse_input_map(["x=pixels", "m=mask"]) == {"x": "pixels", "m": "mask"}
+    with pytest.raises(InvalidInput, match="must look like INPUT=COLUMN"):
+        parse_input_map(["pixels"])

@@ -9,7 +9,7 @@ feed = load_feed(registry, "digits@2:val", model.signature)
 """
 
 from modelport.datasets.catalog import Datasets
-from modelport.datasets.feed import Feed, load_feed
+from modelport.datasets.feed import Feed, load_feed, parse_input_map
 from modelport.datasets.records import ColumnSpec, DatasetRef, DatasetSummary, DatasetVersion
 from modelport.datasets.view import DatasetView
 
@@ -22,4 +22,5 @@ __all__ = [
     "Datasets",
     "Feed",
     "load_feed",
+    "parse_input_map",
 ]

@@ -7,7 +7,7 @@ through.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +16,7 @@ from modelport.errors import InvalidInput
 from modelport.registry import Registry
 from modelport.types import DataType, Signature, TensorSpec
 
-__all__ = ["Feed", "load_feed"]
+__all__ = ["Feed", "load_feed", "parse_input_map"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,23 @@ def load_feed(
     rows = len(next(iter(columns.values()))) if columns else 0
     labels = columns[label_name] if label_name is not None else None
     return Feed(inputs=inputs, labels=labels, rows=rows, source=view.ref)
+
+
+def parse_input_map(items: Iterable[str]) -> dict[str, str]:
+    """``["x=pixels", "mask=attention"]`` (``--input-map`` values) as ``{input: column}``.
+
+    Raises:
+        InvalidInput: an item is not ``INPUT=COLUMN``.
+    """
+    mapping = {}
+    for item in items:
+        name, sep, column = item.partition("=")
+        if not (sep and name and column):
+            raise InvalidInput(
+                f"--input-map {item!r} must look like INPUT=COLUMN, e.g. --input-map x=pixels"
+            )
+        mapping[name] = column
+    return mapping
 
 
 def _features(columns: Mapping[str, np.ndarray], names: list[str], ref: str) -> np.ndarray:
