@@ -184,7 +184,9 @@ class Datasets:
                 "parameters": {"fractions": kept, "seed": seed, "stratify": stratify},
             }
             with write_transaction(self.registry.engine) as conn:
-                parent_id = tables.resolve(conn, target.ref)[1]
+                # The version read above, even if an alias in ``ref`` moved since.
+                exact = ModelRef(parent.name, version=parent.version)
+                parent_id = tables.resolve(conn, exact)[1]
                 number = tables.insert_version(
                     conn, name=target_name, row=row, parent=parent_id, entries=entries,
                     tags={}, aliases=alias_list,
