@@ -149,13 +149,13 @@ class _Column:
             self.seen += len(values)
 
     def _text(self, flat: np.ndarray) -> None:
-        present = [v for v in flat.tolist() if v is not None]
+        if flat.dtype.kind == "S":
+            flat = np.char.decode(flat, "utf-8", "replace")
+        present = flat[np.not_equal(flat, None)] if flat.dtype == object else flat
         self.missing += len(flat) - len(present)
         self.count += len(present)
         if self.categories is not None:
-            self.categories.update(
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in present
-            )
+            self.categories.update(present.tolist())
             if len(self.categories) > MAX_CATEGORIES:
                 self.categories = None
 
@@ -220,7 +220,7 @@ def _kind(values: np.ndarray) -> str:
         return "number"
     # Object arrays come from pyarrow (npz refuses pickled objects): text, or booleans
     # with missing values.
-    first = next((v for v in values.reshape(-1).tolist()[:1000] if v is not None), None)
+    first = next((v for v in values.reshape(-1)[:1000].tolist() if v is not None), None)
     return "bool" if isinstance(first, bool) else "text"
 
 
