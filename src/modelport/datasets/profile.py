@@ -151,7 +151,8 @@ class _Column:
     def _text(self, flat: np.ndarray) -> None:
         if flat.dtype.kind == "S":
             flat = np.char.decode(flat, "utf-8", "replace")
-        present = flat[np.not_equal(flat, None)] if flat.dtype == object else flat
+        # ``!= None`` is elementwise on an object array: one C loop, not a Python one.
+        present = flat[flat != None] if flat.dtype == object else flat  # noqa: E711
         self.missing += len(flat) - len(present)
         self.count += len(present)
         if self.categories is not None:
