@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from modelport.cli import render
+from modelport.cli.dataset import app as dataset_app
 from modelport.cli.errors import fail
 from modelport.cli.serve import serve as serve_command
 from modelport.config import load_settings
@@ -306,6 +307,7 @@ def _sweep_jobs() -> None:
 
 
 app.command()(serve_command)
+app.add_typer(dataset_app)
 
 
 @app.command()

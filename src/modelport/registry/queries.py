@@ -224,17 +224,18 @@ def version_ids_of(connection: Connection, mid: int) -> list[int]:
     )
 
 
-def all_manifests(connection: Connection) -> dict[int, list[FileEntry]]:
+def all_manifests(connection: Connection, *, datasets: bool = False) -> dict[int, list[FileEntry]]:
+    """Every version's files by version id: of models, or of datasets with ``datasets``."""
+    files, versions = (
+        (schema.dataset_files, schema.dataset_versions)
+        if datasets
+        else (schema.files, schema.versions)
+    )
     manifests: dict[int, list[FileEntry]] = defaultdict(list)
     for vid, path, digest, size in connection.execute(
-        select(
-            schema.files.c.version_id,
-            schema.files.c.path,
-            schema.files.c.digest,
-            schema.files.c.size,
-        )
+        select(files.c.version_id, files.c.path, files.c.digest, files.c.size)
     ).all():
         manifests[vid].append(FileEntry(path, digest, size))
-    for vid in connection.execute(select(schema.versions.c.id)).scalars():
+    for vid in connection.execute(select(versions.c.id)).scalars():
         manifests.setdefault(vid, [])
     return manifests

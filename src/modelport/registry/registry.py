@@ -48,6 +48,7 @@ from modelport.runtimes.derived import DerivedCheck
 from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
 
 if TYPE_CHECKING:
+    from modelport.datasets.catalog import Datasets
     from modelport.runtimes.checked import CheckedModel
 
 __all__ = ["Registry"]
@@ -352,14 +353,25 @@ class Registry:
     def _references(self) -> References:
         # Called by the store under its exclusive lock, never before: a push that commits
         # while gc waits for the lock must be seen, or its blobs would be deleted.
+        # Dataset versions keep their files in the same store: they are references too.
         with read_transaction(self.engine) as conn:
-            manifests = queries.all_manifests(conn)
+            manifests = [
+                *queries.all_manifests(conn).values(),
+                *queries.all_manifests(conn, datasets=True).values(),
+            ]
         return References(
-            digests=frozenset(e.digest for files in manifests.values() for e in files),
-            manifests=frozenset(manifest_key(files) for files in manifests.values()),
+            digests=frozenset(e.digest for files in manifests for e in files),
+            manifests=frozenset(manifest_key(files) for files in manifests),
         )
 
     # -- reading -------------------------------------------------------------------------
+
+    @property
+    def datasets(self) -> Datasets:
+        """The registry's datasets: push, split, load (see ``modelport.datasets``)."""
+        from modelport.datasets.catalog import Datasets
+
+        return Datasets(self)
 
     def get(self, ref: ModelRef | str) -> ModelVersion:
         """The version a reference names (``name`` alone means the latest)."""

@@ -23,7 +23,20 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["aliases", "files", "metadata", "models", "retired_models", "tags", "versions"]
+__all__ = [
+    "aliases",
+    "dataset_aliases",
+    "dataset_files",
+    "dataset_tags",
+    "dataset_versions",
+    "datasets",
+    "files",
+    "metadata",
+    "models",
+    "retired_models",
+    "tags",
+    "versions",
+]
 
 NAME_LENGTH = 128
 DIGEST_LENGTH = 64
@@ -106,4 +119,68 @@ retired_models = Table(
     metadata,
     Column("name", String(NAME_LENGTH), primary_key=True),
     Column("last_version", Integer, nullable=False),
+)
+
+# Datasets live beside models, in their own tables (their versions carry a schema, splits and
+# a profile instead of a signature), and their files in the same blob store: gc reads
+# `dataset_files` too. A dataset row is never deleted, so its numbers are never reused.
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(NAME_LENGTH), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_version", Integer, nullable=False, default=0),
+)
+
+dataset_versions = Table(
+    "dataset_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("dataset_id", ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("number", Integer, nullable=False),
+    Column("format", String(64), nullable=False),
+    Column("digest", String(DIGEST_LENGTH), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("label", String(NAME_LENGTH), nullable=True),
+    Column("columns", JSON, nullable=False),
+    Column("splits", JSON, nullable=False, default=dict),
+    Column("split_method", JSON, nullable=False, default=dict),
+    Column("profile", JSON, nullable=False, default=dict),
+    Column("source", Text, nullable=False, default=""),
+    Column("license", Text, nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("parent_id", ForeignKey("dataset_versions.id", ondelete="SET NULL"), nullable=True),
+    Column("operation", String(64), nullable=True),
+    Column("parameters", JSON, nullable=False, default=dict),
+    UniqueConstraint("dataset_id", "number"),
+)
+
+dataset_files = Table(
+    "dataset_files",
+    metadata,
+    Column("version_id", ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("digest", String(DIGEST_LENGTH), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Index("ix_dataset_files_digest", "digest"),
+)
+
+dataset_aliases = Table(
+    "dataset_aliases",
+    metadata,
+    Column("dataset_id", ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(NAME_LENGTH), primary_key=True),
+    Column("version_id", ForeignKey("dataset_versions.id"), nullable=False, index=True),
+)
+
+dataset_tags = Table(
+    "dataset_tags",
+    metadata,
+    Column("version_id", ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(NAME_LENGTH), primary_key=True),
+    Column("value", Text, nullable=False),
 )
