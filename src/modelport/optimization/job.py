@@ -155,6 +155,8 @@ class _Optimization:
         self.skipped: list[tuple[Recipe, str]] = []
         self.sources: dict[str, str] = {}
         self.chosen: Candidate | None = None
+        self.made: list[ModelFiles] = []
+        """Each candidate's files, in the order of ``candidates``."""
         self.work: Workload | None = None
 
     def parameters(self) -> dict[str, Any]:
@@ -206,7 +208,7 @@ class _Optimization:
         best = max(passing, key=lambda c: score(self.gates, c.measurement))  # type: ignore[arg-type]
         self.chosen = best
         stored = output / checkout.entry.name
-        shutil.move(str(scratch / f"candidate-{self.candidates.index(best)}" / "model"), stored)
+        shutil.move(str(self.made[self.candidates.index(best)].root), stored)
         return Produced(
             stored,
             format=self.record.format,
@@ -269,6 +271,7 @@ class _Optimization:
     ) -> Candidate:
         assert self.work is not None
         made = files.copy_into(directory, "model")
+        self.made.append(made)
         candidate = Candidate(recipe)
         try:
             calibrating = recipe.kind == "int8" and calibrate is not None

@@ -11,7 +11,10 @@ better is for ``measure`` and ``gates`` to say.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,22 +174,50 @@ def apply(
         UnsupportedFormat: onnxruntime cannot apply the recipe to this graph.
     """
     try:
-        if recipe.kind == "graph":
-            return _graph(recipe, source, target)
-        if recipe.kind == "int8-dynamic":
-            return _dynamic(recipe, source, target)
-        if recipe.kind == "int8":
-            if calibration is None:
-                raise InvalidInput("static int8 needs calibration data")
-            return _static(recipe, source, target, workdir, calibration)
-        if recipe.kind == "fp16":
-            return _fp16(source, target)
-        return _fusion(recipe, source, target, workdir, config or {})
+        with _quiet():
+            return _apply(
+                recipe, source, target, workdir=workdir, calibration=calibration, config=config
+            )
     except (InvalidInput, UnsupportedFormat):
         raise
     except Exception as exc:  # onnxruntime's tools raise bare exceptions of every kind
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UnsupportedFormat(f"{recipe.label} could not be applied: {first}") from exc
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # onnxruntime's quantizer prints its progress to stdout (which carries --json) and logs
+    # advice on the root logger; the job reports what matters itself.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _apply(
+    recipe: Recipe,
+    source: Path,
+    target: Path,
+    *,
+    workdir: Path,
+    calibration: CalibrationFactory | None,
+    config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    if recipe.kind == "graph":
+        return _graph(recipe, source, target)
+    if recipe.kind == "int8-dynamic":
+        return _dynamic(recipe, source, target)
+    if recipe.kind == "int8":
+        if calibration is None:
+            raise InvalidInput("static int8 needs calibration data")
+        return _static(recipe, source, target, workdir, calibration)
+    if recipe.kind == "fp16":
+        return _fp16(source, target)
+    return _fusion(recipe, source, target, workdir, config or {})
 
 
 def _graph(recipe: Recipe, source: Path, target: Path) -> dict[str, Any]:
@@ -199,6 +230,7 @@ def _graph(recipe: Recipe, source: Path, target: Path) -> dict[str, Any]:
         else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     )
     options.optimized_model_filepath = str(target)
+    options.log_severity_level = 3  # level "all" warns that its layout suits this CPU only
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     # The saved graph is what gets served: it must open in a session with default options.
     ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
@@ -263,6 +295,7 @@ def _fp16(source: Path, target: Path) -> dict[str, Any]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    _sort_nodes(model)
     onnx.save(model, str(target))
     return {"keep_io_types": True}
 
@@ -321,6 +354,28 @@ def _float_weights(model: onnx.ModelProto) -> bool:
         tensor.data_type == TensorProto.FLOAT and tensor.name not in ml_inputs
         for tensor in model.graph.initializer
     )
+
+
+def _sort_nodes(model: onnx.ModelProto) -> None:
+    # The float16 converter appends the output casts at the end of the node list; ONNX's
+    # checker (and so the registry) wants the nodes in topological order.
+    graph = model.graph
+    ready = {value.name for value in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        runnable = [node for node in pending if all(name in ready for name in node.input)]
+        if not runnable:  # a cycle or a subgraph's outer name: leave the order as it is
+            return
+        for node in runnable:
+            ordered.append(node)
+            ready.update(node.output)
+        pending = [node for node in pending if node not in runnable]
+    copies = [type(node)() for node in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
