@@ -1,0 +1,176 @@
+"""``modelport.optimize``: each recipe makes a loadable version whose lineage and measured
+report are right; gates refuse what they must; a recipe that does not apply is refused.
+
+No timing assertions: gates that must pass or fail deterministically use the size
+objective (int8 and fp16 shrink a model; graph optimization of the CNN grows it a little)
+and agreement or accuracy limits the measured figures cannot meet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport import GateFailed, InvalidInput, Registry, Settings, UnsupportedFormat
+from modelport.optimization import Candidate
+from tests.optimize_models import digits, digits_cnn, digits_feeds, foldable, iris_feed, iris_forest, iris_mlp
+
+FAST = {"budget_seconds": 0.05, "show_progress": False}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("optimize-models")
+    return {
+        "cnn": digits_cnn(directory / "cnn.onnx"),
+        "mlp": iris_mlp(directory / "mlp.onnx"),
+        "forest": iris_forest(directory / "forest.onnx"),
+        "foldable": foldable(directory / "foldable.onnx"),
+        "overflow": foldable(directory / "overflow.onnx", outputs=1, scale=1e5),
+    }
+
+
+@pytest.fixture
+def reg(home: Path, models: dict[str, Path]) -> Iterator[Registry]:
+    with Registry(Settings(home=home)) as registry:
+        for name, path in models.items():
+            registry.push(path, name)
+        yield registry
+
+
+def test_static_int8_is_measured_gated_and_stored_with_lineage(reg: Registry) -> None:
+    calibration, validate = digits_feeds()
+    seen: list[Candidate] = []
+
+    result = modelport.optimize(
+        "cnn@1", quantize="int8", per_channel=True, calibration=calibration, validate=validate,
+        calibration_rows=64, objective="size", max_accuracy_drop=0.05, min_agreement=0.9,
+        registry=reg, on_candidates=seen.extend, **FAST,
+    )  # fmt: skip
+
+    version = reg.get(result.version.ref)
+    assert version.ref == "cnn@2" and version.format == "onnx"
+    lineage = version.lineage
+    assert (lineage.parent, lineage.operation) == ("cnn@1", "optimize")
+    parameters = lineage.parameters
+    assert parameters["recipe"] == "int8" and parameters["per_channel"] is True
+    assert parameters["activation_type"] == "uint8" and parameters["method"] == "minmax"
+    assert parameters["calibration"] == "digits:train" and parameters["calibration_rows"] == "64"
+    assert parameters["gates"]["objective"] == "size"
+    assert {"onnx", "onnxruntime"} <= set(parameters["environment"]["libraries"])
+    assert parameters["environment"]["threads"] == 1
+    report = version.metrics["optimization"]
+    assert report["candidate"]["size"] < report["parent"]["size"] / 3
+    assert report["candidate"]["int8_ops"].get("QLinearConv", 0) >= 1
+    assert report["agreement"]["kind"] == "top-1" and report["agreement"]["rows"] == validate.rows
+    assert report["metric"] == "accuracy" and version.metrics["accuracy"] > 0.5
+    assert report["parent"]["p50_ms"] > 0 and report["rounds"] >= 3
+    assert [c.recipe.label for c in seen] == ["int8 minmax U8S8 per-channel"]
+    # What was stored loads and answers through the runtime that will serve it.
+    model = reg.load("cnn@2")
+    try:
+        images, labels = digits()
+        scores = model.predict({"image": images[-50:]})["logits"]
+    finally:
+        model.close()
+    assert np.mean(scores.argmax(axis=1) == labels[-50:]) > 0.5
+
+
+def test_dynamic_int8_fp16_and_graph_each_make_a_loadable_version(reg: Registry) -> None:
+    dynamic = modelport.optimize("mlp", quantize="int8-dynamic", objective="size",
+                                 min_agreement=0.9, registry=reg, **FAST)  # fmt: skip
+    half = modelport.optimize("cnn", fp16=True, objective="size", registry=reg, **FAST)
+    graph = modelport.optimize("foldable", graph=True, objective="size", registry=reg, **FAST)
+
+    assert dynamic.version.lineage.parameters["recipe"] == "int8-dynamic"
+    assert set(dynamic.report.measurement.candidate.int8_ops) & {  # type: ignore[union-attr]
+        "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+    }  # fmt: skip
+    assert half.version.lineage.parameters["recipe"] == "fp16"
+    # Float inputs and outputs stay float32: clients of cnn@1 call cnn@2 unchanged.
+    assert [s.datatype.value for s in half.version.signature.inputs] == ["FP32"]
+    assert half.report.measurement.agreement.max_abs < 0.05  # type: ignore[union-attr]
+    assert graph.version.size < reg.get("foldable@1").size
+    for result in (dynamic, half, graph):
+        model = reg.load(result.version.ref)
+        model.close()
+
+
+def test_a_tree_ensemble_is_refused_int8_with_the_reason(reg: Registry) -> None:
+    with pytest.raises(UnsupportedFormat, match="cannot quantize TreeEnsembleClassifier"):
+        modelport.optimize("forest", quantize="int8-dynamic", registry=reg, **FAST)
+    with pytest.raises(UnsupportedFormat, match="applies to Hugging Face transformer models"):
+        modelport.optimize("cnn", fusion=True, registry=reg, **FAST)
+    assert [v.version for v in reg.list_versions("forest")] == [1]
+    assert [v.version for v in reg.list_versions("cnn")] == [1]
+
+
+def test_a_failing_gate_stores_nothing_and_says_by_how_much(reg: Registry) -> None:
+    # Graph optimization fuses Conv+BN+ReLU into FusedConv nodes that carry more attributes:
+    # the CNN grows a few hundred bytes, so "no bigger" must refuse it.
+    with pytest.raises(GateFailed, match=r"no worse size failed: \d+ vs parent \d+ bytes"):
+        modelport.optimize("cnn", graph=True, objective="size", registry=reg, **FAST)
+    calibration, validate = digits_feeds()
+    unlabelled = validate.__class__(validate.inputs, None, validate.rows, "digits:unlabelled")
+    with pytest.raises(GateFailed, match="accuracy drop failed: no task metric was measured"):
+        modelport.optimize("cnn", fp16=True, objective="size", validate=unlabelled,
+                           max_accuracy_drop=0.01, registry=reg, **FAST)  # fmt: skip
+    # Weights beyond float16's range are clipped to its largest value: outputs go wrong.
+    with pytest.raises(GateFailed, match=r"agreement \(within 1e-2\) failed: 0(\.\d+)? < 0\.99"):
+        modelport.optimize("overflow", fp16=True, objective="size", registry=reg, **FAST)
+    assert [v.version for v in reg.list_versions("cnn")] == [1]
+    assert [v.version for v in reg.list_versions("overflow")] == [1]
+
+
+def test_options_that_cannot_work_are_refused_before_any_work(reg: Registry) -> None:
+    cases = [
+        ({}, "choose a recipe"),
+        ({"auto": True, "fp16": True}, "--auto chooses the recipe itself; drop --fp16"),
+        ({"fp16": True, "graph": True}, "choose one recipe, not --fp16 and --graph"),
+        ({"quantize": "int4"}, "unknown --quantize 'int4'"),
+        ({"quantize": "int8", "calibration_method": "mse"}, "unknown calibration method"),
+        ({"fp16": True, "objective": "speed"}, "unknown objective 'speed'"),
+        ({"fp16": True, "min_agreement": 2.0}, "--min-agreement must be between 0 and 1"),
+        ({"fp16": True, "max_accuracy_drop": 0.01}, "--max-accuracy-drop needs labelled rows"),
+    ]
+    for options, message in cases:
+        with pytest.raises(InvalidInput, match=re.escape(message)):
+            modelport.optimize("cnn", registry=reg, **options, **FAST)  # type: ignore[arg-type]
+    assert [v.version for v in reg.list_versions("cnn")] == [1]
+
+
+def test_auto_tries_every_recipe_and_stores_the_best_that_passes(reg: Registry) -> None:
+    calibration, validate = digits_feeds()
+
+    result = modelport.optimize(
+        "cnn", auto=True, calibration=calibration, validate=validate, objective="size",
+        min_agreement=0.9, registry=reg, **FAST,
+    )  # fmt: skip
+
+    labels = [c.recipe.label for c in result.candidates]
+    assert {"graph (extended)", "int8-dynamic", "int8 minmax S8S8", "fp16"} <= set(labels)
+    assert "int8 entropy U8S8 per-channel" in labels
+    assert any(r.kind == "fusion" for r, _ in result.skipped)
+    passing = [c for c in result.candidates if c.passed]
+    best = max(passing, key=lambda c: c.measurement.size_ratio)  # type: ignore[union-attr]
+    assert result.report is best
+    assert result.version.lineage.parameters["auto"] is True
+    assert result.version.lineage.parameters["recipe"] == best.recipe.kind
+    assert "int8" in best.recipe.kind
+    # The graph candidates grew the model and were refused on size, but still measured.
+    graph = next(c for c in result.candidates if c.recipe.label == "graph (extended)")
+    assert not graph.passed and graph.measurement is not None
+
+
+def test_auto_stores_nothing_when_no_candidate_passes(reg: Registry) -> None:
+    # Only graph optimization applies to trees (int8 and fp16 are refused); with an
+    # accuracy gate and no labels to measure it on, nothing can pass.
+    with pytest.raises(GateFailed, match="no candidate made from forest@1 passed every gate"):
+        modelport.optimize("forest", auto=True, registry=reg, **FAST, validate=iris_feed(),
+                           max_accuracy_drop=0.0)  # fmt: skip
+    assert [v.version for v in reg.list_versions("forest")] == [1]
