@@ -1,7 +1,7 @@
 """Small real models for the optimization tests, trained or built in seconds.
 
-    cnn = digits_cnn(tmp / "cnn.onnx")      # a torch CNN trained on scikit-learn's digits
-    train, val = digits_feeds()             # Feeds of the same data, with labels
+cnn = digits_cnn(tmp / "cnn.onnx")      # a torch CNN trained on scikit-learn's digits
+train, val = digits_feeds()             # Feeds of the same data, with labels
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ and agreement or accuracy limits the measured figures cannot meet.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,16 @@ import pytest
 import modelport
 from modelport import GateFailed, InvalidInput, Registry, Settings, UnsupportedFormat
 from modelport.optimization import Candidate
-from tests.optimize_models import digits, digits_cnn, digits_feeds, foldable, iris_feed, iris_forest, iris_mlp
+from tests.conftest import run_cli
+from tests.optimize_models import (
+    digits,
+    digits_cnn,
+    digits_feeds,
+    foldable,
+    iris_feed,
+    iris_forest,
+    iris_mlp,
+)
 
 FAST = {"budget_seconds": 0.05, "show_progress": False}
 
@@ -115,7 +125,7 @@ def test_a_failing_gate_stores_nothing_and_says_by_how_much(reg: Registry) -> No
     # the CNN grows a few hundred bytes, so "no bigger" must refuse it.
     with pytest.raises(GateFailed, match=r"no worse size failed: \d+ vs parent \d+ bytes"):
         modelport.optimize("cnn", graph=True, objective="size", registry=reg, **FAST)
-    calibration, validate = digits_feeds()
+    _, validate = digits_feeds()
     unlabelled = validate.__class__(validate.inputs, None, validate.rows, "digits:unlabelled")
     with pytest.raises(GateFailed, match="accuracy drop failed: no task metric was measured"):
         modelport.optimize("cnn", fp16=True, objective="size", validate=unlabelled,
@@ -174,3 +184,80 @@ def test_auto_stores_nothing_when_no_candidate_passes(reg: Registry) -> None:
         modelport.optimize("forest", auto=True, registry=reg, **FAST, validate=iris_feed(),
                            max_accuracy_drop=0.0)  # fmt: skip
     assert [v.version for v in reg.list_versions("forest")] == [1]
+
+
+def _load_feed_is_a_stub() -> bool:
+    from modelport.datasets import feed
+
+    try:
+        feed.load_feed(None, "x", modelport.Signature((), ()))  # type: ignore[arg-type]
+    except NotImplementedError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def test_cli_stores_prints_json_and_show_prints_the_report(reg: Registry) -> None:
+    stored = run_cli("optimize", "mlp@1", "--quantize", "int8-dynamic", "--objective", "size",
+                     "--min-agreement", "0.9", "--budget-seconds", "0.05", "--json")  # fmt: skip
+    assert stored.returncode == 0, stored.stderr
+    record = json.loads(stored.stdout)  # the quantizer's own prints stay out of stdout
+    assert record["version"]["ref"] == "mlp@2" and record["parent"] == "mlp@1"
+    assert record["report"]["recipe"] == "int8-dynamic" and record["report"]["passed"]
+
+    shown = run_cli("show", "mlp@2")
+    assert shown.returncode == 0, shown.stderr
+    assert "measured against the parent (optimize):" in shown.stdout
+    assert "this version" in shown.stdout and "optimize from mlp@1" in shown.stdout
+
+
+def test_cli_gate_failure_prints_the_table_and_exits_14(reg: Registry) -> None:
+    refused = run_cli("optimize", "cnn", "--graph", "--objective", "size",
+                      "--budget-seconds", "0.05")  # fmt: skip
+    assert refused.returncode == 14
+    assert refused.stdout.splitlines()[0].split()[:3] == ["recipe", "size", "p50"]
+    assert "graph (extended)" in refused.stdout and "FAIL: no worse size" in refused.stdout
+    assert "error: the candidate made from cnn@1 failed its gates; nothing was stored" in (
+        refused.stderr
+    )
+    assert "no worse size failed" in refused.stderr
+    bad = run_cli("optimize", "cnn", "--auto", "--fp16")
+    assert bad.returncode == 2 and "--auto chooses the recipe itself" in bad.stderr
+    trees = run_cli("optimize", "forest", "--quantize", "int8")
+    assert trees.returncode == 5 and "TreeEnsembleClassifier" in trees.stderr
+
+
+def test_cli_converts_a_model_that_is_not_onnx_first(reg: Registry, tmp_path: Path) -> None:
+    from tests.torch_models import mlp, save_exported
+
+    example = np.zeros((2, 8), dtype=np.float32)
+    reg.push(save_exported(mlp(), [example], tmp_path / "mlp.pt2"), "torchmlp", trust_pickle=True)
+
+    done = run_cli("optimize", "torchmlp", "--quantize", "int8-dynamic", "--objective", "size",
+                   "--min-agreement", "0.9", "--budget-seconds", "0.05")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "converting torchmlp@1 to ONNX first" in done.stderr
+    converted, optimized = reg.get("torchmlp@2"), reg.get("torchmlp@3")
+    assert (converted.format, converted.lineage.operation) == ("onnx", "convert")
+    assert (optimized.lineage.parent, optimized.lineage.operation) == ("torchmlp@2", "optimize")
+
+
+@pytest.mark.skipif(_load_feed_is_a_stub(), reason="load_feed lands with the datasets branch")
+def test_cli_reads_calibration_and_validation_from_datasets(reg: Registry, tmp_path: Path) -> None:
+    images, labels = digits()
+    data = tmp_path / "digits.npz"
+    np.savez(data, image=images.reshape(len(images), -1), label=labels)
+    pushed = run_cli("dataset", "push", data, "--name", "digits")
+    assert pushed.returncode == 0, pushed.stderr
+
+    done = run_cli("optimize", "cnn", "--quantize", "int8", "--calibration", "digits",
+                   "--calibration-rows", "64", "--validate", "digits", "--label", "label",
+                   "--objective", "size", "--max-accuracy-drop", "0.05",
+                   "--budget-seconds", "0.05", "--json")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["parameters"]["calibration"].startswith("digits")
+    assert record["report"]["metric"] == "accuracy"

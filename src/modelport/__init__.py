@@ -76,8 +76,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The client (numpy, grpc), conversion, optimization and the server are imported when first named:
-    # the CLI starts without them.
+    # The client (numpy, grpc), conversion, optimization and the server are imported when
+    # first named: the CLI starts without them.
     if name in ("AsyncClient", "Client"):
         from modelport import client
 

@@ -27,7 +27,7 @@ from modelport.optimization.calibration import DEFAULT_CALIBRATION_ROWS, reader
 from modelport.optimization.environment import environment
 from modelport.optimization.gates import Gates, judge, score
 from modelport.optimization.measure import measure
-from modelport.optimization.model_files import ONNX_FORMATS, ModelFiles
+from modelport.optimization.model_files import ONNX_FORMATS, ModelFiles, size_on_disk
 from modelport.optimization.progress import progress_bar
 from modelport.optimization.recipes import Recipe, apply, refusal
 from modelport.optimization.report import Candidate
@@ -170,7 +170,7 @@ class _Optimization:
     def produce(self, checkout: Checkout, output: Path) -> Produced:
         import onnx
 
-        files = ModelFiles.of(checkout.entry)
+        files = _private_copy(checkout, output.parent / "parent")
         model = onnx.load(str(files.graph), load_external_data=False)
         config = files.transformer_config()
         if self.recipes is None:
@@ -292,7 +292,7 @@ class _Optimization:
                     calibration=calibration, config=config,
                 )  # fmt: skip
             candidate.measurement = measure(
-                (files.graph, files.root), (made.graph, made.root), self.work,
+                (files.graph, self.record.size), (made.graph, size_on_disk(made.root)), self.work,
                 threads=self.threads, budget_seconds=self.budget, scratch=directory / "profile",
                 label=recipe.label, show_progress=self.show_progress,
             )  # fmt: skip
@@ -314,3 +314,14 @@ class _Optimization:
             f"{'failed its gates' if len(self.candidates) == 1 else 'passed every gate'}; "
             "nothing was stored:\n" + "\n".join(lines)
         )
+
+
+def _private_copy(checkout: Checkout, directory: Path) -> ModelFiles:
+    """The parent's files copied (not linked) into the job's scratch: onnx refuses to read
+    external weights through the checkout's hard links, and recipes read them all."""
+    directory.mkdir()
+    for entry in checkout.record.files:
+        target = directory / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkout.directory / entry.path, target)
+    return ModelFiles.of(directory / checkout.record.entry)

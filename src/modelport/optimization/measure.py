@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from modelport.optimization.model_files import size_on_disk
 from modelport.optimization.progress import progress_bar
 from modelport.optimization.workload import Workload
 
@@ -130,8 +129,8 @@ def session(graph: Path, threads: int, *, profile_in: Path | None = None) -> Any
 
 
 def measure(
-    parent: tuple[Path, Path],
-    candidate: tuple[Path, Path],
+    parent: tuple[Path, int],
+    candidate: tuple[Path, int],
     work: Workload,
     *,
     threads: int,
@@ -140,17 +139,17 @@ def measure(
     label: str = "candidate",
     show_progress: bool = True,
 ) -> Measurement:
-    """Measure ``candidate`` against ``parent``, each given as (graph file, what is stored:
-    the file or its directory). ``budget_seconds`` bounds the timed rounds (at least
-    ``MIN_ROUNDS`` run); ``scratch`` holds the profiler's files."""
+    """Measure ``candidate`` against ``parent``, each given as (graph file, bytes stored).
+    ``budget_seconds`` bounds the timed rounds (at least ``MIN_ROUNDS`` run); ``scratch``
+    holds the profiler's files."""
     sessions = [session(graph, threads) for graph, _ in (parent, candidate)]
     outputs = [_run_all(s, work) for s in sessions]
     agreement = _agreement(outputs[0], outputs[1], work)
     metric_name, metrics = _metrics(outputs, work)
     speeds, rounds = _speed(sessions, work, budget_seconds, label, show_progress)
     sides = [
-        Side(size_on_disk(stored), speed, metric, _executed_ops(graph, work, threads, scratch))
-        for (graph, stored), speed, metric in zip((parent, candidate), speeds, metrics, strict=True)
+        Side(size, speed, metric, _executed_ops(graph, work, threads, scratch))
+        for (graph, size), speed, metric in zip((parent, candidate), speeds, metrics, strict=True)
     ]
     return Measurement(sides[0], sides[1], agreement, metric_name, rounds, threads, work.origin)
 
