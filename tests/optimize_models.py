@@ -122,3 +122,47 @@ def iris_feed() -> Feed:
 
 def op_types(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def bert_onnx_directory(directory: Path) -> Path:
+    """A ``huggingface_onnx``-shaped directory from a small random BERT classifier
+    (``tests.hf_models.save_classifier``): ``model.onnx`` (input_ids, attention_mask ->
+    probabilities), ``config.json``, ``tokenizer.json``, ``modelport_hf.json``."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.hf_models import save_classifier
+
+    source = save_classifier(directory / "source")
+    model = AutoModelForSequenceClassification.from_pretrained(str(source)).eval()
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return torch.softmax(logits, dim=-1)
+
+    target = directory / "bert"
+    target.mkdir()
+    ids = torch.ones((2, 8), dtype=torch.int64)
+    dynamic = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation, tracing notes
+        torch.onnx.export(
+            Probabilities(), (ids, ids), str(target / "model.onnx"),
+            input_names=["input_ids", "attention_mask"], output_names=["probabilities"],
+            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic,
+                          "probabilities": {0: "batch"}},
+            dynamo=False, opset_version=17,
+        )  # fmt: skip
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(source / name, target / name)
+    settings = {"task": "text-classification", "max_length": 16, "output": "probabilities"}
+    (target / "modelport_hf.json").write_text(json.dumps(settings))
+    return target

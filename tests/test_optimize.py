@@ -21,6 +21,7 @@ from modelport import GateFailed, InvalidInput, Registry, Settings, UnsupportedF
 from modelport.optimization import Candidate
 from tests.conftest import run_cli
 from tests.optimize_models import (
+    bert_onnx_directory,
     digits,
     digits_cnn,
     digits_feeds,
@@ -28,6 +29,7 @@ from tests.optimize_models import (
     iris_feed,
     iris_forest,
     iris_mlp,
+    op_types,
 )
 
 FAST = {"budget_seconds": 0.05, "show_progress": False}
@@ -261,3 +263,44 @@ def test_cli_reads_calibration_and_validation_from_datasets(reg: Registry, tmp_p
     record = json.loads(done.stdout)
     assert record["parameters"]["calibration"].startswith("digits")
     assert record["report"]["metric"] == "accuracy"
+
+
+def test_transformer_fusion_rewrites_only_the_graph_and_is_measured_on_text(
+    tmp_path: Path,
+) -> None:
+    # The huggingface_onnx runtime lands with its own branch; the recipe, the directory
+    # handling and the measurement (tokenizing generated sentences) are tested here directly.
+    import onnx
+
+    from modelport.optimization.measure import measure
+    from modelport.optimization.model_files import ModelFiles, size_on_disk
+    from modelport.optimization.recipes import Recipe, apply, refusal
+    from modelport.optimization.workload import workload
+    from modelport.types import DataType, Signature, TensorSpec
+
+    files = ModelFiles.of(bert_onnx_directory(tmp_path))
+    config = files.transformer_config()
+    recipe = Recipe("fusion", int8=True)
+    assert refusal(recipe, onnx.load(str(files.graph)), config) is None
+    made = files.copy_into(tmp_path / "candidate", "model")
+
+    record = apply(recipe, files.graph, made.graph, workdir=tmp_path, config=config)
+
+    assert record["model_type"] == "bert" and record["fused"].get("SkipLayerNormalization")
+    assert {"MatMulInteger", "SkipLayerNormalization"} <= op_types(made.graph)
+    assert made.directory is not None and files.directory is not None
+    for name in ("config.json", "tokenizer.json", "modelport_hf.json"):
+        assert (made.directory / name).read_bytes() == (files.directory / name).read_bytes()
+    served = Signature(
+        (TensorSpec("text", DataType.BYTES, (-1,)),),
+        (TensorSpec("probabilities", DataType.FP32, (-1, 3)),),
+    )
+    work = workload(files, served, None, rows=24)
+    assert set(work.inputs) == {"input_ids", "attention_mask"} and work.rows == 24
+    measured = measure(
+        (files.graph, size_on_disk(files.root)), (made.graph, size_on_disk(made.root)), work,
+        threads=1, budget_seconds=0.05, scratch=tmp_path / "profile", show_progress=False,
+    )  # fmt: skip
+    assert measured.agreement.kind == "top-1" and measured.agreement.rows == 24
+    assert measured.candidate.int8_ops and not measured.parent.int8_ops
+    assert measured.origin == "generated sentences"

@@ -238,6 +238,7 @@ def _graph(recipe: Recipe, source: Path, target: Path) -> dict[str, Any]:
 
 
 def _dynamic(recipe: Recipe, source: Path, target: Path) -> dict[str, Any]:
+    from onnx import TensorProto
     from onnxruntime.quantization import quantize_dynamic
 
     quantize_dynamic(
@@ -246,7 +247,9 @@ def _dynamic(recipe: Recipe, source: Path, target: Path) -> dict[str, Any]:
         per_channel=recipe.per_channel,
         weight_type=_quant_type(recipe.weight_type),
         nodes_to_exclude=list(recipe.exclude_nodes),
-        extra_options={"MatMulConstBOnly": True},
+        # Fused contrib operators (SkipLayerNormalization, BiasGelu) have no ONNX shape
+        # inference; their outputs are float.
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
     )
     return {}
 
