@@ -177,7 +177,7 @@ def recipes_for(
         raise InvalidInput(f"choose one recipe, not {' and '.join(asked)} (or --auto)")
     names = tuple(exclude_nodes)
     if fusion:
-        return [Recipe("fusion", int8=quantize is not None)]
+        return [Recipe("fusion", int8=quantize is not None, per_channel=per_channel)]
     if fp16:
         return [Recipe("fp16")]
     if graph:

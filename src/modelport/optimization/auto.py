@@ -42,6 +42,7 @@ def auto_recipes(
         Recipe("fp16"),
         Recipe("fusion"),
         Recipe("fusion", int8=True),
+        Recipe("fusion", int8=True, per_channel=True),
     ]
     if config is not None:
         # On a transformer the static variants calibrate attention slowly and lose the most;

@@ -65,7 +65,8 @@ class Recipe:
     level: str = "extended"
     """graph: onnxruntime's optimization level, ``extended`` or ``all``."""
     per_channel: bool = False
-    """int8, int8-dynamic: one scale per output channel of a weight."""
+    """int8, int8-dynamic, fusion with int8: one scale per output channel of a weight (on
+    MiniLM, per-tensor int8 keeps a cosine of 0.96 to the float embeddings, per-channel 0.99)."""
     method: str = "minmax"
     """int8: how activation ranges are calibrated (``CALIBRATION_METHODS``)."""
     activation_type: str = "uint8"
@@ -97,7 +98,9 @@ class Recipe:
         if self.kind == "graph":
             return f"graph ({self.level})"
         if self.kind == "fusion":
-            return "fusion + int8-dynamic" if self.int8 else "fusion"
+            if not self.int8:
+                return "fusion"
+            return "fusion + int8-dynamic" + (" per-channel" if self.per_channel else "")
         words = [self.kind]
         if self.kind == "int8":
             types = "S8S8" if self.activation_type == "int8" else "U8S8"
@@ -120,7 +123,7 @@ class Recipe:
             "int8": ("method", "per_channel", "activation_type", "weight_type",
                      "exclude_nodes", "exclude_head"),
             "fp16": (),
-            "fusion": ("int8",),
+            "fusion": ("int8", "per_channel"),
         }[self.kind]  # fmt: skip
         fields = asdict(self)
         chosen = {key: fields[key] for key in used}
@@ -328,7 +331,7 @@ def _fusion(
         return made
     fused_path = workdir / "fused.onnx"
     optimized.save_model_to_file(str(fused_path))
-    _dynamic(Recipe("int8-dynamic"), fused_path, target)
+    _dynamic(Recipe("int8-dynamic", per_channel=recipe.per_channel), fused_path, target)
     return made
 
 
