@@ -72,8 +72,8 @@ def test_static_int8_is_measured_gated_and_stored_with_lineage(reg: Registry) ->
     parameters = lineage.parameters
     assert parameters["recipe"] == "int8" and parameters["per_channel"] is True
     assert parameters["activation_type"] == "uint8" and parameters["method"] == "minmax"
-    assert parameters["calibration"] == "digits:train" and parameters["calibration_rows"] == "64"
-    assert parameters["gates"]["objective"] == "size"
+    assert parameters["calibration"] == "digits:train" and parameters["calibration_rows"] == 64
+    assert parameters["validate"] == "digits:val" and parameters["gates"]["objective"] == "size"
     assert {"onnx", "onnxruntime"} <= set(parameters["environment"]["libraries"])
     assert parameters["environment"]["threads"] == 1
     report = version.metrics["optimization"]
@@ -247,22 +247,21 @@ def test_cli_converts_a_model_that_is_not_onnx_first(reg: Registry, tmp_path: Pa
 
 
 @pytest.mark.skipif(_load_feed_is_a_stub(), reason="load_feed lands with the datasets branch")
-def test_cli_reads_calibration_and_validation_from_datasets(reg: Registry, tmp_path: Path) -> None:
-    images, labels = digits()
-    data = tmp_path / "digits.npz"
-    np.savez(data, image=images.reshape(len(images), -1), label=labels)
-    pushed = run_cli("dataset", "push", data, "--name", "digits")
+def test_cli_reads_calibration_and_validation_from_datasets(reg: Registry) -> None:
+    pushed = run_cli("dataset", "builtin", "digits")  # 64 pixels and a label per row
     assert pushed.returncode == 0, pushed.stderr
 
-    done = run_cli("optimize", "cnn", "--quantize", "int8", "--calibration", "digits",
-                   "--calibration-rows", "64", "--validate", "digits", "--label", "label",
-                   "--objective", "size", "--max-accuracy-drop", "0.05",
-                   "--budget-seconds", "0.05", "--json")  # fmt: skip
+    done = run_cli("optimize", "cnn", "--quantize", "int8", "--calibration", "digits@1",
+                   "--calibration-rows", "64", "--validate", "digits@1", "--objective", "size",
+                   "--min-agreement", "0.5", "--budget-seconds", "0.05", "--json")  # fmt: skip
 
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
-    assert record["parameters"]["calibration"].startswith("digits")
-    assert record["report"]["metric"] == "accuracy"
+    assert record["parameters"]["calibration"].startswith("digits@1")
+    assert record["parameters"]["calibration_rows"] == 64
+    report = record["report"]
+    assert report["metric"] == "accuracy" and report["agreement"]["rows"] == 1797
+    assert report["rows_from"].startswith("digits@1")
 
 
 def test_transformer_fusion_rewrites_only_the_graph_and_is_measured_on_text(

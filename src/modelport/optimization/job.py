@@ -153,7 +153,7 @@ class _Optimization:
         self.on_candidates = on_candidates
         self.candidates: list[Candidate] = []
         self.skipped: list[tuple[Recipe, str]] = []
-        self.sources: dict[str, str] = {}
+        self.sources: dict[str, Any] = {}
         self.chosen: Candidate | None = None
         self.made: list[ModelFiles] = []
         """Each candidate's files, in the order of ``candidates``."""
@@ -189,6 +189,7 @@ class _Optimization:
         signature = self.record.signature
         validate = self._feed(self.data.validate, signature, None)
         self.work = workload(files, signature, validate)
+        self.sources["validate"] = self.work.origin
         calibrate = self._calibration(files, signature, validate, auto=self.recipes is None)
         scratch = output.parent
         for index, recipe in enumerate(recipes):
@@ -257,7 +258,7 @@ class _Optimization:
             self.sources["calibration"] = "generated (no --calibration given)"
         work = workload(files, signature, feed, rows=rows)
         limited = {name: array[:rows] for name, array in work.inputs.items()}
-        self.sources["calibration_rows"] = str(min(rows, work.rows))
+        self.sources["calibration_rows"] = min(rows, work.rows)
         return Workload(limited, None, work.origin, work.batch, work.fixed, work.embedding)
 
     def _candidate(
