@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -31,6 +32,7 @@ from tests.optimize_models import (
     iris_mlp,
     op_types,
 )
+from tests.serving_fixtures import running_server
 
 FAST = {"budget_seconds": 0.05, "show_progress": False}
 
@@ -55,7 +57,7 @@ def reg(home: Path, models: dict[str, Path]) -> Iterator[Registry]:
         yield registry
 
 
-def test_static_int8_is_measured_gated_and_stored_with_lineage(reg: Registry) -> None:
+def test_static_int8_is_measured_gated_and_stored_with_lineage(reg: Registry, home: Path) -> None:
     calibration, validate = digits_feeds()
     seen: list[Candidate] = []
 
@@ -83,14 +85,23 @@ def test_static_int8_is_measured_gated_and_stored_with_lineage(reg: Registry) ->
     assert report["metric"] == "accuracy" and version.metrics["accuracy"] > 0.5
     assert report["parent"]["p50_ms"] > 0 and report["rounds"] >= 3
     assert [c.recipe.label for c in seen] == ["int8 minmax U8S8 per-channel"]
-    # What was stored loads and answers through the runtime that will serve it.
+    # What was stored loads and answers through the runtime that will serve it...
+    images, labels = digits()
     model = reg.load("cnn@2")
     try:
-        images, labels = digits()
         scores = model.predict({"image": images[-50:]})["logits"]
     finally:
         model.close()
     assert np.mean(scores.argmax(axis=1) == labels[-50:]) > 0.5
+    # ...and a real server serves it under the parent's signature.
+    with running_server(home, ["cnn"]) as server:
+        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [3, 1, 8, 8],
+                            "data": images[-3:].ravel().tolist()}]}  # fmt: skip
+        answer = httpx.post(f"{server.http_url}/v2/models/cnn/versions/2/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    (logits,) = answer.json()["outputs"]
+    served = np.array(logits["data"], dtype=np.float32).reshape(logits["shape"])
+    np.testing.assert_allclose(served, scores[-3:], rtol=1e-5, atol=1e-5)
 
 
 def test_dynamic_int8_fp16_and_graph_each_make_a_loadable_version(reg: Registry) -> None:
