@@ -314,3 +314,38 @@ def test_transformer_fusion_rewrites_only_the_graph_and_is_measured_on_text(
     assert measured.agreement.kind == "top-1" and measured.agreement.rows == 24
     assert measured.candidate.int8_ops and not measured.parent.int8_ops
     assert measured.origin == "generated sentences"
+
+
+def _has_huggingface_onnx() -> bool:
+    from modelport.runtimes.table import BUILTIN
+
+    return any(name == "huggingface_onnx" for name, _ in BUILTIN)
+
+
+@pytest.mark.skipif(not _has_huggingface_onnx(), reason="huggingface_onnx lands with its branch")
+def test_a_hugging_face_model_is_converted_fused_quantized_and_still_takes_text(
+    reg: Registry, tmp_path: Path
+) -> None:
+    from tests.hf_models import SENTENCES, save_classifier
+
+    reg.push(save_classifier(tmp_path / "sentiment"), "sentiment")
+
+    result = modelport.optimize(
+        "sentiment", fusion=True, quantize="int8-dynamic", per_channel=True,
+        min_agreement=0.5, objective="size", registry=reg, **FAST,
+    )  # fmt: skip
+
+    converted, optimized = reg.get("sentiment@2"), result.version
+    assert converted.format == optimized.format == "huggingface_onnx"
+    assert optimized.lineage.parent == "sentiment@2" and optimized.ref == "sentiment@3"
+    assert optimized.signature == converted.signature  # text in, as the parent took it
+    assert result.report.made["fused"] and result.report.measurement is not None
+    assert result.report.measurement.candidate.int8_ops
+    unchanged = {f.path: f.digest for f in converted.files if f.path != "model.onnx"}
+    assert {f.path: f.digest for f in optimized.files if f.path != "model.onnx"} == unchanged
+    model = reg.load(optimized.ref)
+    try:
+        outputs = model.predict({"text": np.array([s.encode() for s in SENTENCES], dtype=object)})
+    finally:
+        model.close()
+    assert all(len(value) == len(SENTENCES) for value in outputs.values())
