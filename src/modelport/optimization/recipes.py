@@ -5,25 +5,25 @@
     parameters = apply(recipe, path, target, calibration=reader_factory, config=config)
 
 onnxruntime does the work (``onnxruntime.quantization``, ``onnxruntime.transformers``),
-imported inside the recipe that needs it. A recipe never measures: whether its result is
-better is for ``measure`` and ``gates`` to say.
+imported inside the recipe that needs it (the int8 ones are in ``quantize``). A recipe
+never measures: whether its result is better is for ``measure`` and ``gates`` to say.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelport.errors import InvalidInput, UnsupportedFormat
+from modelport.optimization.quantize import CalibrationFactory, dynamic, static
 
 if TYPE_CHECKING:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -40,7 +40,6 @@ GRAPH_LEVELS = ("extended", "all")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("int8", "uint8")
 _QUANTIZABLE = {"Conv", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization"}
-_HEAD = ("MatMul", "Gemm")
 # onnxruntime.transformers' optimizer knows these architectures under their own name; the
 # BERT-like encoders share its "bert" fusions.
 _BERT_LIKE = {
@@ -50,8 +49,6 @@ _FUSED = {
     "Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization",
     "EmbedLayerNormalization",
 }  # fmt: skip
-
-CalibrationFactory = Callable[[], "CalibrationDataReader"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +210,11 @@ def _apply(
     if recipe.kind == "graph":
         return _graph(recipe, source, target)
     if recipe.kind == "int8-dynamic":
-        return _dynamic(recipe, source, target)
+        return dynamic(recipe, source, target)
     if recipe.kind == "int8":
         if calibration is None:
             raise InvalidInput("static int8 needs calibration data")
-        return _static(recipe, source, target, workdir, calibration)
+        return static(recipe, source, target, workdir, calibration)
     if recipe.kind == "fp16":
         return _fp16(source, target)
     return _fusion(recipe, source, target, workdir, config or {})
@@ -238,62 +235,6 @@ def _graph(recipe: Recipe, source: Path, target: Path) -> dict[str, Any]:
     # The saved graph is what gets served: it must open in a session with default options.
     ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     return {}
-
-
-def _dynamic(recipe: Recipe, source: Path, target: Path) -> dict[str, Any]:
-    from onnx import TensorProto
-    from onnxruntime.quantization import quantize_dynamic
-
-    quantize_dynamic(
-        str(source),
-        str(target),
-        per_channel=recipe.per_channel,
-        weight_type=_quant_type(recipe.weight_type),
-        nodes_to_exclude=list(recipe.exclude_nodes),
-        # Fused contrib operators (SkipLayerNormalization, BiasGelu) have no ONNX shape
-        # inference; their outputs are float.
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
-    )
-    return {}
-
-
-def _static(
-    recipe: Recipe, source: Path, target: Path, workdir: Path, calibration: CalibrationFactory
-) -> dict[str, Any]:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = workdir / "preprocessed.onnx"
-    try:
-        quant_pre_process(str(source), str(prepared))
-        preprocessed = True
-    except Exception:  # a graph symbolic shape inference cannot follow: quantize it as is
-        prepared.write_bytes(source.read_bytes())
-        preprocessed = False
-    model = onnx.load(str(prepared))
-    _name_nodes(model)
-    onnx.save(model, str(prepared))
-    excluded = list(recipe.exclude_nodes)
-    if recipe.exclude_head:
-        excluded += [name for name in _head_nodes(model) if name not in excluded]
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[recipe.method]
-    quantize_static(
-        str(prepared),
-        str(target),
-        calibration(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=recipe.per_channel,
-        activation_type=_quant_type(recipe.activation_type),
-        weight_type=_quant_type(recipe.weight_type),
-        calibrate_method=method,
-        nodes_to_exclude=excluded,
-    )
-    return {"preprocessed": preprocessed, "excluded_nodes": excluded}
 
 
 def _fp16(source: Path, target: Path) -> dict[str, Any]:
@@ -331,14 +272,8 @@ def _fusion(
         return made
     fused_path = workdir / "fused.onnx"
     optimized.save_model_to_file(str(fused_path))
-    _dynamic(Recipe("int8-dynamic", per_channel=recipe.per_channel), fused_path, target)
+    dynamic(Recipe("int8-dynamic", per_channel=recipe.per_channel), fused_path, target)
     return made
-
-
-def _quant_type(name: str) -> Any:
-    from onnxruntime.quantization import QuantType
-
-    return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
 
 
 def _model_type(config: dict[str, Any]) -> str | None:
@@ -382,23 +317,3 @@ def _sort_nodes(model: onnx.ModelProto) -> None:
         copy.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    # Nodes are excluded from quantization by name; exporters leave some unnamed.
-    taken = {node.name for node in model.graph.node if node.name}
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-
-
-def _head_nodes(model: onnx.ModelProto) -> list[str]:
-    """The last MatMul/Gemm (the classifier, in a topologically sorted graph) and every
-    Softmax: where int8 rounding changes which class wins."""
-    heads = [node.name for node in model.graph.node if node.op_type in _HEAD]
-    softmax = [node.name for node in model.graph.node if node.op_type == "Softmax"]
-    return heads[-1:] + softmax
