@@ -12,6 +12,7 @@ def test_public_names() -> None:
         "Conflict",
         "DataType",
         "Forbidden",
+        "GateFailed",
         "Internal",
         "InvalidInput",
         "InvalidModel",
@@ -40,6 +41,7 @@ def test_public_names() -> None:
         "VerificationFailed",
         "__version__",
         "convert",
+        "optimize",
         "serve",
     ]
     for name in modelport.__all__:

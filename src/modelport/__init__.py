@@ -6,6 +6,7 @@ from modelport.config import Settings
 from modelport.errors import (
     Conflict,
     Forbidden,
+    GateFailed,
     Internal,
     InvalidInput,
     InvalidModel,
@@ -29,6 +30,7 @@ from modelport.types import DataType, ModelRef, Signature, Tensors, TensorSpec
 if TYPE_CHECKING:
     from modelport.client import AsyncClient, Client
     from modelport.conversion import convert
+    from modelport.optimization import optimize
     from modelport.serving.launch import serve
 
 __version__ = "0.1.0"
@@ -39,6 +41,7 @@ __all__ = [
     "Conflict",
     "DataType",
     "Forbidden",
+    "GateFailed",
     "Internal",
     "InvalidInput",
     "InvalidModel",
@@ -67,13 +70,14 @@ __all__ = [
     "VerificationFailed",
     "__version__",
     "convert",
+    "optimize",
     "serve",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The client (numpy, grpc), conversion and the server are imported when first named:
-    # the CLI starts without them.
+    # The client (numpy, grpc), conversion, optimization and the server are imported when
+    # first named: the CLI starts without them.
     if name in ("AsyncClient", "Client"):
         from modelport import client
 
@@ -82,6 +86,10 @@ def __getattr__(name: str) -> Any:
         from modelport.conversion import convert
 
         return convert
+    if name == "optimize":
+        from modelport.optimization import optimize
+
+        return optimize
     if name == "serve":
         from modelport.serving.launch import serve
 

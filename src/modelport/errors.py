@@ -18,6 +18,7 @@ Every failure a user can cause or meet is one of these::
     ├── Timeout                    a deadline passed
     ├── Unauthorized               no or bad credentials
     ├── Forbidden                  credentials lack the right
+    ├── GateFailed                 a derived model was refused by a gate the user set
     └── Internal                   a deterministic failure inside a model or the server:
                                    retrying will not help
 
@@ -42,6 +43,7 @@ __all__ = [
     "ERRORS",
     "Conflict",
     "Forbidden",
+    "GateFailed",
     "Internal",
     "InvalidInput",
     "InvalidModel",
@@ -199,6 +201,16 @@ class Forbidden(ModelportError):
     exit_code = 13
 
 
+class GateFailed(ModelportError):
+    """An optimized model did worse than a gate allows (agreement, accuracy, speed, size);
+    nothing was stored. The message says which gate failed and by how much."""
+
+    code = "gate_failed"
+    http_status = 422
+    grpc_status = "FAILED_PRECONDITION"
+    exit_code = 14
+
+
 class Internal(ModelportError):
     """A deterministic failure inside a model or the server (HTTP 500, gRPC INTERNAL).
 
@@ -228,6 +240,7 @@ ERRORS: tuple[type[ModelportError], ...] = (
     Timeout,
     Unauthorized,
     Forbidden,
+    GateFailed,
     Internal,
 )
 """Every error class, in the order of the docstring's tree (and of docs/errors.md)."""

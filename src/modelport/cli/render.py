@@ -126,12 +126,18 @@ def version_detail(v: ModelVersion) -> None:
             if v.lineage.operation
             else "-"
         ),
-        "metrics": ", ".join(f"{k}={val}" for k, val in v.metrics.items()) or "-",
+        "metrics": ", ".join(f"{k}={val}" for k, val in v.metrics.items() if k != "optimization")
+        or "-",
         "trust pickle": "yes" if v.trust_pickle else "no",
         "runtime": ", ".join(f"{k}={val}" for k, val in v.metadata.items()) or "-",
     }
     for key, value in facts.items():
         out.print(f"  {key:<13}{value}", markup=False)
+    if isinstance(v.metrics.get("optimization"), dict):
+        from modelport.optimization.report import report_rows
+
+        out.print("measured against the parent (optimize):", markup=False)
+        table(*report_rows(v.metrics["optimization"]))
     signature = Table(
         "", "NAME", "DATATYPE", "SHAPE", box=None, title="signature", title_justify="left"
     )
