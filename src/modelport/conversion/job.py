@@ -128,9 +128,15 @@ def convert(
     _check_options(opset, tolerance)
     record = registry.get(ref)
     job = _Conversion(record, converter_for(record, to), opset, tolerance)
-    job.inputs, job.origin = parity_inputs(
-        record.signature, Path(dataset).expanduser() if dataset else None, rows
-    )
+    if dataset is None and record.format == "huggingface":
+        # Random words would leave truncation, padding and real vocabulary untested.
+        from modelport.conversion.huggingface_onnx import parity_texts
+
+        job.inputs, job.origin = parity_texts(rows), "sentences"
+    else:
+        job.inputs, job.origin = parity_inputs(
+            record.signature, Path(dataset).expanduser() if dataset else None, rows
+        )
     derived = derive(
         registry, record.ref, job.produce, kind="convert", check=job.check,
         parameters=job.parameters(), name=name, aliases=aliases,
@@ -167,9 +173,10 @@ class _Conversion:
         exported = _export(
             self.converter, ConversionSource(self.record, checkout.entry, self.opset, directory)
         )
-        conform(exported.path, self.record.signature)
+        if exported.format == "onnx":  # other formats promise the signature themselves
+            conform(exported.path, self.record.signature)
         self.made_with = exported.converter
-        written = opsets(exported.path)
+        written = opsets(exported.graph)
         made: dict[str, Any] = {
             "converter": exported.converter,
             "converter_version": exported.converter_version,
@@ -178,18 +185,26 @@ class _Conversion:
         }
         if exported.exporter is not None:
             made["exporter"] = exported.exporter
+        kept = ", tokenizer kept" if exported.format != "onnx" else ""
         return Produced(
             exported.path,
-            format="onnx",
+            format=exported.format,
             parameters=made,
-            description=f"{self.record.ref} converted to ONNX with {exported.converter}",
+            description=f"{self.record.ref} converted to ONNX with {exported.converter}{kept}",
         )
 
     def check(self, source: LoadedModel, converted: LoadedModel) -> ParityReport:
-        report = compare(source, converted, self.inputs, tolerance=self.tolerance,
-                         origin=self.origin)  # fmt: skip
+        if self.record.format == "huggingface":
+            from modelport.conversion.huggingface_onnx import text_parity
+
+            report: ParityReport = text_parity(
+                source, converted, self.inputs, tolerance=self.tolerance, origin=self.origin
+            )
+        else:
+            report = compare(source, converted, self.inputs, tolerance=self.tolerance,
+                             origin=self.origin)  # fmt: skip
         if not report.passed:
-            where = "generated" if self.origin == "generated" else f"{self.origin}'s"
+            where = self.origin if self.origin in ("generated", "sentences") else f"{self.origin}'s"
             hint = ""
             if any(out.tolerance is not None and not out.passed for out in report.outputs):
                 hint = " (--tolerance accepts larger floating-point differences)"
@@ -218,7 +233,7 @@ def _export(converter: Converter, job: ConversionSource) -> Exported:
             f"{job.record.ref} ({job.record.format}) could not be converted to ONNX: "
             f"{_one_line(exc)}"
         ) from exc
-    written = opsets(exported.path).get("ai.onnx")
+    written = opsets(exported.graph).get("ai.onnx")
     if job.opset is not None and written is not None and written > job.opset:
         # torch's exporter keeps its own opset when it cannot convert down, and only logs it.
         raise UnsupportedFormat(
