@@ -107,7 +107,7 @@ def test_minilm_converts_through_the_cli_with_its_parity_in_the_metrics(
     assert child.lineage.parent == "minilm@1" and child.lineage.operation == "convert"
     parameters = child.lineage.parameters
     assert parameters["from"] == "huggingface" and parameters["exporter"] == "torchscript"
-    assert parameters["parity_inputs"] == "sentences"
+    assert parameters["parity_inputs"] == "sample-text"
     metrics = child.metrics
     assert metrics["parity.passed"] is True
     assert metrics["parity.min_cosine.embedding"] >= 0.9999

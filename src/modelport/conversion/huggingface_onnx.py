@@ -260,7 +260,7 @@ def text_parity(
     inputs: Tensors,
     *,
     tolerance: float | None = None,
-    origin: str = "sentences",
+    origin: str = "sample-text",
 ) -> TextParity:
     """``jobs.parity.compare`` on ``inputs``, plus the least row-wise cosine similarity of
     every embedding (2-D floating-point output of the source, bar probabilities).

@@ -132,7 +132,7 @@ def convert(
         # Random words would leave truncation, padding and real vocabulary untested.
         from modelport.conversion.huggingface_onnx import parity_texts
 
-        job.inputs, job.origin = parity_texts(rows), "sentences"
+        job.inputs, job.origin = parity_texts(rows), "sample-text"
     else:
         job.inputs, job.origin = parity_inputs(
             record.signature, Path(dataset).expanduser() if dataset else None, rows
@@ -204,7 +204,8 @@ class _Conversion:
             report = compare(source, converted, self.inputs, tolerance=self.tolerance,
                              origin=self.origin)  # fmt: skip
         if not report.passed:
-            where = self.origin if self.origin in ("generated", "sentences") else f"{self.origin}'s"
+            builtin = self.origin in ("generated", "sample-text")
+            where = self.origin if builtin else f"{self.origin}'s"
             hint = ""
             if any(out.tolerance is not None and not out.passed for out in report.outputs):
                 hint = " (--tolerance accepts larger floating-point differences)"
