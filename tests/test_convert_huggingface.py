@@ -265,6 +265,16 @@ def test_the_runtime_reads_names_from_the_settings_not_the_graph_nodes(
         runtime.load(directory, LoadOptions())
 
 
+def test_parity_on_texts_of_ones_own(registry: Registry, tmp_path: Path) -> None:
+    dataset = tmp_path / "texts.npz"
+    np.savez(dataset, text=np.array(["my own text", "and another one", "x " * 400]))
+    report = convert(registry, "sentiment@1", dataset=dataset, name="own")
+    assert report.parity.rows == 3 and report.parity.inputs == "texts.npz"
+    assert report.version.lineage is not None
+    assert report.version.lineage.parameters["parity_inputs"] == "texts.npz"
+    assert report.version.metrics["parity.label_agreement"] == 1.0
+
+
 # --- refusals --------------------------------------------------------------------------------
 
 
