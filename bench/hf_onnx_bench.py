@@ -25,7 +25,6 @@ import json
 import shutil
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +109,7 @@ def main() -> None:
         ])  # fmt: skip
     headers = ["runtime", "p50 ms, batch 1 (min-max)", "speed-up", "texts/s, batch 32", "speed-up"]
     facts = "; ".join(f"{key}: {value}" for key, value in machine_facts(OUT))
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {facts}; load {load_average()}")
+    print(f"{facts}; load now {load_average()}")
     print(f"convert: {convert_seconds:.1f} s; parity: {report.version.metrics}")
     print(markdown_table(headers, rows))
     saved = {"results": results, "metrics": report.version.metrics}

@@ -24,7 +24,7 @@ import pytest
 from modelport import Registry, Settings
 from modelport.conversion import convert
 from modelport.errors import InvalidModel, UnsupportedFormat
-from modelport.runtimes import LoadOptions, default_runtimes
+from modelport.runtimes import LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.huggingface.onnx_layout import SETTINGS_FILE
 from tests.hf_models import (
     SENTENCES,
@@ -273,6 +273,30 @@ def test_parity_on_texts_of_ones_own(registry: Registry, tmp_path: Path) -> None
     assert report.version.lineage is not None
     assert report.version.lineage.parameters["parity_inputs"] == "texts.npz"
     assert report.version.metrics["parity.label_agreement"] == 1.0
+
+
+def test_a_graph_with_fused_attention_serves_as_the_exported_one(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """What the optimization recipes do to ``model.onnx`` (onnxruntime's transformer fusion)
+    leaves the directory servable, with the same answers."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    record = registry.get("sentiment@2")
+    directory = shutil.copytree(registry.checkout.checkout(list(record.files)), tmp_path / "f")
+    fused = optimize_model(str(directory / "model.onnx"), model_type="bert", num_heads=2,
+                           hidden_size=32)  # fmt: skip
+    assert fused.get_fused_operator_statistics()["Attention"] == 2
+    fused.save_model_to_file(str(directory / "model.onnx"))
+    texts = _as_bytes(TEXTS)
+    with registry.load("sentiment@2") as exported:
+        want = exported.predict({"text": texts})
+    info = default_runtimes().get("huggingface_onnx").inspect(directory, PushOptions())
+    assert info.signature == record.signature
+    with default_runtimes().load("huggingface_onnx", directory, LoadOptions()) as model:
+        got = model.predict({"text": texts})
+    assert got["label"].tolist() == want["label"].tolist()
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
 
 
 # --- refusals --------------------------------------------------------------------------------
