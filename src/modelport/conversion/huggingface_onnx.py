@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from modelport.conversion.converters import ConversionSource, Exported, require
 from modelport.conversion.torch_onnx import jit_log_on_stderr, quiet_exporter
-from modelport.errors import UnsupportedFormat
+from modelport.errors import InvalidModel, UnsupportedFormat
 from modelport.jobs.parity import CHUNK_ROWS, ParityReport, compare
 from modelport.runtimes import LoadedModel, LoadOptions
 from modelport.runtimes.huggingface.inspect import read_layout
@@ -119,9 +119,13 @@ def from_huggingface(source: ConversionSource) -> Exported:
         raise UnsupportedFormat(  # the runtime refuses too; say it in convert's words
             f"{record.ref}: its weights are a pickle and it was pushed without --trust-pickle"
         )
-    task = str(record.metadata["task"])
-    settings_in = {**record.metadata, "task": task}
-    head = Head.from_metadata(task, settings_in)
+    task, max_length = record.metadata.get("task"), record.metadata.get("max_length")
+    if not isinstance(task, str) or not isinstance(max_length, int):
+        raise InvalidModel(
+            f"{record.ref}: no task or maximum length was recorded for this Hugging Face "
+            "model; push it again"
+        )
+    head = Head.from_metadata(task, record.metadata)
     torch, transformers, tokenizer, model = open_model(
         layout, task, LoadOptions(trust_pickle=record.trust_pickle)
     )
@@ -138,7 +142,6 @@ def from_huggingface(source: ConversionSource) -> Exported:
             "and attention_mask"
         )
     output = "probabilities" if head.classifies else "embedding"
-    max_length = int(record.metadata["max_length"])
     example = tokenizer(
         _EXAMPLE, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     )
