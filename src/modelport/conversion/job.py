@@ -130,7 +130,7 @@ def convert(
     job = _Conversion(record, converter_for(record, to), opset, tolerance)
     if dataset is None and record.format == "huggingface":
         # Random words would leave truncation, padding and real vocabulary untested.
-        from modelport.conversion.huggingface_onnx import parity_texts
+        from modelport.conversion.text_parity import parity_texts
 
         job.inputs, job.origin = parity_texts(rows), "sample-text"
     else:
@@ -195,7 +195,7 @@ class _Conversion:
 
     def check(self, source: LoadedModel, converted: LoadedModel) -> ParityReport:
         if self.record.format == "huggingface":
-            from modelport.conversion.huggingface_onnx import text_parity
+            from modelport.conversion.text_parity import text_parity
 
             report: ParityReport = text_parity(
                 source, converted, self.inputs, tolerance=self.tolerance, origin=self.origin
