@@ -98,6 +98,10 @@ def test_minilm_converts_through_the_cli_with_its_parity_in_the_metrics(
     converted: Converted, registry: Registry
 ) -> None:
     assert "minilm@2" in converted.cli_output
+    assert "parity on 50 sample-text rows" in converted.cli_output
+    header, row = converted.cli_output.splitlines()[1:3]
+    assert "least cosine" in header
+    assert row.split()[0] == "embedding" and row.split()[-1] == "ok"
     parent, child = registry.get("minilm@1"), registry.get("minilm@2")
     assert child.format == "huggingface_onnx"
     assert child.signature == parent.signature

@@ -22,6 +22,7 @@ import onnx
 
 from modelport.conversion.converters import ConversionSource, Converter, Exported, converter_for
 from modelport.conversion.onnx_graph import conform, opsets
+from modelport.conversion.text_parity import TextParity, parity_texts, text_parity
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
 from modelport.jobs import Checkout, Produced, derive
 from modelport.jobs.inputs import parity_inputs
@@ -62,6 +63,11 @@ class ConversionReport:
             ]
             for output in self.parity.outputs
         ]
+        cosine = self.parity.cosine if isinstance(self.parity, TextParity) else {}
+        if cosine:  # embeddings of a text model: how far each row turned, at worst
+            headers.insert(4, "least cosine")
+            for row in rows:
+                row.insert(4, f"{cosine[row[0]]:.6f}" if row[0] in cosine else "-")
         return headers, rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +84,9 @@ class ConversionReport:
             }
             for output in self.parity.outputs
         ]
+        if isinstance(self.parity, TextParity):
+            for output in outputs:
+                output["least_cosine"] = self.parity.cosine.get(str(output["name"]))
         return {
             "version": self.version.to_dict(),
             "source": self.source.ref,
@@ -130,8 +139,6 @@ def convert(
     job = _Conversion(record, converter_for(record, to), opset, tolerance)
     if dataset is None and record.format == "huggingface":
         # Random words would leave truncation, padding and real vocabulary untested.
-        from modelport.conversion.text_parity import parity_texts
-
         job.inputs, job.origin = parity_texts(rows), "sample-text"
     else:
         job.inputs, job.origin = parity_inputs(
@@ -195,8 +202,6 @@ class _Conversion:
 
     def check(self, source: LoadedModel, converted: LoadedModel) -> ParityReport:
         if self.record.format == "huggingface":
-            from modelport.conversion.text_parity import text_parity
-
             report: ParityReport = text_parity(
                 source, converted, self.inputs, tolerance=self.tolerance, origin=self.origin
             )
