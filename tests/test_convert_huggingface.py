@@ -174,6 +174,23 @@ def test_the_classifier_keeps_its_labels_and_probabilities(
     np.testing.assert_allclose(got["probabilities"][: len(SENTENCES)], reference, atol=1e-5)
 
 
+def test_predictions_from_many_threads_at_once(registry: Registry) -> None:
+    """The tokenizer is configured once at load, so threads only read it."""
+    texts = _as_bytes(TEXTS)
+    with registry.load("sentiment@2") as model:
+        want = model.predict({"text": texts})
+
+        def one(index: int) -> list[Any]:
+            rows = slice(index % len(TEXTS), index % len(TEXTS) + 3)
+            return list(model.predict({"text": texts[rows]})["label"])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(one, range(64)))
+    for index, labels in enumerate(results):
+        start = index % len(TEXTS)
+        assert labels == list(want["label"][start : start + 3])
+
+
 _WITHOUT_TORCH = """
 import sys, numpy as np
 from modelport import Registry, Settings
