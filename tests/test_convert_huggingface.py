@@ -286,6 +286,49 @@ def test_the_runtime_reads_names_from_the_settings_not_the_graph_nodes(
         runtime.load(directory, LoadOptions())
 
 
+def _sentence_transformers_dir(classifier: Path, directory: Path) -> Path:
+    """The classifier's encoder as a sentence-transformers directory: CLS and max pooling
+    concatenated, then normalised."""
+    shutil.copytree(classifier, directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"},
+    ]  # fmt: skip
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": 32, "pooling_mode": ["cls", "max"]}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return directory
+
+
+@pytest.mark.parametrize("kind", ["plain-mean", "cls-max-normalized"])
+def test_other_poolings_convert_with_the_pooling_in_the_graph(
+    converted: Converted, tmp_path: Path, kind: str
+) -> None:
+    if kind == "plain-mean":  # a transformers encoder: mean over real tokens, not normalised
+        source, task, width = converted.classifier, "feature-extraction", 32
+    else:
+        source = _sentence_transformers_dir(converted.classifier, tmp_path / "st")
+        task, width = "sentence-embedding", 64
+    texts = _as_bytes(TEXTS)
+    with Registry(_settings(tmp_path / "home")) as registry:
+        registry.push(source, "encoder", task=task)
+        report = convert(registry, "encoder@1")
+        assert report.version.signature.outputs[0].shape == (-1, width)
+        assert report.version.metrics["parity.min_cosine.embedding"] >= 0.9999
+        with registry.load("encoder@1") as parent, registry.load("encoder@2") as child:
+            want = parent.predict({"text": texts})["embedding"]
+            got = child.predict({"text": texts})["embedding"]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    norms = np.linalg.norm(got, axis=1)
+    if kind == "plain-mean":
+        assert not np.allclose(norms, 1.0)
+    else:
+        np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
 def test_parity_on_texts_of_ones_own(registry: Registry, tmp_path: Path) -> None:
     dataset = tmp_path / "texts.npz"
     np.savez(dataset, text=np.array(["my own text", "and another one", "x " * 400]))

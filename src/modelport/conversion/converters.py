@@ -10,7 +10,7 @@
 - ``keras``: Keras' own ``model.export(format="onnx")`` (tf2onnx underneath);
 - ``tf_savedmodel``: ``tf2onnx.convert.from_function`` on the ``serving_default`` signature;
 - ``huggingface``: ``torch.onnx.export`` of the transformer with its pooling or softmax, into
-  a ``huggingface_onnx`` directory that keeps the tokenizer (``huggingface_onnx``).
+  a ``huggingface_onnx`` directory that keeps the tokenizer (``conversion.huggingface_onnx``).
 
 Each converter reads the source version's files (refusing what the runtime refuses) and
 writes ``model.onnx`` (and any external data) into an empty directory. Frameworks are
