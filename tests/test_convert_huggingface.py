@@ -214,6 +214,27 @@ def test_serving_the_converted_model_imports_no_torch(converted: Converted) -> N
     assert result.stdout.strip() == "(1, 384) []"
 
 
+_WITHOUT_TOKENIZERS = """
+import sys
+sys.modules["tokenizers"] = None  # as an install without modelport[huggingface-onnx] looks
+from modelport.cli.main import run
+run(sys.argv[1:])
+"""
+
+
+def test_without_the_tokenizers_library_the_error_names_the_extra(converted: Converted) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TOKENIZERS, "predict", "minilm@2", "--input",
+         '{"text": ["hello"]}'],
+        capture_output=True, text=True, timeout=120, env=cli_env(converted.home), check=False,
+    )  # fmt: skip
+    assert result.returncode == 8, result.stderr
+    assert result.stderr.strip() == (
+        "error: serving converted Hugging Face models needs the tokenizers library, which is "
+        "missing: pip install 'modelport[huggingface-onnx]'"
+    )
+
+
 def _infer(client: httpx.Client, url: str, items: list[str]) -> dict[str, Any]:
     body = {"inputs": [{"name": "text", "shape": [len(items)], "datatype": "BYTES", "data": items}]}
     response = client.post(url, json=body)
