@@ -132,3 +132,22 @@ def encode(directory: Path, texts: list[str]) -> npt.NDArray[np.float32]:
     model = SentenceTransformer(str(directory), device="cpu", local_files_only=True)
     embeddings: npt.NDArray[np.float32] = model.encode(texts, convert_to_numpy=True)
     return embeddings
+
+
+def convert_to_onnx(source: Path, directory: Path, *, trust_pickle: bool = False) -> Path:
+    """``source`` pushed into a throwaway registry, converted to ``huggingface_onnx`` there
+    (``modelport.convert``, parity checked), and its files copied to ``directory``."""
+    from modelport import Registry, Settings
+    from modelport.conversion import convert
+
+    home = directory.with_name(directory.name + "-home")
+    with Registry(Settings(home=home, db_url=None, store_path=None)) as registry:
+        registry.push(source, "source", trust_pickle=trust_pickle)
+        record = convert(registry, "source").version
+        checkout = registry.checkout.checkout(list(record.files))
+        for entry in record.files:
+            target = directory / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(checkout / entry.path, target)
+    shutil.rmtree(home, ignore_errors=True)
+    return directory

@@ -499,8 +499,8 @@ def test_unsupported_targets_and_formats_name_what_is_supported(
         f"ONNX: {', '.join(supported_formats())}"
     )
     assert supported_formats() == [
-        "keras", "lightgbm", "sklearn_pickle", "skops", "tf_savedmodel", "torch_export",
-        "torchscript", "xgboost",
+        "huggingface", "keras", "lightgbm", "sklearn_pickle", "skops", "tf_savedmodel",
+        "torch_export", "torchscript", "xgboost",
     ]  # fmt: skip
 
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from modelport import Registry, Settings
-from modelport.conversion import convert
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions, default_runtimes
 from modelport.runtimes.huggingface.runtime import HuggingFaceRuntime
@@ -376,12 +375,6 @@ def test_cli_refusals_say_why_in_one_line(home: Path, models: dict[str, Path]) -
     assert result.returncode == 6
     assert result.stderr.startswith("error: pickled: its weights are pytorch_model.bin, a pickle")
     assert result.stderr.count("\n") == 1
-
-
-def test_conversion_to_onnx_is_refused(sqlite_registry: Registry, models: dict[str, Path]) -> None:
-    sqlite_registry.push(models["classifier"], "sentiment")
-    with pytest.raises(UnsupportedFormat, match=r"no converter for 'huggingface' models"):
-        convert(sqlite_registry, "sentiment")
 
 
 _WITHOUT_TRANSFORMERS = """

@@ -17,8 +17,8 @@ from modelport.runtimes.table import BUILTIN, ENTRY_POINT_GROUP
 from tests.serving_fixtures import CLI, cli_env, running_server
 
 FORMATS = [
-    "mlflow", "onnx", "skops", "sklearn_pickle", "xgboost", "lightgbm", "torchscript",
-    "torch_export", "keras", "tf_savedmodel", "caffe", "huggingface",
+    "mlflow", "huggingface_onnx", "onnx", "skops", "sklearn_pickle", "xgboost", "lightgbm",
+    "torchscript", "torch_export", "keras", "tf_savedmodel", "caffe", "huggingface",
 ]  # fmt: skip
 
 

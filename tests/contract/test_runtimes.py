@@ -174,6 +174,15 @@ def _huggingface(root: Path) -> Made:
     return save_classifier(root / "sentiment"), PushOptions(), {"text": texts}
 
 
+def _huggingface_onnx(root: Path) -> Made:
+    pytest.importorskip("transformers")
+    from tests.hf_models import convert_to_onnx, save_classifier
+
+    texts = np.array([text.encode() for text in TEXTS], dtype=object)
+    path = convert_to_onnx(save_classifier(root / "sentiment"), root / "sentiment-onnx")
+    return path, PushOptions(), {"text": texts}
+
+
 def _mlflow(root: Path) -> Made:
     pytest.importorskip("mlflow")
     pytest.importorskip("skops")
@@ -215,6 +224,7 @@ BUILDERS: dict[str, tuple[str, Callable[[Path], Made]]] = {
     "tf_savedmodel": ("tf_savedmodel", _tf_savedmodel),
     "caffe": ("caffe", _caffe),
     "huggingface": ("huggingface", _huggingface),
+    "huggingface_onnx": ("huggingface_onnx", _huggingface_onnx),
     "mlflow": ("mlflow", _mlflow),  # a native flavor: skops, through the table
     "mlflow_pyfunc": ("mlflow", _mlflow_pyfunc),  # through mlflow.pyfunc
 }

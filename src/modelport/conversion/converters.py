@@ -8,7 +8,9 @@
   ScriptModules;
 - ``torch_export``: ``torch.onnx.export(dynamo=True)``, weights as external data;
 - ``keras``: Keras' own ``model.export(format="onnx")`` (tf2onnx underneath);
-- ``tf_savedmodel``: ``tf2onnx.convert.from_function`` on the ``serving_default`` signature.
+- ``tf_savedmodel``: ``tf2onnx.convert.from_function`` on the ``serving_default`` signature;
+- ``huggingface``: ``torch.onnx.export`` of the transformer with its pooling or softmax, into
+  a ``huggingface_onnx`` directory that keeps the tokenizer (``conversion.huggingface_onnx``).
 
 Each converter reads the source version's files (refusing what the runtime refuses) and
 writes ``model.onnx`` (and any external data) into an empty directory. Frameworks are
@@ -62,6 +64,14 @@ class Exported:
     converter_version: str
     exporter: str | None = None
     """For torch: ``dynamo`` (the torch.export-based exporter) or ``torchscript``."""
+    format: str = "onnx"
+    """The written model's format: ``onnx`` (``path`` is the graph), or ``huggingface_onnx``
+    (``path`` is a directory around ``model.onnx``)."""
+
+    @property
+    def graph(self) -> Path:
+        """The ONNX graph file itself."""
+        return self.path if self.format == "onnx" else self.path / "model.onnx"
 
 
 Converter = Callable[[ConversionSource], Exported]
@@ -109,6 +119,12 @@ def _tf_savedmodel(source: ConversionSource) -> Exported:
     return from_saved_model(source)
 
 
+def _huggingface(source: ConversionSource) -> Exported:
+    from modelport.conversion.huggingface_onnx import from_huggingface
+
+    return from_huggingface(source)
+
+
 _CONVERTERS: dict[str, Converter] = {
     "skops": _sklearn,
     "sklearn_pickle": _sklearn,
@@ -118,6 +134,7 @@ _CONVERTERS: dict[str, Converter] = {
     "torch_export": _torch_export,
     "keras": _keras,
     "tf_savedmodel": _tf_savedmodel,
+    "huggingface": _huggingface,
 }
 
 

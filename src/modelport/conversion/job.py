@@ -22,6 +22,7 @@ import onnx
 
 from modelport.conversion.converters import ConversionSource, Converter, Exported, converter_for
 from modelport.conversion.onnx_graph import conform, opsets
+from modelport.conversion.text_parity import TextParity, parity_texts, text_parity
 from modelport.errors import InvalidInput, InvalidModel, ModelportError, UnsupportedFormat
 from modelport.jobs import Checkout, Produced, derive
 from modelport.jobs.inputs import parity_inputs
@@ -62,6 +63,11 @@ class ConversionReport:
             ]
             for output in self.parity.outputs
         ]
+        cosine = self.parity.cosine if isinstance(self.parity, TextParity) else {}
+        if cosine:  # embeddings of a text model: how far each row turned, at worst
+            headers.insert(4, "least cosine")
+            for row in rows:
+                row.insert(4, f"{cosine[row[0]]:.6f}" if row[0] in cosine else "-")
         return headers, rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +84,9 @@ class ConversionReport:
             }
             for output in self.parity.outputs
         ]
+        if isinstance(self.parity, TextParity):
+            for output in outputs:
+                output["least_cosine"] = self.parity.cosine.get(str(output["name"]))
         return {
             "version": self.version.to_dict(),
             "source": self.source.ref,
@@ -128,9 +137,13 @@ def convert(
     _check_options(opset, tolerance)
     record = registry.get(ref)
     job = _Conversion(record, converter_for(record, to), opset, tolerance)
-    job.inputs, job.origin = parity_inputs(
-        record.signature, Path(dataset).expanduser() if dataset else None, rows
-    )
+    if dataset is None and record.format == "huggingface":
+        # Random words would leave truncation, padding and real vocabulary untested.
+        job.inputs, job.origin = parity_texts(rows), "sample-text"
+    else:
+        job.inputs, job.origin = parity_inputs(
+            record.signature, Path(dataset).expanduser() if dataset else None, rows
+        )
     derived = derive(
         registry, record.ref, job.produce, kind="convert", check=job.check,
         parameters=job.parameters(), name=name, aliases=aliases,
@@ -167,9 +180,10 @@ class _Conversion:
         exported = _export(
             self.converter, ConversionSource(self.record, checkout.entry, self.opset, directory)
         )
-        conform(exported.path, self.record.signature)
+        if exported.format == "onnx":  # other formats promise the signature themselves
+            conform(exported.path, self.record.signature)
         self.made_with = exported.converter
-        written = opsets(exported.path)
+        written = opsets(exported.graph)
         made: dict[str, Any] = {
             "converter": exported.converter,
             "converter_version": exported.converter_version,
@@ -178,18 +192,25 @@ class _Conversion:
         }
         if exported.exporter is not None:
             made["exporter"] = exported.exporter
+        kept = ", tokenizer kept" if exported.format != "onnx" else ""
         return Produced(
             exported.path,
-            format="onnx",
+            format=exported.format,
             parameters=made,
-            description=f"{self.record.ref} converted to ONNX with {exported.converter}",
+            description=f"{self.record.ref} converted to ONNX with {exported.converter}{kept}",
         )
 
     def check(self, source: LoadedModel, converted: LoadedModel) -> ParityReport:
-        report = compare(source, converted, self.inputs, tolerance=self.tolerance,
-                         origin=self.origin)  # fmt: skip
+        if self.record.format == "huggingface":
+            report: ParityReport = text_parity(
+                source, converted, self.inputs, tolerance=self.tolerance, origin=self.origin
+            )
+        else:
+            report = compare(source, converted, self.inputs, tolerance=self.tolerance,
+                             origin=self.origin)  # fmt: skip
         if not report.passed:
-            where = "generated" if self.origin == "generated" else f"{self.origin}'s"
+            builtin = self.origin in ("generated", "sample-text")
+            where = self.origin if builtin else f"{self.origin}'s"
             hint = ""
             if any(out.tolerance is not None and not out.passed for out in report.outputs):
                 hint = " (--tolerance accepts larger floating-point differences)"
@@ -218,7 +239,7 @@ def _export(converter: Converter, job: ConversionSource) -> Exported:
             f"{job.record.ref} ({job.record.format}) could not be converted to ONNX: "
             f"{_one_line(exc)}"
         ) from exc
-    written = opsets(exported.path).get("ai.onnx")
+    written = opsets(exported.graph).get("ai.onnx")
     if job.opset is not None and written is not None and written > job.opset:
         # torch's exporter keeps its own opset when it cannot convert down, and only logs it.
         raise UnsupportedFormat(

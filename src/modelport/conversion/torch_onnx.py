@@ -34,7 +34,7 @@ from modelport.runtimes.torch.runtime import read_exported_program, read_torchsc
 from modelport.runtimes.torch.signature import exported_signature
 from modelport.types import TensorSpec
 
-__all__ = ["from_exported_program", "from_torchscript"]
+__all__ = ["from_exported_program", "from_torchscript", "jit_log_on_stderr", "quiet_exporter"]
 
 _FILE = "model.onnx"
 _EXPORTER_WARNINGS = (
@@ -67,7 +67,7 @@ def from_torchscript(source: ConversionSource) -> Exported:
     specs = (*signature.inputs, *signature.outputs)
     dynamic_axes = {spec.name: _dynamic_axes(spec) for spec in specs if _dynamic_axes(spec)}
     path = source.directory / _FILE
-    with _quiet_exporter(), _jit_log_on_stderr(torch):
+    with quiet_exporter(), jit_log_on_stderr(torch):
         torch.onnx.export(
             module,
             args,
@@ -88,7 +88,7 @@ def from_exported_program(source: ConversionSource) -> Exported:
     program = read_exported_program(source.path, trusted=source.record.trust_pickle)
     own = exported_signature(program)  # the program's order, whatever --signature said
     path = source.directory / _FILE
-    with _quiet_exporter():
+    with quiet_exporter():
         torch.onnx.export(
             program,
             (),
@@ -116,7 +116,7 @@ def _dynamic_axes(spec: TensorSpec) -> dict[int, str]:
 
 
 @contextlib.contextmanager
-def _jit_log_on_stderr(torch: Any) -> Iterator[None]:
+def jit_log_on_stderr(torch: Any) -> Iterator[None]:
     """Keep the TorchScript-based exporter's C++ log off stdout, and off once it is done.
 
     torch 2.13's exporter turns that log on for every export (it tests the function
@@ -133,7 +133,7 @@ def _jit_log_on_stderr(torch: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Filter the exporters' own warnings and quieten their loggers to errors.
 
     Both are process-wide: a warning another thread raises meanwhile with one of these

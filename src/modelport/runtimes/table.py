@@ -36,6 +36,9 @@ ENTRY_POINT_GROUP = "modelport.runtimes"
 BUILTIN: tuple[tuple[str, str], ...] = (
     # MLflow directories wrap the other formats, so they are detected first.
     ("mlflow", "modelport.runtimes.mlflow.runtime:MLflowRuntime"),
+    # A converted Hugging Face directory holds one .onnx file and a config.json with a
+    # tokenizer, which the onnx and huggingface runtimes would claim.
+    ("huggingface_onnx", "modelport.runtimes.huggingface.onnx_runtime:HuggingFaceOnnxRuntime"),
     ("onnx", "modelport.runtimes.onnx.runtime:OnnxRuntime"),
     ("skops", "modelport.runtimes.sklearn.runtime:SkopsRuntime"),
     ("sklearn_pickle", "modelport.runtimes.sklearn.runtime:PickleRuntime"),

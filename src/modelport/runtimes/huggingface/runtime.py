@@ -54,7 +54,7 @@ from modelport.runtimes.huggingface.tasks import head_for
 from modelport.runtimes.torch.runtime import set_torch_threads
 from modelport.runtimes.torch.signature import short_message
 
-__all__ = ["HuggingFaceRuntime"]
+__all__ = ["HuggingFaceRuntime", "open_model"]
 
 _MISSING = (
     "serving Hugging Face models needs transformers and PyTorch, which are missing: "
@@ -101,7 +101,7 @@ class HuggingFaceRuntime:
         layout = read_layout(path)
         _check_trust(layout, options.trust_pickle)
         task = resolve_task(options.task, layout)
-        torch, transformers, tokenizer, model = _open(layout, task, LoadOptions())
+        torch, transformers, tokenizer, model = open_model(layout, task, LoadOptions())
         metadata: dict[str, Any] = {
             "task": task,
             "model_dir": layout.model_dir,
@@ -135,7 +135,7 @@ class HuggingFaceRuntime:
             raise InvalidModel(
                 f"{path.name}: no task was recorded for this Hugging Face model; push it again"
             )
-        torch, _, tokenizer, model = _open(layout, task, options)
+        torch, _, tokenizer, model = open_model(layout, task, options)
         return HuggingFaceModel(torch, tokenizer, model, metadata)
 
 
@@ -162,8 +162,15 @@ def _import_frameworks() -> tuple[Any, Any]:
     return torch, transformers
 
 
-def _open(layout: Layout, task: str, options: LoadOptions) -> tuple[Any, Any, Any, Any]:
-    """torch, transformers, the tokenizer and the model for ``task``, in eval mode."""
+def open_model(layout: Layout, task: str, options: LoadOptions) -> tuple[Any, Any, Any, Any]:
+    """torch, transformers, the tokenizer and the model for ``task``, in eval mode.
+
+    The conversion to ONNX (``conversion.huggingface_onnx``) loads its source through this,
+    so that it refuses exactly what serving refuses.
+
+    Raises:
+        MissingDependency, UnsupportedFormat, InvalidModel: as ``HuggingFaceRuntime.load``.
+    """
     torch, transformers = _import_frameworks()
     set_torch_threads(torch, options)
     model_type = layout.config.get("model_type")

@@ -87,12 +87,18 @@ class Head:
             label = np.empty(len(best), dtype=object)
             label[:] = [self.labels[index].encode() for index in best]
             return {"label": label, "probabilities": scores.numpy().astype(np.float32)}
-        states = result.last_hidden_state.float()
+        pooled = self.pool(torch, result.last_hidden_state.float(), attention_mask)
+        return {"embedding": pooled.numpy().astype(np.float32)}
+
+    def pool(self, torch: Any, states: Any, attention_mask: Any) -> Any:
+        """The sentence embeddings (a torch tensor) of token ``states`` ``[batch, tokens,
+        hidden]``: pooled, concatenated, normalised as this head says. Traceable: the ONNX
+        export (``conversion.huggingface_onnx``) puts exactly this inside the graph."""
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         pooled = torch.cat([_pool(torch, mode, states, mask) for mode in self.pooling], dim=1)
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return {"embedding": pooled.numpy().astype(np.float32)}
+        return pooled
 
     def empty(self, name: str) -> npt.NDArray[Any]:
         """Output ``name`` for a batch of no texts."""
