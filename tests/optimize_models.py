@@ -84,6 +84,21 @@ def iris_mlp(path: Path) -> Path:
     return make_iris_onnx(path, zipmap=False, classifier=mlp)
 
 
+def digits_mlp(path: Path) -> Path:
+    """scikit-learn's MLPClassifier (64 -> 64 -> 10) on digits' pixels, converted by skl2onnx
+    without ZipMap: ``X`` [-1, 64] in; each layer is a MatMul + Add (a Gemm with a bias once
+    pre-processed)."""
+    from skl2onnx import to_onnx
+    from sklearn.neural_network import MLPClassifier
+
+    images, labels = digits()
+    pixels = images.reshape(len(images), -1)
+    mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=0)
+    mlp.fit(pixels[:TRAIN_ROWS], labels[:TRAIN_ROWS])
+    path.write_bytes(to_onnx(mlp, pixels[:1], options={"zipmap": False}).SerializeToString())
+    return path
+
+
 def iris_forest(path: Path) -> Path:
     """A random forest on iris: ai.onnx.ml TreeEnsembleClassifier, which int8 cannot touch."""
     from tests.tabular_models import sklearn_model

@@ -19,6 +19,7 @@ import pytest
 
 import modelport
 from modelport import GateFailed, InvalidInput, Registry, Settings, UnsupportedFormat
+from modelport.datasets.feed import Feed
 from modelport.optimization import Candidate
 from tests.conftest import run_cli
 from tests.optimize_models import (
@@ -26,6 +27,7 @@ from tests.optimize_models import (
     digits,
     digits_cnn,
     digits_feeds,
+    digits_mlp,
     foldable,
     iris_feed,
     iris_forest,
@@ -122,6 +124,24 @@ def test_dynamic_int8_fp16_and_graph_each_make_a_loadable_version(reg: Registry)
     for result in (dynamic, half, graph):
         model = reg.load(result.version.ref)
         model.close()
+
+
+def test_static_per_channel_int8_quantizes_an_mlp_whose_layers_have_biases(
+    reg: Registry, tmp_path: Path
+) -> None:
+    # Pre-processing fuses skl2onnx's MatMul + Add into a Gemm with a bias, which
+    # onnxruntime's per-channel bias-scale adjustment indexed by channel and failed on.
+    images, _ = digits()
+    pixels = Feed({"X": images.reshape(len(images), -1)[:256]}, None, 256, "digits pixels")
+    reg.push(digits_mlp(tmp_path / "digits-mlp.onnx"), "digits-mlp")
+    result = modelport.optimize("digits-mlp", quantize="int8", per_channel=True,
+                                calibration=pixels, validate=pixels, objective="size", registry=reg, **FAST)  # fmt: skip
+    assert result.version.lineage.parameters["per_channel"] is True
+    assert result.report.measurement.candidate.int8_ops  # type: ignore[union-attr]
+    # Quantizing a quantized graph again made nodes with the same name: refused up front.
+    with pytest.raises(UnsupportedFormat, match="already quantized"):
+        modelport.optimize(result.version.ref, quantize="int8", calibration=pixels, registry=reg,
+                           **FAST)  # fmt: skip
 
 
 def test_a_tree_ensemble_is_refused_int8_with_the_reason(reg: Registry) -> None:

@@ -56,6 +56,7 @@ def static(
         preprocessed = False
     model = onnx.load(str(prepared))
     _name_nodes(model)
+    _flatten_gemm_biases(model)
     onnx.save(model, str(prepared))
     excluded = list(recipe.exclude_nodes)
     if recipe.exclude_head:
@@ -95,6 +96,28 @@ def _name_nodes(model: onnx.ModelProto) -> None:
                 name += "_"
             node.name = name
             taken.add(name)
+
+
+def _flatten_gemm_biases(model: onnx.ModelProto) -> None:
+    # Pre-processing fuses MatMul + Add into a Gemm whose bias keeps the Add's [1, N] shape;
+    # onnxruntime's per-channel bias handling indexes the bias by channel and fails on a
+    # row. [N] broadcasts exactly as [1, N] does.
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        bias = (
+            initializers.get(node.input[2])
+            if node.op_type == "Gemm" and len(node.input) > 2
+            else None
+        )
+        if bias is None or len(bias.dims) != 2 or bias.dims[0] != 1:
+            continue
+        users = sum(name == bias.name for other in model.graph.node for name in other.input)
+        if users == 1:
+            bias.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(bias).reshape(-1), bias.name)
+            )
 
 
 def _head_nodes(model: onnx.ModelProto) -> list[str]:

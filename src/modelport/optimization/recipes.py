@@ -129,19 +129,23 @@ class Recipe:
         return {"recipe": self.kind, **chosen}
 
 
+_ALREADY_QUANTIZED = frozenset(
+    {
+        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+        "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat", "QAttention", "QGemm",
+    }
+)  # fmt: skip
+
+
 def refusal(recipe: Recipe, model: onnx.ModelProto, config: dict[str, Any] | None) -> str | None:
     """Why ``recipe`` does not apply to ``model`` (``config``: a Hugging Face model's
     ``config.json``), or ``None`` when it does."""
     ops = {(node.domain or "ai.onnx", node.op_type) for node in model.graph.node}
     if recipe.kind in ("int8", "int8-dynamic") or (recipe.kind == "fusion" and recipe.int8):
-        trees = sorted(op for domain, op in ops if domain == "ai.onnx.ml" and "TreeEnsemble" in op)
-        if trees:
-            return (
-                f"onnxruntime cannot quantize {', '.join(trees)} (ai.onnx.ml): a tree "
-                "ensemble's thresholds and leaf values are attributes, not weight tensors"
-            )
-        if not any(op in _QUANTIZABLE for _, op in ops):
-            return "the graph has no Conv, MatMul, Gemm or attention node to quantize"
+        reason = _int8_refusal(ops)
+        if reason is not None:
+            return reason
     if recipe.kind == "fp16" and not _float_weights(model):
         return "the graph has no float32 weights outside ai.onnx.ml operators to halve"
     if recipe.kind == "fusion":
@@ -152,6 +156,24 @@ def refusal(recipe: Recipe, model: onnx.ModelProto, config: dict[str, Any] | Non
             )
         if _model_type(config) is None:
             return f"onnxruntime has no fusions for model_type {config.get('model_type')!r}"
+    return None
+
+
+def _int8_refusal(ops: set[tuple[str, str]]) -> str | None:
+    trees = sorted(op for domain, op in ops if domain == "ai.onnx.ml" and "TreeEnsemble" in op)
+    if trees:
+        return (
+            f"onnxruntime cannot quantize {', '.join(trees)} (ai.onnx.ml): a tree "
+            "ensemble's thresholds and leaf values are attributes, not weight tensors"
+        )
+    quantized = sorted(op for _, op in ops if op in _ALREADY_QUANTIZED)
+    if quantized:
+        return (
+            f"the graph is already quantized ({', '.join(quantized)}): optimize its "
+            "float parent instead"
+        )
+    if not any(op in _QUANTIZABLE for _, op in ops):
+        return "the graph has no Conv, MatMul, Gemm or attention node to quantize"
     return None
 
 
