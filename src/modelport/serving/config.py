@@ -95,6 +95,13 @@ class ModelServeConfig(BaseModel):
         description="Threads inside one inference; 0: 1 when several instances run, else the "
         "runtime's default.",
     )
+    solo_threads: int | None = Field(
+        None,
+        ge=0,
+        description="Threads for an inference that runs while no other one does (ONNX models "
+        "whose weights are shared: a second session maps them); 0: as every inference. "
+        "Unset: every core when several single-threaded instances run, else 0.",
+    )
 
     @field_validator("max_batch_bytes", mode="before")
     @classmethod
@@ -111,6 +118,18 @@ class ModelServeConfig(BaseModel):
         if self.threads:
             return self.threads
         return 1 if self.instance_count() > 1 else 0
+
+    def solo_thread_count(self) -> int:
+        """Threads for an inference that runs alone; 0: the same as every inference.
+
+        By default a lone request gets every core, concurrent ones one core each: both ends
+        at their best without tuning (measured: docs/performance.md).
+        """
+        if self.solo_threads is not None:
+            return self.solo_threads
+        if self.threads or self.instance_count() < 2:
+            return 0
+        return os.cpu_count() or 1
 
     max_queue_size: int = Field(256, ge=1, description="Requests waiting; more get 503.")
     timeout_ms: float = Field(30_000, gt=0, description="Per-request deadline, queue included.")

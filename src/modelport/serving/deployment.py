@@ -117,7 +117,10 @@ class Deployment:
 
     async def _load(self, registry: Registry) -> None:
         started = time.monotonic()
-        options = LoadOptions(intra_op_threads=self.config.thread_count())
+        options = LoadOptions(
+            intra_op_threads=self.config.thread_count(),
+            solo_threads=self.config.solo_thread_count(),
+        )
         model, memory = await asyncio.to_thread(
             _load_measured, registry, self.record.ref, options, self.config.warmup
         )

@@ -39,7 +39,7 @@ from typing import Any
 
 from modelport.runtimes import derived
 
-__all__ = ["shared_session", "variant_key"]
+__all__ = ["open_shared", "shared_session", "variant_key"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,23 @@ def shared_session(
         problem,
     )
     return session
+
+
+def open_shared(
+    ort: Any, entry: Path, derived_dir: Path, level: str, make_options: Callable[[], Any]
+) -> Any | None:
+    """Another session on the derived copy ``shared_session`` already built for ``entry``
+    (its size checked, never re-hashed), or None when there is none to share: a second
+    session is only worth its cost when it maps the same weights as the first.
+    """
+    variant = derived_dir / f"onnx-{variant_key(ort.__version__, level, entry.name)}"
+    if not derived.check(variant, digests=False, required=(_MODEL,)).intact:
+        return None
+    try:
+        return _open_derived(ort, variant, make_options)
+    except Exception as exc:  # an extra, never a reason for the load to fail
+        log.warning("%s: no second session on %s (%s)", entry.name, variant, _reason(exc))
+        return None
 
 
 def variant_key(ort_version: str, level: str, entry_name: str) -> str:
