@@ -165,9 +165,11 @@ def serve(
             {
                 **config.model_dump(),
                 **updates,
-                "defaults": {**config.defaults.model_dump(), **model_updates},
+                # exclude_unset: what was set (a flag, the file) overrides settings stored
+                # on a version; what was not, they may fill
+                "defaults": {**config.defaults.model_dump(exclude_unset=True), **model_updates},
                 "models": {
-                    name: {**entry.model_dump(), **model_updates}
+                    name: {**entry.model_dump(exclude_unset=True), **model_updates}
                     for name, entry in config.models.items()
                 },
             }

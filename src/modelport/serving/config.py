@@ -42,7 +42,14 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from modelport.errors import InvalidInput
 from modelport.types import ModelRef
 
-__all__ = ["ModelEntry", "ModelServeConfig", "ServeConfig", "load_config", "parse_bytes"]
+__all__ = [
+    "ModelEntry",
+    "ModelServeConfig",
+    "ServeConfig",
+    "load_config",
+    "parse_bytes",
+    "with_stored_settings",
+]
 
 _UNITS = {"": 1, "b": 1}
 for _power, _prefix in enumerate("kmgt", start=1):
@@ -266,7 +273,35 @@ class ServeConfig(BaseModel):
         entry = self.models.get(name)
         if entry is None:
             return self.defaults
-        return ModelServeConfig(**entry.model_dump(exclude={"ref", "traffic"}))
+        # Only what the file (or a flag) set counts as set: settings stored on a version
+        # fill the rest (``with_stored_settings``).
+        return ModelServeConfig(**entry.model_dump(exclude={"ref", "traffic"}, exclude_unset=True))
+
+
+def with_stored_settings(
+    config: ModelServeConfig, stored: dict[str, Any]
+) -> tuple[ModelServeConfig, dict[str, Any]]:
+    """``config`` with the settings stored on a version (``modelport tune``) filling what
+    neither flags nor the config file set, and the stored settings that were applied.
+
+    Stored settings this version of modelport does not know, or that are no longer valid,
+    are ignored: they were measured, never required.
+    """
+    known = ModelServeConfig.model_fields
+    applied = {
+        key: value
+        for key, value in stored.items()
+        if key in known and key not in config.model_fields_set
+    }
+    if not applied:
+        return config, {}
+    try:
+        merged = ModelServeConfig.model_validate(
+            {**config.model_dump(exclude_unset=True), **applied}
+        )
+    except ValidationError:
+        return config, {}
+    return merged, applied
 
 
 def load_config(path: Path) -> ServeConfig:

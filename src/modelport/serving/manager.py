@@ -29,7 +29,7 @@ from modelport.errors import (
     Unavailable,
 )
 from modelport.registry import ModelVersion, Registry
-from modelport.serving.config import ModelServeConfig, ServeConfig
+from modelport.serving.config import ModelServeConfig, ServeConfig, with_stored_settings
 from modelport.serving.deployment import Deployment, State
 from modelport.serving.metrics import ServingMetrics
 from modelport.serving.response_cache import request_digest
@@ -129,7 +129,22 @@ class ModelManager:
             )
 
     def _deployment(self, record: ModelVersion, config: ModelServeConfig) -> Deployment:
-        return Deployment(record, config, self.metrics)
+        stored = record.serving_settings
+        tuned, applied = with_stored_settings(config, stored)
+        if applied:
+            log.info(
+                "%s: serving with the settings stored on it by modelport tune: %s",
+                record.ref,
+                _settings_text(applied),
+            )
+        overridden = {key: value for key, value in stored.items() if key not in applied}
+        if overridden:
+            log.info(
+                "%s: flags or the config file override its stored settings %s",
+                record.ref,
+                _settings_text(overridden),
+            )
+        return Deployment(record, tuned, self.metrics)
 
     async def load_all(self) -> None:
         """Load every registered model's default version (start-up), honouring the limits."""
@@ -434,3 +449,7 @@ def _check_outputs(deployment: Deployment, outputs: Sequence[str]) -> None:
         if name not in known:
             valid = ", ".join(repr(n) for n in known)
             raise InvalidInput(f"unknown output {name!r}; {deployment.record.ref} gives {valid}")
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(settings.items()))
