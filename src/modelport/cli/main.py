@@ -11,6 +11,7 @@ import typer
 from modelport.cli import render
 from modelport.cli.errors import fail
 from modelport.cli.serve import serve as serve_command
+from modelport.cli.tune import tune as tune_command
 from modelport.config import load_settings
 from modelport.errors import InvalidInput, ModelportError, VerificationFailed
 from modelport.registry import Registry
@@ -306,6 +307,7 @@ def _sweep_jobs() -> None:
 
 
 app.command()(serve_command)
+app.command()(tune_command)
 
 
 @app.command()

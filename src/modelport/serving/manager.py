@@ -129,22 +129,8 @@ class ModelManager:
             )
 
     def _deployment(self, record: ModelVersion, config: ModelServeConfig) -> Deployment:
-        stored = record.serving_settings
-        tuned, applied = with_stored_settings(config, stored)
-        if applied:
-            log.info(
-                "%s: serving with the settings stored on it by modelport tune: %s",
-                record.ref,
-                _settings_text(applied),
-            )
-        overridden = {key: value for key, value in stored.items() if key not in applied}
-        if overridden:
-            log.info(
-                "%s: flags or the config file override its stored settings %s",
-                record.ref,
-                _settings_text(overridden),
-            )
-        return Deployment(record, tuned, self.metrics)
+        tuned, applied = with_stored_settings(config, record.serving_settings)
+        return Deployment(record, tuned, self.metrics, stored_settings=applied)
 
     async def load_all(self) -> None:
         """Load every registered model's default version (start-up), honouring the limits."""
@@ -449,7 +435,3 @@ def _check_outputs(deployment: Deployment, outputs: Sequence[str]) -> None:
         if name not in known:
             valid = ", ".join(repr(n) for n in known)
             raise InvalidInput(f"unknown output {name!r}; {deployment.record.ref} gives {valid}")
-
-
-def _settings_text(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in sorted(settings.items()))

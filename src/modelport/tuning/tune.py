@@ -25,7 +25,7 @@ __all__ = ["TunePoint", "TuneResult", "tune"]
 
 # Run-to-run spread of a short load point on a shared machine is a few percent.
 _NOISE = 0.03
-# A point this far below the defaults at some concurrency is not measured further.
+# A point this far below the defaults at the highest concurrency is not measured further.
 _HOPELESS = 0.5
 
 
@@ -41,8 +41,8 @@ class TunePoint:
 
     @property
     def throughput(self) -> float:
-        """Answers/s at the highest concurrency; 0 when it was not reached."""
-        return self.results[-1].throughput if self.results and not self.skipped else 0.0
+        """Answers/s at the highest concurrency (measured first); 0 if not measured."""
+        return self.results[-1].throughput if self.results else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,27 +170,29 @@ class _Plan:
     budget: float | None
 
     def measure(self, settings: dict[str, Any], default: TunePoint | None) -> TunePoint:
-        """Serve ``settings`` and load it at each level; stop at the first level it fails."""
+        """Serve ``settings`` and load it at each level, the highest (the objective) first;
+        stop at the first level it fails."""
         results: list[LoadResult] = []
         skipped = ""
         with serving(self.registry.settings, self.ref, self.name, settings) as url:
-            for index, level in enumerate(self.levels):
+            for level in sorted(self.levels, reverse=True):
                 result = drive(url, self.name, self.requests, level, self.duration)
                 results.append(result)
-                skipped = self._failure(result, default, index)
+                skipped = self._failure(result, default)
                 if skipped:
                     break
+        results.sort(key=lambda r: r.concurrency)
         return TunePoint(settings, tuple(results), is_default=default is None, skipped=skipped)
 
-    def _failure(self, result: LoadResult, default: TunePoint | None, index: int) -> str:
+    def _failure(self, result: LoadResult, default: TunePoint | None) -> str:
         level = result.concurrency
         if result.errors or not result.requests:
-            return f"{result.errors} errors at concurrency {level}"
+            return f"{result.errors} errors at c={level}"
         if self.budget is not None and result.p99_ms > self.budget:
-            return f"p99 {result.p99_ms:.1f} ms > {self.budget:g} ms at concurrency {level}"
-        base = default.results[index].throughput if default and index < len(default.results) else 0
-        if result.throughput < _HOPELESS * base:
-            return f"under {_HOPELESS:.0%} of the defaults at concurrency {level}"
+            return f"p99 {result.p99_ms:.1f} ms > {self.budget:g} ms at c={level}"
+        floor = _HOPELESS * default.throughput if default is not None else 0.0
+        if level == self.levels[-1] and result.throughput < floor:
+            return f"under {_HOPELESS:.0%} of the defaults at c={level}"
         return ""
 
 
