@@ -41,6 +41,7 @@ def test_public_names() -> None:
         "__version__",
         "convert",
         "serve",
+        "tune",
     ]
     for name in modelport.__all__:
         assert hasattr(modelport, name)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from modelport.client import AsyncClient, Client
     from modelport.conversion import convert
     from modelport.serving.launch import serve
+    from modelport.tuning import tune
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,7 @@ __all__ = [
     "__version__",
     "convert",
     "serve",
+    "tune",
 ]
 
 
@@ -86,4 +88,8 @@ def __getattr__(name: str) -> Any:
         from modelport.serving.launch import serve
 
         return serve
+    if name == "tune":
+        from modelport.tuning import tune
+
+        return tune
     raise AttributeError(f"module 'modelport' has no attribute {name!r}")
