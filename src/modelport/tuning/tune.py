@@ -139,7 +139,8 @@ def tune(
         feed = load_feed(reg, dataset, record.signature) if isinstance(dataset, str) else dataset
         requests = sample_requests(record.signature, feed)
         default = default_point()
-        candidates = [default] + [p for p in (points or grid(record.signature)) if p != default]
+        others = grid(record.signature) if points is None else points
+        candidates = [default] + [p for p in others if p != default]
         plan = _Plan(reg, record.ref, record.model, requests, levels, duration, latency_p99_ms)
         measured: list[TunePoint] = []
         for settings in candidates:
