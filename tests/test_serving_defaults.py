@@ -4,7 +4,6 @@ settings stored on a version against flags and the config file."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,17 +38,12 @@ def _onnx(model: Any) -> OnnxModel:
     return predictor
 
 
-def test_default_streams_are_single_threaded_and_a_lone_request_gets_every_core() -> None:
+def test_default_streams_are_single_threaded_and_solo_sessions_are_opt_in() -> None:
     config = ModelServeConfig()
-    cores = os.cpu_count() or 1
     if config.instance_count() > 1:
         assert config.thread_count() == 1
-        assert config.solo_thread_count() == cores
-    else:  # one core: one instance with the runtime's own threads, nothing extra
-        assert config.solo_thread_count() == 0
-    assert ModelServeConfig(threads=2).solo_thread_count() == 0  # threads asked for: as asked
-    assert ModelServeConfig(instances=1).solo_thread_count() == 0
-    assert ModelServeConfig(instances=2, solo_threads=0).solo_thread_count() == 0
+    # Off by default: it costs a session's memory (docs/performance.md).
+    assert config.solo_thread_count() == 0
     assert ModelServeConfig(instances=2, threads=1, solo_threads=3).solo_thread_count() == 3
 
 

@@ -79,14 +79,17 @@ def test_tune_stores_the_chosen_point_and_serve_runs_it(iris: Path) -> None:
 
 def test_flags_and_the_config_file_override_stored_settings(iris: Path, tmp_path: Path) -> None:
     with Registry(Settings(home=iris)) as registry:
-        registry.set_serving_settings("iris@1", {"instances": 3, "max_batch_size": 5})
-    with running_server(iris, ["iris@1"], ["--instances", "2"]) as server:
+        registry.set_serving_settings(
+            "iris@1", {"instances": 3, "max_batch_size": 5, "solo_threads": 3}
+        )
+    with running_server(iris, ["iris@1"], ["--instances", "2", "--solo-threads", "2"]) as server:
         config = _config(server)
         output = server.output()
     assert config["instance_group"][0]["count"] == 2
+    assert config["parameters"]["modelport_solo_threads"]["string_value"] == "2"
     assert config["parameters"]["modelport_max_batch_size"]["string_value"] == "5"
     assert "max_batch_size=5" in output
-    assert "overridden by flags or the config file: instances" in output
+    assert "overridden by flags or the config file: instances, solo_threads" in output
 
     toml = tmp_path / "serve.toml"
     toml.write_text('[models.iris]\nref = "iris@1"\nmax_batch_size = 7\n')
@@ -94,6 +97,7 @@ def test_flags_and_the_config_file_override_stored_settings(iris: Path, tmp_path
         config = _config(server)
     assert config["instance_group"][0]["count"] == 3
     assert config["parameters"]["modelport_max_batch_size"]["string_value"] == "7"
+    assert config["parameters"]["modelport_solo_threads"]["string_value"] == "3"
 
 
 def test_a_budget_nothing_meets_stores_nothing_and_exits_1(iris: Path) -> None:

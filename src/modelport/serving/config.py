@@ -102,12 +102,12 @@ class ModelServeConfig(BaseModel):
         description="Threads inside one inference; 0: 1 when several instances run, else the "
         "runtime's default.",
     )
-    solo_threads: int | None = Field(
-        None,
+    solo_threads: int = Field(
+        0,
         ge=0,
         description="Threads for an inference that runs while no other one does (ONNX models "
-        "whose weights are shared: a second session maps them); 0: as every inference. "
-        "Unset: every core when several single-threaded instances run, else 0.",
+        "whose weights are shared: a second session maps them, at the memory cost of a "
+        "session); 0: none, every inference runs as configured.",
     )
 
     @field_validator("max_batch_bytes", mode="before")
@@ -129,14 +129,12 @@ class ModelServeConfig(BaseModel):
     def solo_thread_count(self) -> int:
         """Threads for an inference that runs alone; 0: the same as every inference.
 
-        By default a lone request gets every core, concurrent ones one core each: both ends
-        at their best without tuning (measured: docs/performance.md).
+        Off by default: on 2 cores a lone MiniLM request answered 1.8x faster with it, but
+        the second session cost 45 MiB more (the model's own memory, nearly doubled), and on
+        cores busy with other processes two threads ran slower than one
+        (docs/performance.md). ``modelport tune`` turns it on where it measures better.
         """
-        if self.solo_threads is not None:
-            return self.solo_threads
-        if self.threads or self.instance_count() < 2:
-            return 0
-        return os.cpu_count() or 1
+        return self.solo_threads
 
     max_queue_size: int = Field(256, ge=1, description="Requests waiting; more get 503.")
     timeout_ms: float = Field(30_000, gt=0, description="Per-request deadline, queue included.")
