@@ -184,3 +184,27 @@ def test_serving_settings_are_stored_replaced_and_removed(
     assert registry.get("iris@1").metadata == before
     with pytest.raises(NotFound):
         registry.set_serving_settings("iris@2", {"instances": 1})
+
+
+def _point(settings: dict[str, Any], *measured: tuple[float, float]) -> Any:
+    from modelport.tuning.load import LoadResult
+    from modelport.tuning.tune import TunePoint
+
+    results = tuple(
+        LoadResult(level, rate, p99 / 2, p99, int(rate), 0)
+        for level, (rate, p99) in zip((1, 32), measured, strict=True)
+    )
+    return TunePoint(settings, results, is_default=settings == default_point())
+
+
+def test_the_choice_meets_the_budget_and_never_leaves_the_defaults_for_noise() -> None:
+    from modelport.tuning.tune import _choose
+
+    default = _point(default_point(), (100, 10), (1000, 40))
+    slightly = _point({"instances": 1}, (90, 10), (1020, 45))  # +2%: noise
+    better = _point({"instances": 3}, (80, 12), (1300, 60))  # +30%, p99 60 ms
+    points = [default, slightly, better]
+    assert _choose("m@1", (1, 32), None, points).chosen is better
+    assert _choose("m@1", (1, 32), 50.0, points).chosen is default  # better misses 50 ms
+    assert _choose("m@1", (1, 32), 5.0, points).chosen is None  # nothing meets 5 ms
+    assert _choose("m@1", (1, 32), None, [default, slightly]).chosen is default
