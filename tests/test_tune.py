@@ -62,6 +62,11 @@ def test_tune_stores_the_chosen_point_and_serve_runs_it(iris: Path) -> None:
         assert result.chosen is not None
         assert result.stored
         assert result.ref == "iris@1"
+        # A point other than the defaults is stored only after measuring it against them again.
+        if result.chosen is result.default:
+            assert not result.notes or result.notes[-1].endswith("keeping the defaults")
+        else:
+            assert result.notes[-1].startswith("confirmed at c=2")
         stored = registry.get("iris@1").serving_settings
     assert stored == result.chosen.settings
 

@@ -111,6 +111,8 @@ def _print_result(result: TuneResult) -> None:
         grid.add_row(*_row(point, result))
     out.print(grid)
     out.print("  (each c= cell: answers/s, p99 ms)", markup=False)
+    for note in result.notes:
+        out.print(note, markup=False)
     chosen = result.chosen
     if chosen is None:
         return

@@ -9,6 +9,8 @@ version off the defaults for nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,8 @@ __all__ = ["TunePoint", "TuneResult", "tune"]
 
 # Run-to-run spread of a short load point on a shared machine is a few percent.
 _NOISE = 0.03
+# Alternating re-measurements of a chosen point against the defaults before it is stored.
+_CONFIRM_ROUNDS = 2
 # A point this far below the defaults at the highest concurrency is not measured further.
 _HOPELESS = 0.5
 
@@ -89,6 +93,7 @@ class TuneResult:
             "latency_p99_ms": self.latency_p99_ms,
             "chosen": self.chosen.settings if self.chosen else None,
             "stored": self.stored,
+            "notes": list(self.notes),
             "default": self.default.to_dict(),
             "points": [p.to_dict() for p in self.points],
         }
@@ -148,10 +153,10 @@ def tune(
             measured.append(point)
             if progress is not None:
                 progress(_progress_line(point))
-        result = _choose(record.ref, levels, latency_p99_ms, measured)
+        result = plan.confirm(_choose(record.ref, levels, latency_p99_ms, measured))
         if store and result.chosen is not None:
             reg.set_serving_settings(record.ref, result.chosen.settings)
-            return TuneResult(**{**_fields(result), "stored": True})
+            return dataclasses.replace(result, stored=True)
         return result
     finally:
         if owned:
@@ -185,6 +190,27 @@ class _Plan:
         results.sort(key=lambda r: r.concurrency)
         return TunePoint(settings, tuple(results), is_default=default is None, skipped=skipped)
 
+    def confirm(self, result: TuneResult) -> TuneResult:
+        """Measure a chosen point that is not the defaults against them again, alternating,
+        at the highest concurrency: one pass per point can be luck on a busy machine, and
+        tune must never store settings slower than the defaults."""
+        chosen, default = result.chosen, result.default
+        if chosen is None or chosen is default or default.skipped:
+            return result
+        top = self.levels[-1]
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(_CONFIRM_ROUNDS):
+            for is_chosen, point in ((False, default), (True, chosen)):
+                with serving(self.registry.settings, self.ref, self.name, point.settings) as url:
+                    rate = drive(url, self.name, self.requests, top, self.duration).throughput
+                rates[is_chosen].append(rate)
+        ratio = statistics.median(rates[True]) / max(statistics.median(rates[False]), 1e-9)
+        note = f"confirmed at c={top}: the chosen point served {ratio:.2f}x the defaults"
+        if ratio > 1 + _NOISE:
+            return dataclasses.replace(result, notes=[*result.notes, note])
+        note += "; keeping the defaults"
+        return dataclasses.replace(result, chosen=default, notes=[*result.notes, note])
+
     def _failure(self, result: LoadResult, default: TunePoint | None) -> str:
         level = result.concurrency
         if result.errors or not result.requests:
@@ -215,10 +241,6 @@ def _choose(
     if _qualifies(default, budget) and best.throughput <= default.throughput * (1 + _NOISE):
         chosen = default
     return TuneResult(ref, levels, budget, tuple(points), default, chosen)
-
-
-def _fields(result: TuneResult) -> dict[str, Any]:
-    return {name: getattr(result, name) for name in TuneResult.__dataclass_fields__}
 
 
 def _progress_line(point: TunePoint) -> str:
