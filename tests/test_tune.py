@@ -57,8 +57,11 @@ def test_tune_stores_the_chosen_point_and_serve_runs_it(iris: Path) -> None:
         assert [p.settings for p in result.points] == [default_point(), _ONE_INSTANCE]
         assert result.default.is_default
         for point in result.points:
-            assert [r.concurrency for r in point.results] == [1, 2]
+            # The highest concurrency first; a point far below the defaults there stops.
+            measured = [r.concurrency for r in point.results]
+            assert measured == [1, 2] or (point.skipped and measured == [2])
             assert all(r.requests > 0 and r.errors == 0 for r in point.results)
+        assert not result.default.skipped
         assert result.chosen is not None
         assert result.stored
         assert result.ref == "iris@1"
