@@ -105,9 +105,8 @@ class ModelServeConfig(BaseModel):
     solo_threads: int = Field(
         0,
         ge=0,
-        description="Threads for an inference that runs while no other one does (ONNX models "
-        "whose weights are shared: a second session maps them, at the memory cost of a "
-        "session); 0: none, every inference runs as configured.",
+        description="Threads for a single-row inference that runs while no other one does "
+        "(ONNX models whose weights are shared: a second session maps them); 0: none.",
     )
 
     @field_validator("max_batch_bytes", mode="before")
@@ -129,10 +128,9 @@ class ModelServeConfig(BaseModel):
     def solo_thread_count(self) -> int:
         """Threads for an inference that runs alone; 0: the same as every inference.
 
-        Off by default: on 2 cores a lone MiniLM request answered 1.8x faster with it, but
-        the second session cost 45 MiB more (the model's own memory, nearly doubled), and on
-        cores busy with other processes two threads ran slower than one
-        (docs/performance.md). ``modelport tune`` turns it on where it measures better.
+        Off by default: on 2 cores lone MiniLM requests answered 1.6x faster with it, but
+        c=8 served ~9% less, and on cores busy with other processes two threads ran slower
+        than one (docs/performance.md). ``modelport tune`` turns it on where it wins.
         """
         return self.solo_threads
 
