@@ -43,6 +43,7 @@ def test_public_names() -> None:
         "convert",
         "optimize",
         "serve",
+        "tune",
     ]
     for name in modelport.__all__:
         assert hasattr(modelport, name)

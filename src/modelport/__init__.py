@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from modelport.conversion import convert
     from modelport.optimization import optimize
     from modelport.serving.launch import serve
+    from modelport.tuning import tune
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,7 @@ __all__ = [
     "convert",
     "optimize",
     "serve",
+    "tune",
 ]
 
 
@@ -94,4 +96,8 @@ def __getattr__(name: str) -> Any:
         from modelport.serving.launch import serve
 
         return serve
+    if name == "tune":
+        from modelport.tuning import tune
+
+        return tune
     raise AttributeError(f"module 'modelport' has no attribute {name!r}")

@@ -13,6 +13,7 @@ from modelport.cli.dataset import app as dataset_app
 from modelport.cli.errors import fail
 from modelport.cli.optimize import optimize as optimize_command
 from modelport.cli.serve import serve as serve_command
+from modelport.cli.tune import tune as tune_command
 from modelport.config import load_settings
 from modelport.errors import InvalidInput, ModelportError, VerificationFailed
 from modelport.registry import Registry
@@ -310,6 +311,7 @@ def _sweep_jobs() -> None:
 app.command()(serve_command)
 app.add_typer(dataset_app)
 app.command("optimize")(optimize_command)
+app.command()(tune_command)
 
 
 @app.command()

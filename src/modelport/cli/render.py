@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from modelport.registry import ModelSummary, ModelVersion
+from modelport.registry.records import SERVING_KEY
 from modelport.runtimes.derived import DerivedCheck
 
 if TYPE_CHECKING:
@@ -129,7 +130,9 @@ def version_detail(v: ModelVersion) -> None:
         "metrics": ", ".join(f"{k}={val}" for k, val in v.metrics.items() if k != "optimization")
         or "-",
         "trust pickle": "yes" if v.trust_pickle else "no",
-        "runtime": ", ".join(f"{k}={val}" for k, val in v.metadata.items()) or "-",
+        "runtime": ", ".join(f"{k}={val}" for k, val in v.metadata.items() if k != SERVING_KEY)
+        or "-",
+        "serving": ", ".join(f"{k}={val}" for k, val in v.serving_settings.items()) or "-",
     }
     for key, value in facts.items():
         out.print(f"  {key:<13}{value}", markup=False)

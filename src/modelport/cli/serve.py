@@ -74,6 +74,13 @@ def serve(
     threads: Annotated[
         int | None, typer.Option("--threads", help="Threads inside one inference.")
     ] = None,
+    solo_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--solo-threads",
+            help="Threads for an inference that runs alone (ONNX, a second session); 0: off.",
+        ),
+    ] = None,
     max_queue_size: Annotated[
         int | None, typer.Option("--max-queue-size", help="Waiting requests per model before 503.")
     ] = None,
@@ -155,6 +162,7 @@ def serve(
         "max_queue_delay_ms": max_queue_delay_ms,
         "instances": instances,
         "threads": threads,
+        "solo_threads": solo_threads,
         "max_queue_size": max_queue_size,
         "timeout_ms": timeout_ms,
         "response_cache_size": response_cache_size,
@@ -165,9 +173,11 @@ def serve(
             {
                 **config.model_dump(),
                 **updates,
-                "defaults": {**config.defaults.model_dump(), **model_updates},
+                # exclude_unset: what was set (a flag, the file) overrides settings stored
+                # on a version; what was not, they may fill
+                "defaults": {**config.defaults.model_dump(exclude_unset=True), **model_updates},
                 "models": {
-                    name: {**entry.model_dump(), **model_updates}
+                    name: {**entry.model_dump(exclude_unset=True), **model_updates}
                     for name, entry in config.models.items()
                 },
             }

@@ -9,7 +9,10 @@ from typing import Any
 from modelport.registry.store.base import FileEntry
 from modelport.types import Signature
 
-__all__ = ["Lineage", "ModelSummary", "ModelVersion"]
+__all__ = ["SERVING_KEY", "Lineage", "ModelSummary", "ModelVersion"]
+
+SERVING_KEY = "serving"
+"""The key of ``ModelVersion.metadata`` holding the serving settings ``modelport tune`` chose."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,18 @@ class ModelVersion:
     lineage: Lineage
     files: tuple[FileEntry, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
-    """What the format's runtime recorded at push (opset, producer, task, ...)."""
+    """What the format's runtime recorded at push (opset, producer, task, ...), and the
+    serving settings stored on the version (under ``SERVING_KEY``)."""
 
     @property
     def ref(self) -> str:
         return f"{self.model}@{self.version}"
+
+    @property
+    def serving_settings(self) -> dict[str, Any]:
+        """Serving settings stored on this version (``modelport tune``); empty if none."""
+        stored = self.metadata.get(SERVING_KEY)
+        return dict(stored) if isinstance(stored, dict) else {}
 
     def to_dict(self) -> dict[str, Any]:
         return {

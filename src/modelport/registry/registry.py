@@ -21,7 +21,7 @@ from modelport.errors import (
 )
 from modelport.registry import queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
-from modelport.registry.records import Lineage, ModelSummary, ModelVersion
+from modelport.registry.records import SERVING_KEY, Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
 from modelport.registry.staging import inspect_while_staging, put_file
 from modelport.registry.store import (
@@ -292,6 +292,23 @@ class Registry:
                 .where(schema.versions.c.id == vid)
                 .values(metrics={**current, **new})
             )
+        return self.get(target)
+
+    def set_serving_settings(
+        self, ref: ModelRef | str, settings: Mapping[str, Any] | None
+    ) -> ModelVersion:
+        """Store the serving settings ``serve`` uses for this version (``modelport tune``
+        writes them) in its metadata under ``serving``; None removes them."""
+        new = None if settings is None else _json_dict(settings, "serving settings")
+        target = ModelRef.coerce(ref)
+        with write_transaction(self.engine) as conn:
+            _, vid = queries.resolve(conn, target)
+            row = schema.versions.c.id == vid
+            stored = conn.execute(select(schema.versions.c.metadata).where(row)).scalar_one()
+            metadata = {key: value for key, value in stored.items() if key != SERVING_KEY}
+            if new:
+                metadata[SERVING_KEY] = new
+            conn.execute(update(schema.versions).where(row).values(metadata=metadata))
         return self.get(target)
 
     def delete(self, ref: ModelRef | str, *, force: bool = False) -> ModelVersion:

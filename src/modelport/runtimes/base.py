@@ -134,6 +134,11 @@ class LoadOptions:
     """Threads inside one operator; 0 lets the runtime choose."""
     inter_op_threads: int = 0
     """Threads across independent operators; 0 lets the runtime choose."""
+    solo_threads: int = 0
+    """Threads for a call that runs while no other call of this model is running; 0: the
+    same as every call. A runtime that can honour it without a second copy of the weights
+    (``onnx``, weights shared through ``derived_dir``) keeps a second session for such calls;
+    others ignore it."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Format-specific options, passed through untouched."""
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -42,7 +42,14 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from modelport.errors import InvalidInput
 from modelport.types import ModelRef
 
-__all__ = ["ModelEntry", "ModelServeConfig", "ServeConfig", "load_config", "parse_bytes"]
+__all__ = [
+    "ModelEntry",
+    "ModelServeConfig",
+    "ServeConfig",
+    "load_config",
+    "parse_bytes",
+    "with_stored_settings",
+]
 
 _UNITS = {"": 1, "b": 1}
 for _power, _prefix in enumerate("kmgt", start=1):
@@ -95,6 +102,12 @@ class ModelServeConfig(BaseModel):
         description="Threads inside one inference; 0: 1 when several instances run, else the "
         "runtime's default.",
     )
+    solo_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads for a single-row inference that runs while no other one does "
+        "(ONNX models whose weights are shared: a second session maps them); 0: none.",
+    )
 
     @field_validator("max_batch_bytes", mode="before")
     @classmethod
@@ -111,6 +124,15 @@ class ModelServeConfig(BaseModel):
         if self.threads:
             return self.threads
         return 1 if self.instance_count() > 1 else 0
+
+    def solo_thread_count(self) -> int:
+        """Threads for an inference that runs alone; 0: the same as every inference.
+
+        Off by default: on 2 cores lone MiniLM requests answered 1.6x faster with it, but
+        c=8 served ~9% less, and on cores busy with other processes two threads ran slower
+        than one (docs/performance.md). ``modelport tune`` turns it on where it wins.
+        """
+        return self.solo_threads
 
     max_queue_size: int = Field(256, ge=1, description="Requests waiting; more get 503.")
     timeout_ms: float = Field(30_000, gt=0, description="Per-request deadline, queue included.")
@@ -247,7 +269,35 @@ class ServeConfig(BaseModel):
         entry = self.models.get(name)
         if entry is None:
             return self.defaults
-        return ModelServeConfig(**entry.model_dump(exclude={"ref", "traffic"}))
+        # Only what the file (or a flag) set counts as set: settings stored on a version
+        # fill the rest (``with_stored_settings``).
+        return ModelServeConfig(**entry.model_dump(exclude={"ref", "traffic"}, exclude_unset=True))
+
+
+def with_stored_settings(
+    config: ModelServeConfig, stored: dict[str, Any]
+) -> tuple[ModelServeConfig, dict[str, Any]]:
+    """``config`` with the settings stored on a version (``modelport tune``) filling what
+    neither flags nor the config file set, and the stored settings that were applied.
+
+    Stored settings this version of modelport does not know, or that are no longer valid,
+    are ignored: they were measured, never required.
+    """
+    known = ModelServeConfig.model_fields
+    applied = {
+        key: value
+        for key, value in stored.items()
+        if key in known and key not in config.model_fields_set
+    }
+    if not applied:
+        return config, {}
+    try:
+        merged = ModelServeConfig.model_validate(
+            {**config.model_dump(exclude_unset=True), **applied}
+        )
+    except ValidationError:
+        return config, {}
+    return merged, applied
 
 
 def load_config(path: Path) -> ServeConfig:

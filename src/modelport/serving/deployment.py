@@ -42,9 +42,16 @@ class Deployment:
     """A version of a served model. All methods run on the server's event loop."""
 
     def __init__(
-        self, record: ModelVersion, config: ModelServeConfig, metrics: ServingMetrics
+        self,
+        record: ModelVersion,
+        config: ModelServeConfig,
+        metrics: ServingMetrics,
+        *,
+        stored_settings: dict[str, Any] | None = None,
     ) -> None:
         self.record = record
+        # The settings stored on the version (``modelport tune``) that ``config`` took up.
+        self.stored_settings = dict(stored_settings or {})
         self.name = record.model
         self.version = record.version
         self.config = config
@@ -73,6 +80,19 @@ class Deployment:
     @property
     def signature(self) -> Signature:
         return self.record.signature
+
+    def settings_note(self) -> str:
+        """One line on the stored settings this version is served with, "" if none: what
+        ``serve`` prints at start-up so that nobody wonders where a setting came from."""
+        stored = self.record.serving_settings
+        if not stored:
+            return ""
+        used = _settings_text(self.stored_settings) or "none"
+        note = f"{self.record.ref}: settings stored by modelport tune: {used}"
+        overridden = sorted(set(stored) - set(self.stored_settings))
+        if overridden:
+            note += f" (overridden by flags or the config file: {', '.join(overridden)})"
+        return note
 
     @property
     def idle(self) -> bool:
@@ -117,7 +137,10 @@ class Deployment:
 
     async def _load(self, registry: Registry) -> None:
         started = time.monotonic()
-        options = LoadOptions(intra_op_threads=self.config.thread_count())
+        options = LoadOptions(
+            intra_op_threads=self.config.thread_count(),
+            solo_threads=self.config.solo_thread_count(),
+        )
         model, memory = await asyncio.to_thread(
             _load_measured, registry, self.record.ref, options, self.config.warmup
         )
@@ -208,3 +231,7 @@ def _zeros(datatype: DataType, shape: tuple[int, ...] | None) -> np.ndarray[Any,
     if datatype is DataType.BYTES:
         return np.full(dims, b"", dtype=object)
     return np.zeros(dims, dtype=datatype.numpy)
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in settings.items())

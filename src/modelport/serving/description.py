@@ -63,6 +63,8 @@ def triton_config(deployment: Deployment) -> dict[str, Any]:
         "parameters": {
             "modelport_max_batch_size": {"string_value": str(config.max_batch_size)},
             "modelport_max_batch_bytes": {"string_value": str(config.max_batch_bytes)},
+            "modelport_threads": {"string_value": str(config.thread_count())},
+            "modelport_solo_threads": {"string_value": str(config.solo_thread_count())},
         },
     }
 

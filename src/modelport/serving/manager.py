@@ -29,7 +29,7 @@ from modelport.errors import (
     Unavailable,
 )
 from modelport.registry import ModelVersion, Registry
-from modelport.serving.config import ModelServeConfig, ServeConfig
+from modelport.serving.config import ModelServeConfig, ServeConfig, with_stored_settings
 from modelport.serving.deployment import Deployment, State
 from modelport.serving.metrics import ServingMetrics
 from modelport.serving.response_cache import request_digest
@@ -129,7 +129,8 @@ class ModelManager:
             )
 
     def _deployment(self, record: ModelVersion, config: ModelServeConfig) -> Deployment:
-        return Deployment(record, config, self.metrics)
+        tuned, applied = with_stored_settings(config, record.serving_settings)
+        return Deployment(record, tuned, self.metrics, stored_settings=applied)
 
     async def load_all(self) -> None:
         """Load every registered model's default version (start-up), honouring the limits."""

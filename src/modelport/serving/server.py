@@ -254,6 +254,10 @@ async def _announce(server: object, manager: ModelManager, config: ServeConfig, 
     grpc = f", gRPC on {config.host}:{config.grpc_port}" if config.grpc_port is not None else ""
     rest = f"REST on http://{config.host}:{config.http_port}"
     print(f"serving {served}: {rest}{grpc}{extra}", flush=True)
+    for model in manager.models.values():
+        for deployment in model.deployments.values():
+            if note := deployment.settings_note():
+                print(note, flush=True)
 
 
 async def _watch(manager: ModelManager, interval: float) -> None:

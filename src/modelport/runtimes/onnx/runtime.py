@@ -22,7 +22,7 @@ from modelport.runtimes.onnx.inspect import (
     signature,
 )
 from modelport.runtimes.onnx.model import OnnxModel
-from modelport.runtimes.onnx.shared_weights import shared_session
+from modelport.runtimes.onnx.shared_weights import open_shared, shared_session
 from modelport.types import Signature
 
 __all__ = ["OnnxRuntime"]
@@ -80,6 +80,9 @@ class OnnxRuntime:
         With ``options.derived_dir``, the graph is optimized once and saved there with its
         weights in a file onnxruntime maps, so that processes loading the same model share
         one copy of the weights (see ``onnx.shared_weights``; not with optimization ``disable``).
+        With ``options.solo_threads`` above ``intra_op_threads`` and the weights shared this
+        way, a second session with that many threads maps the same weights and runs the calls
+        that find no other call running (see ``OnnxModel``).
         With ``options.verify_derived``, a copy found there is re-hashed first, and built
         again if it changed. The cache never makes a load fail: when it cannot be used, a
         warning is logged and the model is loaded as without it.
@@ -99,18 +102,28 @@ class OnnxRuntime:
         session_options = _session_options(ort, options)
         level = _optimization_level(options)
         if options.derived_dir is None or level == "ORT_DISABLE_ALL":
-            session = _open_session(ort, entry, session_options)
-        else:
-            session = shared_session(
+            return OnnxModel(
+                _open_session(ort, entry, session_options), described, _onnxruntime_errors(ort)
+            )
+        session = shared_session(
+            ort,
+            entry,
+            options.derived_dir,
+            level,
+            make_options=lambda: _session_options(ort, options),
+            open_original=lambda: _open_session(ort, entry, session_options),
+            verify=options.verify_derived,
+        )
+        solo = None
+        if options.solo_threads > options.intra_op_threads > 0:
+            solo = open_shared(
                 ort,
                 entry,
                 options.derived_dir,
                 level,
-                make_options=lambda: _session_options(ort, options),
-                open_original=lambda: _open_session(ort, entry, session_options),
-                verify=options.verify_derived,
+                lambda: _session_options(ort, options, threads=options.solo_threads),
             )
-        return OnnxModel(session, described, _onnxruntime_errors(ort))
+        return OnnxModel(session, described, _onnxruntime_errors(ort), solo_session=solo)
 
 
 def _import_onnxruntime() -> Any:
@@ -144,10 +157,13 @@ def _onnxruntime_errors(ort: Any) -> tuple[type[Exception], ...]:
     return (ort.capi.onnxruntime_pybind11_state.InvalidArgument,)
 
 
-def _session_options(ort: Any, options: LoadOptions) -> Any:
+def _session_options(ort: Any, options: LoadOptions, *, threads: int | None = None) -> Any:
+    """onnxruntime's options for ``options``; ``threads`` replaces ``intra_op_threads``."""
+    intra = options.intra_op_threads if threads is None else threads
     for field, value in (
-        ("intra_op_threads", options.intra_op_threads),
+        ("intra_op_threads", intra),
         ("inter_op_threads", options.inter_op_threads),
+        ("solo_threads", options.solo_threads),
     ):
         if value < 0:
             raise InvalidInput(f"{field} must be 0 (the runtime chooses) or more, not {value}")
@@ -155,8 +171,8 @@ def _session_options(ort: Any, options: LoadOptions) -> Any:
     # onnxruntime logs straight to stderr; its failures already reach callers as our errors,
     # and a bad request must not print an error line per call.
     session_options.log_severity_level = 4
-    if options.intra_op_threads > 0:
-        session_options.intra_op_num_threads = options.intra_op_threads
+    if intra > 0:
+        session_options.intra_op_num_threads = intra
     if options.inter_op_threads > 0:
         session_options.inter_op_num_threads = options.inter_op_threads
     level = _choice(options.extra, "graph_optimization_level", _OPTIMIZATION_LEVELS)
