@@ -137,6 +137,19 @@ def test_a_feed_supplies_the_rows(iris: Path) -> None:
         assert registry.get("iris@1").serving_settings == {}
 
 
+def test_a_dataset_reference_supplies_the_rows(iris: Path) -> None:
+    assert run_cli("dataset", "builtin", "iris").returncode == 0
+    with Registry(Settings(home=iris)) as registry:
+        result = modelport.tune(
+            "iris@1", concurrency=(1,), duration=0.2, registry=registry,
+            dataset="iris@1", points=[], store=False,
+        )  # fmt: skip
+        assert result.chosen is not None
+    missing = run_cli("tune", "iris@1", "--dataset", "nosuch@1", "--no-store")
+    assert missing.returncode != 0
+    assert "nosuch" in missing.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
