@@ -4,6 +4,8 @@ settings stored on a version against flags and the config file."""
 
 from __future__ import annotations
 
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from modelport import LoadOptions, Registry, Settings
-from modelport.runtimes.onnx.model import OnnxModel
+from modelport.runtimes.onnx.model import SOLO_QUIET_SECONDS, OnnxModel
 from modelport.serving.config import (
     ModelServeConfig,
     ServeConfig,
@@ -38,12 +40,14 @@ def _onnx(model: Any) -> OnnxModel:
     return predictor
 
 
-def test_default_streams_are_single_threaded_and_solo_sessions_are_opt_in() -> None:
-    config = ModelServeConfig()
-    if config.instance_count() > 1:
-        assert config.thread_count() == 1
-    # Off by default: it costs a session's memory (docs/performance.md).
-    assert config.solo_thread_count() == 0
+def test_default_streams_are_single_threaded_and_a_lone_request_gets_every_core() -> None:
+    cores = os.cpu_count() or 1
+    many = ModelServeConfig(instances=2)
+    assert (many.thread_count(), many.solo_thread_count()) == (1, cores)
+    # One instance already has every core; explicit threads or solo threads are obeyed.
+    assert ModelServeConfig(instances=1).solo_thread_count() == 0
+    assert ModelServeConfig(instances=2, threads=1).solo_thread_count() == 0
+    assert ModelServeConfig(instances=2, solo_threads=0).solo_thread_count() == 0
     assert ModelServeConfig(instances=2, threads=1, solo_threads=3).solo_thread_count() == 3
 
 
@@ -109,3 +113,37 @@ def test_stored_settings_fill_only_what_flags_and_the_file_left_unset(tmp_path: 
         ServeConfig().model_settings("other"),
         {},
     )  # a stored value no longer valid is ignored, never a failure to serve
+
+
+class _Counted:
+    """An onnxruntime session that records which calls it ran."""
+
+    def __init__(self, session: Any, name: str, log: list[str]) -> None:
+        self._session, self._name, self._log = session, name, log
+
+    def run(self, names: Any, feed: Any) -> Any:
+        self._log.append(self._name)
+        return self._session.run(names, feed)
+
+
+def test_only_traffic_that_ran_one_row_at_a_time_for_a_while_takes_the_solo_session(
+    matmul_registry: Any,
+) -> None:
+    registry, _ = matmul_registry
+    with registry.load("matmul@1", LoadOptions(intra_op_threads=1, solo_threads=2)) as model:
+        predictor = _onnx(model)
+        ran: list[str] = []
+        predictor._session = _Counted(predictor._session, "shared", ran)
+        predictor._solo = _Counted(predictor._solo, "solo", ran)
+        row = np.ones((1, 64), dtype=np.float32)
+        model.predict({"x": row})
+        # A merged batch is load: single rows right after it stay on the shared session,
+        # where they do not fight the next batch for the cores.
+        model.predict({"x": np.ones((3, 64), dtype=np.float32)})
+        model.predict({"x": row})
+        assert ran == ["solo", "shared", "shared"]
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since <= SOLO_QUIET_SECONDS:
+            time.sleep(0.05)
+        model.predict({"x": row})
+        assert ran[-1] == "solo"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,12 @@ from modelport.errors import InvalidInput, Unavailable
 from modelport.runtimes.onnx.inspect import short_message
 from modelport.types import DataType, Signature, Tensors
 
-__all__ = ["OnnxModel"]
+__all__ = ["SOLO_QUIET_SECONDS", "OnnxModel"]
+
+SOLO_QUIET_SECONDS = 0.5
+"""How long calls must have come one at a time, one row each, before one takes the solo
+session: long enough to span the gaps of closed-loop load, short enough that a lone client
+gets every core within its first requests."""
 
 
 class OnnxModel:
@@ -25,7 +31,8 @@ class OnnxModel:
     ZipMap) come back as 2-D FP32 arrays with one column per class, in sorted class order.
 
     With a ``solo_session`` (more threads, the same mapped weights), a single-row call that
-    starts while no other call is running runs there: a lone request gets every core, while
+    starts while no other call is running, after ``SOLO_QUIET_SECONDS`` in which none ran
+    beside another or held more rows, runs there: a lone request gets every core, while
     concurrent ones run as independent single-threaded streams, which share the cores with
     less contention than calls sharing one many-threaded session (docs/performance.md).
     """
@@ -41,6 +48,8 @@ class OnnxModel:
         self._session: Any = session
         self._solo: Any = solo_session
         self._running = 0
+        self._crowded_at = 0.0
+        """When a call last started beside another, or with more than one row."""
         self._running_lock = threading.Lock()
         # An input whose first dimension is the batch, if any: it counts a call's rows.
         self._batch_input = next(
@@ -73,22 +82,30 @@ class OnnxModel:
         session = self._session
         if session is None:
             raise Unavailable("the model was closed; load it again to predict")
-        if self._solo is None or not self._single_row(inputs):
+        if self._solo is None:
             results = session.run(names, feed)
         else:
-            results = self._run_counted(session, names, feed)
+            results = self._run_counted(session, names, feed, self._single_row(inputs))
         return {name: _from_result(value) for name, value in zip(names, results, strict=True)}
 
     def _single_row(self, inputs: Tensors) -> bool:
-        # A merged batch starting alone would soon share the cores with the next one, each
-        # then fighting for threads: measured 9% fewer MiniLM requests/s at c=8. Only a
-        # lone single-row request (what c=1 sends) takes the solo session.
+        # A merged batch is a sign of load: measured 9% fewer MiniLM requests/s at c=8
+        # when merged batches starting alone ran on the solo session.
         name = self._batch_input
         return name is None or inputs[name].shape[0] <= 1
 
-    def _run_counted(self, session: Any, names: list[str], feed: dict[str, Any]) -> Any:
+    def _run_counted(
+        self, session: Any, names: list[str], feed: dict[str, Any], single_row: bool
+    ) -> Any:
+        now = time.monotonic()
         with self._running_lock:
-            alone = self._running == 0
+            if self._running or not single_row:
+                self._crowded_at = now
+            # Under load a request often starts while nothing runs (the batch before it has
+            # just answered); run there on every core, it would share them with the batch
+            # that starts next. Only traffic that has run one row at a time for a while
+            # (what c=1 sends) takes the solo session.
+            alone = now - self._crowded_at > SOLO_QUIET_SECONDS
             self._running += 1
         try:
             solo = self._solo
