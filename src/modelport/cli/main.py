@@ -358,9 +358,9 @@ def convert(
         f"{key} {made[key]}" for key in ("exporter", "opset") if made.get(key) is not None
     )
     render.console().print(
-        f"converted {report.source.ref} → [bold]{report.version.ref}[/bold] ({to}, "
-        f"{made['converter']} {made['converter_version']}{', ' + how if how else ''}); parity "
-        f"on {report.parity.rows} {report.parity.inputs} rows:"
+        f"converted {report.source.ref} → [bold]{report.version.ref}[/bold] "
+        f"({report.version.format}, {made['converter']} {made['converter_version']}"
+        f"{', ' + how if how else ''}); parity on {report.parity.rows} {report.parity.inputs} rows:"
     )
     render.table(*report.table())
 
