@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modelport.cli import render
+from modelport.cli.options import AliasOption, JsonFlag
 from modelport.config import load_settings
 from modelport.errors import VerificationFailed
 from modelport.registry import Registry
@@ -22,7 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RefArgument = Annotated[str, typer.Argument(help="name, name@2, name@alias (name@2:train).")]
 
 
@@ -41,9 +41,7 @@ def push(
     ] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     license_text: Annotated[str, typer.Option("--license", help="The data's license.")] = "",
-    alias: Annotated[
-        list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
-    ] = None,
+    alias: AliasOption = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", "-t", help="key=value; repeatable.")
     ] = None,
@@ -86,9 +84,7 @@ def split(
         str | None, typer.Option("--stratify", help="Keep this column's balance in each split.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same split.")] = 0,
-    alias: Annotated[
-        list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
-    ] = None,
+    alias: AliasOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Store a new version of REF's data with named splits (fractions must add up to 1)."""

@@ -12,6 +12,7 @@ from modelport.cli import render
 from modelport.cli.dataset import app as dataset_app
 from modelport.cli.errors import fail
 from modelport.cli.optimize import optimize as optimize_command
+from modelport.cli.options import AliasOption, JsonFlag, NameOption
 from modelport.cli.serve import serve as serve_command
 from modelport.cli.tune import tune as tune_command
 from modelport.config import load_settings
@@ -26,8 +27,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _print_version(asked: bool) -> None:
@@ -61,9 +60,7 @@ def push(
         typer.Argument(help="Model file or directory (Caffe: the prototxt, then the weights)."),
     ],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
-    alias: Annotated[
-        list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
-    ] = None,
+    alias: AliasOption = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", "-t", help="key=value; repeatable.")
     ] = None,
@@ -334,12 +331,8 @@ def convert(
             "--tolerance", help="Abs and rel tolerance of float outputs; default per datatype."
         ),
     ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Store under this model; default: REF's.")
-    ] = None,
-    alias: Annotated[
-        list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
-    ] = None,
+    name: NameOption = None,
+    alias: AliasOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert a version (e.g. to ONNX), check it computes the same, store it as a new version."""

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from modelport.cli import render
+from modelport.cli.options import AliasOption, JsonFlag, NameOption
 from modelport.config import load_settings
 from modelport.errors import InvalidInput
 from modelport.registry import Registry
@@ -93,13 +94,9 @@ def optimize(
         float,
         typer.Option("--budget-seconds", help="Timed measurement per candidate, in seconds."),
     ] = _DEFAULT_BUDGET,
-    name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Store under this model; default: REF's.")
-    ] = None,
-    alias: Annotated[
-        list[str] | None, typer.Option("--alias", "-a", help="Point this alias at the new version.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    name: NameOption = None,
+    alias: AliasOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Optimize a version (int8, fp16, graph, fusion, or --auto), measure it against its
     parent on this machine, and store it only if it passes every gate."""

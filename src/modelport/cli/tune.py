@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from modelport.cli import render
+from modelport.cli.options import JsonFlag
 from modelport.config import load_settings
 from modelport.errors import InvalidInput
 from modelport.registry import Registry
@@ -46,7 +47,7 @@ def tune(
     store: Annotated[
         bool, typer.Option("--store/--no-store", help="Store the chosen settings on the version.")
     ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Measure serving settings on the real server and store the best on the version.
 
