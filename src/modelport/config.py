@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelport.errors import InvalidInput
@@ -59,6 +59,41 @@ class Settings(BaseSettings):
     verify: VerifyPolicy = Field(
         default="always",
         description="When loading re-hashes model files against their manifest.",
+    )
+
+    # -- security and remote use (issue 12) ----------------------------------------------
+    remote: str | None = Field(
+        default=None,
+        description="URL of a modelport server whose registry the CLI's registry commands "
+        "use instead of the local one (the same as --remote).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="API key sent as 'Authorization: Bearer ...' by Client, Registry.remote "
+        "and the CLI's --remote commands.",
+    )
+    tls_ca: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) clients trust for https:// and TLS gRPC servers; default: "
+        "the system's trust store.",
+    )
+    tls_client_cert: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) clients present to a server that asks for one "
+        "(mTLS).",
+    )
+    tls_client_key: Path | None = Field(
+        default=None, description="Private key (PEM) of MODELPORT_TLS_CLIENT_CERT."
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Master key for encryption at rest: 32 bytes, base64 (modelport keys "
+        "encryption generate). Never logged.",
+    )
+    encryption_key_file: Path | None = Field(
+        default=None,
+        description="File holding the master key for encryption at rest (instead of "
+        "MODELPORT_ENCRYPTION_KEY).",
     )
 
     def resolved_db_url(self) -> str:

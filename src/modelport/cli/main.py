@@ -14,6 +14,7 @@ from modelport.cli.errors import fail
 from modelport.cli.optimize import optimize as optimize_command
 from modelport.cli.options import AliasOption, JsonFlag, NameOption
 from modelport.cli.serve import serve as serve_command
+from modelport.cli.state import set_remote_url
 from modelport.cli.tune import tune as tune_command
 from modelport.config import load_settings
 from modelport.errors import InvalidInput, ModelportError, VerificationFailed
@@ -45,8 +46,18 @@ def main(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    remote: Annotated[
+        str | None,
+        typer.Option(
+            "--remote",
+            envvar="MODELPORT_REMOTE",
+            help="Run registry commands against this server's registry (https://hub:8000); "
+            "the key comes from MODELPORT_API_KEY.",
+        ),
+    ] = None,
 ) -> None:
     """Turn trained models into production services."""
+    set_remote_url(remote)
 
 
 def _registry() -> Registry:

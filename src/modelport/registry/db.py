@@ -26,8 +26,8 @@ __all__ = [
 
 # The newest migration in migrations/versions; a test keeps the two in step. Checking it
 # against the DB without importing Alembic keeps every CLI start fast.
-HEAD_REVISION = "0004"
-_KNOWN_REVISIONS = ("0001", "0002", "0003", "0004")
+HEAD_REVISION = "0005"
+_KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _WRITE_LOCK = 7263301  # PostgreSQL advisory lock key held by every write transaction
 _BACKGROUND_LINK = re.compile(r"\s*\(Background on this error at: \S+\)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +18,9 @@ from modelport.errors import (
     Unavailable,
     VerificationFailed,
 )
-from modelport.registry import queries, schema
+from modelport.registry import editing, queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
-from modelport.registry.records import SERVING_KEY, Lineage, ModelSummary, ModelVersion
+from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
 from modelport.registry.staging import inspect_while_staging, put_file
 from modelport.registry.store import (
@@ -45,7 +44,7 @@ from modelport.runtimes import (
     derived,
 )
 from modelport.runtimes.derived import DerivedCheck
-from modelport.types import ModelRef, Signature, Tensors, parse_tags, validate_alias, validate_name
+from modelport.types import ModelRef, Signature, Tensors, validate_alias, validate_name
 
 if TYPE_CHECKING:
     from modelport.datasets.catalog import Datasets
@@ -127,8 +126,8 @@ class Registry:
         """
         validate_name(name)
         alias_list = [validate_alias(a) for a in aliases]
-        tag_map = _tags(tags)
-        metric_map = _json_dict(metrics, "metrics")
+        tag_map = editing.tag_map(tags)
+        metric_map = editing.json_dict(metrics, "metrics")
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
             raise InvalidInput("push needs the path of a model file or directory")
@@ -145,7 +144,7 @@ class Registry:
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
         with self.store.writing() as writer:
             info, early = inspect_while_staging(runtime, source, options, writer)
-            runtime_metadata = _json_dict(info.metadata, "runtime metadata")
+            runtime_metadata = editing.json_dict(info.metadata, "runtime metadata")
             files = info.files
             entries = []
             for rel in files.paths:
@@ -165,7 +164,9 @@ class Registry:
                     "trust_pickle": trust_pickle,
                     "metrics": metric_map,
                     "operation": lineage.operation if lineage else None,
-                    "parameters": _json_dict(lineage.parameters if lineage else None, "lineage"),
+                    "parameters": editing.json_dict(
+                        lineage.parameters if lineage else None, "lineage"
+                    ),
                     "metadata": runtime_metadata,
                 },
                 parent=lineage.parent if lineage else None,
@@ -223,7 +224,7 @@ class Registry:
                     [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
                 )
             for alias in aliases:
-                _point_alias(conn, mid, alias, vid)
+                editing.point_alias(conn, mid, alias, vid)
             return number
 
     @staticmethod
@@ -257,41 +258,47 @@ class Registry:
             )
         return int(found.id)
 
-    def set_alias(self, ref: ModelRef | str, alias: str) -> ModelVersion:
-        """Point ``alias`` of the referenced model at the referenced version."""
-        validate_alias(alias)
+    def set_alias(
+        self, ref: ModelRef | str, alias: str, *, expected_version: int | None = None
+    ) -> ModelVersion:
+        """Point ``alias`` of the referenced model at the referenced version.
+
+        ``expected_version``: compare-and-set; the alias must point at that version number
+        now (0: must not exist yet), else ``Conflict`` (see ``editing.set_alias``).
+        """
         target = ModelRef.coerce(ref)
         with write_transaction(self.engine) as conn:
-            mid, vid = queries.resolve(conn, target)
-            _point_alias(conn, mid, alias, vid)
+            editing.set_alias(conn, target, alias, expected_version)
         return self.get(ModelRef(target.name, alias=alias))
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias; ``NotFound`` if the model does not have it."""
         with write_transaction(self.engine) as conn:
-            mid, _ = queries.resolve(
-                conn, ModelRef(validate_name(name), alias=validate_alias(alias))
-            )
-            conn.execute(
-                delete(schema.aliases).where(
-                    schema.aliases.c.model_id == mid, schema.aliases.c.name == alias
-                )
-            )
+            editing.delete_alias(conn, name, alias)
+
+    def set_tags(
+        self,
+        ref: ModelRef | str,
+        tags: Mapping[str, str] | Iterable[str] | None = None,
+        *,
+        remove: Iterable[str] = (),
+    ) -> ModelVersion:
+        """Add or replace ``tags`` (``{"k": "v"}`` or ``["k=v"]``) and remove ``remove``."""
+        target = ModelRef.coerce(ref)
+        with write_transaction(self.engine) as conn:
+            editing.set_tags(conn, target, tags, remove)
+        return self.get(target)
+
+    def set_description(self, ref: ModelRef | str, description: str) -> None:
+        """The description of a version (``iris@2``) or of the model (``iris``)."""
+        with write_transaction(self.engine) as conn:
+            editing.set_description(conn, ModelRef.coerce(ref), description)
 
     def set_metrics(self, ref: ModelRef | str, metrics: Mapping[str, Any]) -> ModelVersion:
         """Merge ``metrics`` into the version's metrics (evaluation jobs use this)."""
-        new = _json_dict(metrics, "metrics")
         target = ModelRef.coerce(ref)
         with write_transaction(self.engine) as conn:
-            _, vid = queries.resolve(conn, target)
-            current = conn.execute(
-                select(schema.versions.c.metrics).where(schema.versions.c.id == vid)
-            ).scalar_one()
-            conn.execute(
-                update(schema.versions)
-                .where(schema.versions.c.id == vid)
-                .values(metrics={**current, **new})
-            )
+            editing.set_metrics(conn, target, metrics)
         return self.get(target)
 
     def set_serving_settings(
@@ -299,16 +306,9 @@ class Registry:
     ) -> ModelVersion:
         """Store the serving settings ``serve`` uses for this version (``modelport tune``
         writes them) in its metadata under ``serving``; None removes them."""
-        new = None if settings is None else _json_dict(settings, "serving settings")
         target = ModelRef.coerce(ref)
         with write_transaction(self.engine) as conn:
-            _, vid = queries.resolve(conn, target)
-            row = schema.versions.c.id == vid
-            stored = conn.execute(select(schema.versions.c.metadata).where(row)).scalar_one()
-            metadata = {key: value for key, value in stored.items() if key != SERVING_KEY}
-            if new:
-                metadata[SERVING_KEY] = new
-            conn.execute(update(schema.versions).where(row).values(metadata=metadata))
+            editing.set_serving_settings(conn, target, settings)
         return self.get(target)
 
     def delete(self, ref: ModelRef | str, *, force: bool = False) -> ModelVersion:
@@ -480,31 +480,3 @@ def _verify_checkout(directory: Path, record: ModelVersion) -> None:
                 "the stored model was modified or damaged. Run `modelport verify "
                 f"{record.ref}` and push the model again"
             )
-
-
-def _point_alias(conn: Connection, model_id: int, alias: str, version_id: int) -> None:
-    conn.execute(
-        delete(schema.aliases).where(
-            schema.aliases.c.model_id == model_id, schema.aliases.c.name == alias
-        )
-    )
-    conn.execute(
-        insert(schema.aliases).values(model_id=model_id, name=alias, version_id=version_id)
-    )
-
-
-def _tags(tags: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
-    if tags is None:
-        return {}
-    if isinstance(tags, Mapping):
-        return parse_tags(f"{k}={v}" for k, v in tags.items())
-    return parse_tags(tags)
-
-
-def _json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    if not value:
-        return {}
-    try:
-        return dict(json.loads(json.dumps(dict(value))))
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} must be JSON-serialisable: {exc}") from exc

@@ -25,6 +25,9 @@ from sqlalchemy import (
 
 __all__ = [
     "aliases",
+    "api_keys",
+    "audit_log",
+    "blob_keys",
     "dataset_aliases",
     "dataset_files",
     "dataset_tags",
@@ -183,4 +186,52 @@ dataset_tags = Table(
     Column("version_id", ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True),
     Column("key", String(NAME_LENGTH), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+
+# Security (keys, audit, encryption at rest). A key's secret is never stored: only its sha256
+# (keys are 256-bit random, so a slow hash buys nothing), found by the public ``key_id`` that
+# every key starts with. A revoked key keeps its row, so the audit log can still name it.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key_id", String(32), nullable=False, unique=True),
+    Column("name", String(NAME_LENGTH), nullable=False, unique=True),
+    Column("secret_hash", String(DIGEST_LENGTH), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("models", JSON, nullable=False, default=list),
+    Column("rate", String(32), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(NAME_LENGTH), nullable=False, default=""),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Append-only; each entry's ``hash`` covers its own fields and the ``prev_hash`` of the entry
+# before it, so an edited or deleted entry breaks the chain (``modelport audit verify``).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(NAME_LENGTH), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False, default=""),
+    Column("address", String(128), nullable=True),
+    Column("outcome", String(32), nullable=False),
+    Column("detail", JSON, nullable=False, default=dict),
+    Column("prev_hash", String(DIGEST_LENGTH), nullable=False),
+    Column("hash", String(DIGEST_LENGTH), nullable=False),
+)
+
+# Encryption at rest: each blob's data key, wrapped (encrypted) by a master key. Kept here,
+# not in the blob, so that rotating the master key re-wraps rows and never rewrites blobs.
+blob_keys = Table(
+    "blob_keys",
+    metadata,
+    Column("digest", String(DIGEST_LENGTH), primary_key=True),
+    Column("wrapped_key", Text, nullable=False),
+    Column("master_key_id", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -239,6 +239,20 @@ class ServeConfig(BaseModel):
         description="Zero-argument callables ('module:name') that each make a "
         "grpc.aio.ServerInterceptor, outermost first; every RPC passes them.",
     )
+    auth: bool | None = Field(
+        None,
+        description="Require an API key on every route and RPC but plain liveness. None: on "
+        "whenever host is not a loopback address, off on loopback.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Allow a non-loopback address with auth off or with no keys (--insecure).",
+    )
+    tls_cert: Path | None = Field(None, description="Server certificate (PEM), REST and gRPC.")
+    tls_key: Path | None = Field(None, description="Private key (PEM) of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="CA (PEM) client certificates must be signed by (mTLS)."
+    )
     defaults: ModelServeConfig = Field(default_factory=ModelServeConfig)
     models: dict[str, ModelEntry] = Field(default_factory=dict)
 
