@@ -48,9 +48,9 @@ def test_every_error_class_is_in_the_table_once_and_round_trips() -> None:
 
 
 @pytest.mark.parametrize("cls", ERRORS, ids=lambda cls: cls.__name__)
-def test_only_a_retry_me_error_is_a_503(cls: type[ModelportError]) -> None:
+def test_only_a_retry_me_error_is_a_503_or_a_429(cls: type[ModelportError]) -> None:
     retry_me = cls.grpc_status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
-    assert (cls.http_status == 503) == retry_me
+    assert (cls.http_status in (503, 429)) == retry_me
 
 
 def _all_subclasses(cls: type[ModelportError]) -> set[type[ModelportError]]:

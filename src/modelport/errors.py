@@ -18,6 +18,8 @@ Every failure a user can cause or meet is one of these::
     ├── Timeout                    a deadline passed
     ├── Unauthorized               no or bad credentials
     ├── Forbidden                  credentials lack the right
+    ├── RateLimited                a key or an address is over its rate: wait, then retry
+    ├── EncryptionKeyError         encrypted files and a missing or wrong master key
     ├── GateFailed                 a derived model was refused by a gate the user set
     └── Internal                   a deterministic failure inside a model or the server:
                                    retrying will not help
@@ -42,6 +44,7 @@ from typing import ClassVar
 __all__ = [
     "ERRORS",
     "Conflict",
+    "EncryptionKeyError",
     "Forbidden",
     "GateFailed",
     "Internal",
@@ -53,6 +56,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "RateLimited",
     "StorageError",
     "Timeout",
     "Unauthorized",
@@ -201,6 +205,28 @@ class Forbidden(ModelportError):
     exit_code = 13
 
 
+class RateLimited(ModelportError):
+    """A key, or a client address failing to authenticate, is over its rate (HTTP 429 with
+    ``Retry-After``, gRPC RESOURCE_EXHAUSTED)."""
+
+    code = "rate_limited"
+    http_status = 429
+    grpc_status = "RESOURCE_EXHAUSTED"
+    exit_code = 15
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EncryptionKeyError(ModelportError):
+    """Stored files are encrypted and the master key is missing or is not the one that
+    encrypted them (the message names the key id expected)."""
+
+    code = "encryption_key"
+    exit_code = 16
+
+
 class GateFailed(ModelportError):
     """An optimized model did worse than a gate allows (agreement, accuracy, speed, size);
     nothing was stored. The message says which gate failed and by how much."""
@@ -240,6 +266,8 @@ ERRORS: tuple[type[ModelportError], ...] = (
     Timeout,
     Unauthorized,
     Forbidden,
+    RateLimited,
+    EncryptionKeyError,
     GateFailed,
     Internal,
 )

@@ -14,19 +14,21 @@ import contextvars
 import fnmatch
 import functools
 import getpass
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from modelport.errors import InvalidInput
 
 __all__ = [
+    "PRINCIPAL_KEY",
     "SCOPES",
     "Principal",
     "Scope",
     "acting_as",
     "current",
     "local_principal",
+    "of_request",
     "scope_includes",
     "validate_scope",
 ]
@@ -97,3 +99,18 @@ def acting_as(principal: Principal) -> Iterator[Principal]:
         yield principal
     finally:
         _current.reset(token)
+
+
+PRINCIPAL_KEY = "modelport.principal"
+"""The ASGI scope key (and gRPC context attribute) where the auth edge leaves the principal."""
+
+
+def of_request(scope: Mapping[str, Any]) -> Principal:
+    """The principal the auth edge found for an ASGI request; on a server with auth off,
+    ``anonymous`` at the client's address."""
+    found = scope.get(PRINCIPAL_KEY)
+    if isinstance(found, Principal):
+        return found
+    client = scope.get("client")
+    address = f"{client[0]}:{client[1]}" if client else None
+    return Principal("anonymous", address=address)
