@@ -19,18 +19,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, insert, or_, select
 
+from modelport.errors import InvalidInput
 from modelport.registry import schema
 from modelport.registry.db import read_transaction, write_transaction
 from modelport.security.principal import Principal, current
 
-__all__ = ["ACTIONS", "GENESIS", "AuditCheck", "AuditEntry", "AuditLog", "entry_hash", "record"]
+__all__ = [
+    "ACTIONS",
+    "GENESIS",
+    "AuditCheck",
+    "AuditEntry",
+    "AuditLog",
+    "entry_hash",
+    "parse_since",
+    "record",
+]
 
 GENESIS = "0" * 64
 
@@ -58,6 +69,8 @@ ACTIONS = (
 )
 """Every action modelport records (docs/audit.md explains each)."""
 
+_SPAN = re.compile(r"(\d+)\s*([smhdw])")
+_SPAN_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _BATCH = 1000  # rows per fetch while verifying: a long log is never held in memory at once
 
 
@@ -111,6 +124,28 @@ def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
         default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """The moment ``text`` names: a span back from ``now`` (``30m``, ``1h``, ``2d``, ``1w``)
+    or an ISO date or time (``2026-12-01``, ``2026-12-01T10:00:00+01:00``; UTC when it has
+    no zone).
+
+    Raises:
+        InvalidInput: neither a span nor an ISO date/time.
+    """
+    span = _SPAN.fullmatch(text.strip())
+    if span is not None:
+        back = timedelta(**{_SPAN_UNITS[span[2]]: int(span[1])})
+        return (now or datetime.now(UTC)) - back
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"cannot read {text!r} as a time: give a span back from now (30m, 1h, 2d, 1w) or "
+            "an ISO date or time (2026-12-01, 2026-12-01T10:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def record(
