@@ -19,13 +19,14 @@ from sqlalchemy import text
 
 from modelport import Registry, Settings
 from modelport.errors import Conflict, InvalidInput
-from modelport.security.audit import GENESIS, AuditLog, parse_since
+from modelport.security.audit import ACTIONS, GENESIS, AuditLog, parse_since
 from modelport.security.principal import Principal, acting_as, local_principal
 from tests.conftest import run_cli
 from tests.onnx_models import make_iris_onnx
-from tests.serving_fixtures import push, running_server
+from tests.serving_fixtures import push, push_all, running_server
 
 LOCAL = local_principal().name
+DOCS = Path(__file__).parent.parent / "docs" / "audit.md"
 CI = Principal("key:ci", scope="write", address="10.0.0.7:5123", key_id="0123456789ab")
 
 
@@ -182,6 +183,35 @@ def test_concurrent_appends_never_fork_the_chain(registry: Registry) -> None:
     assert check.checked == threads * each
     entries = log.entries()
     assert len({e.prev_hash for e in entries}) == threads * each  # no two share a parent
+
+
+def test_pushes_from_several_processes_form_one_chain(home: Path, iris_onnx: Path) -> None:
+    push_all(home, [(iris_onnx, f"model{n}", ["prod"]) for n in range(3)])
+
+    with Registry(Settings(home=home)) as registry:
+        log = AuditLog(registry.engine)
+        check = log.verify()
+        pushed = sorted(e.target for e in log.entries(action="push"))
+    assert check.ok and check.checked == 3, check.problem
+    assert pushed == ["model0@1", "model1@1", "model2@1"]
+
+
+def test_a_detail_json_cannot_hold_as_is_is_stored_as_it_reads_back(registry: Registry) -> None:
+    log = AuditLog(registry.engine)
+    entry = log.append("gc", detail={"when": datetime(2026, 1, 2, tzinfo=UTC), 3: (1, 2)})
+
+    assert entry.detail == {"when": "2026-01-02 00:00:00+00:00", "3": [1, 2]}
+    assert log.entries()[0].detail == entry.detail
+    assert log.verify().ok
+
+
+def test_the_docs_list_every_action_there_is() -> None:
+    documented = [
+        line.split("|")[1].strip().strip("`")
+        for line in DOCS.read_text().splitlines()
+        if line.startswith("| `")
+    ]
+    assert sorted(documented) == sorted(ACTIONS)
 
 
 # -- tampering --------------------------------------------------------------------------

@@ -158,8 +158,11 @@ def record(
     principal: Principal | None = None,
 ) -> AuditEntry:
     """Append one entry inside the write transaction ``conn`` (see ``write_transaction``);
-    ``principal`` defaults to who is acting now (``principal.current``)."""
+    ``principal`` defaults to who is acting now (``principal.current``). ``detail`` is
+    stored as JSON (values JSON cannot hold, such as datetimes, as their text)."""
     who = principal or current()
+    # Hash exactly what the database will hand back: JSON's own types, string keys.
+    stored = json.loads(json.dumps(dict(detail or {}), default=str))
     entry = AuditEntry(
         at=datetime.now(UTC),
         actor=who.name,
@@ -167,7 +170,7 @@ def record(
         target=target,
         outcome=outcome,
         address=who.address,
-        detail=dict(detail or {}),
+        detail=stored,
     )
     table = schema.audit_log
     last = conn.execute(select(table.c.hash).order_by(table.c.id.desc()).limit(1)).scalar()
