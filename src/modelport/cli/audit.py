@@ -6,6 +6,8 @@ an admin key in ``MODELPORT_API_KEY``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -57,7 +59,8 @@ def audit(
         found = _get(url, "/api/v1/audit", {**filters, "since": since})
     else:
         filters["since"] = parse_since(since) if since else None
-        found = [entry.to_dict() for entry in _log().entries(**filters)]
+        with _log() as log:
+            found = [entry.to_dict() for entry in log.entries(**filters)]
     if as_json:
         render.print_json(found)
         return
@@ -93,7 +96,8 @@ def verify(
         params = {"expect_head": expect_head} if expect_head else {}
         check = AuditCheck(**_get(url, "/api/v1/audit/verify", params))
     else:
-        check = _log().verify(expect_head=expect_head)
+        with _log() as log:
+            check = log.verify(expect_head=expect_head)
     if as_json:
         render.print_json(check.to_dict())
     if not check.ok:
@@ -105,10 +109,15 @@ def verify(
         )
 
 
-def _log() -> AuditLog:
+@contextlib.contextmanager
+def _log() -> Iterator[AuditLog]:
     from modelport.registry.db import open_database
 
-    return AuditLog(open_database(load_settings().resolved_db_url()))
+    engine = open_database(load_settings().resolved_db_url())
+    try:
+        yield AuditLog(engine)
+    finally:
+        engine.dispose()
 
 
 def _get(url: str, path: str, params: dict[str, Any]) -> Any:
