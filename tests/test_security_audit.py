@@ -19,7 +19,14 @@ from sqlalchemy import text
 
 from modelport import Registry, Settings
 from modelport.errors import Conflict, InvalidInput
-from modelport.security.audit import ACTIONS, GENESIS, AuditLog, parse_since
+from modelport.security.audit import (
+    ACTIONS,
+    GENESIS,
+    AuditEntry,
+    AuditLog,
+    entry_hash,
+    parse_since,
+)
 from modelport.security.principal import Principal, acting_as, local_principal
 from tests.conftest import run_cli
 from tests.onnx_models import make_iris_onnx
@@ -238,10 +245,27 @@ def _swap(db: sqlite3.Connection) -> int:
     return 2
 
 
+def _rehash(db: sqlite3.Connection) -> int:
+    # The edit of a forger who knows the scheme: entry 2 made consistent with itself.
+    at, actor, action, address, outcome, detail, prev = db.execute(
+        "SELECT at, actor, action, address, outcome, detail, prev_hash FROM audit_log WHERE id = 2"
+    ).fetchone()
+    forged = AuditEntry(
+        at=datetime.fromisoformat(at).replace(tzinfo=UTC), actor=actor, action=action,
+        target="iris@9", outcome=outcome, address=address, detail=json.loads(detail),
+    )  # fmt: skip
+    db.execute(
+        "UPDATE audit_log SET target = 'iris@9', hash = ? WHERE id = 2",
+        (entry_hash(prev, forged),),
+    )
+    return 3
+
+
 TAMPERING: dict[str, Callable[[sqlite3.Connection], int]] = {
     "edited": _edit,
     "deleted": _delete,
     "swapped": _swap,
+    "rehashed": _rehash,
 }
 
 

@@ -266,7 +266,7 @@ class AuditLog:
                 return AuditCheck(
                     False, checked, previous, entry.id,
                     f"audit entry {entry.id} does not follow {after} of the chain: an entry "
-                    "before it was deleted, inserted or moved",
+                    "before it was deleted, inserted or moved (or rewritten with a new hash)",
                 )  # fmt: skip
             if entry_hash(entry.prev_hash, entry) != entry.hash:
                 return AuditCheck(
