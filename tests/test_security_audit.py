@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from modelport import Registry, Settings
 from modelport.errors import Conflict, InvalidInput
+from modelport.registry.store import manifest_key
 from modelport.security.audit import (
     ACTIONS,
     GENESIS,
@@ -80,6 +81,7 @@ def test_every_registry_write_is_recorded_with_its_actor(
     entries = AuditLog(registry.engine).entries()
     first, _, moved, refused, tagged, untagged = entries[:6]
     assert first.detail["aliases"] == ["staging"] and first.detail["tags"] == {"team": "a"}
+    assert entries[1].detail["manifest"] == manifest_key(registry.get("iris@2").files)
     assert first.address is None
     assert entries[1].address == "10.0.0.7:5123"
     assert moved.detail == {"alias": "staging", "from": 1, "to": 2, "expected": 1}

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from modelport.registry import editing, queries, schema
 from modelport.registry.db import write_transaction
-from modelport.registry.store import FileEntry
+from modelport.registry.store import FileEntry, manifest_key
 from modelport.security import audit
 from modelport.types import ModelRef
 
@@ -74,7 +74,9 @@ def insert_version(
                 "format": row["format"],
                 "size": row["size"],
                 "files": len(entries),
-                "manifest": [e.digest for e in entries],
+                # One digest names every file's path and content (``manifest_key``): an
+                # entry stays small however many files a model has.
+                "manifest": manifest_key(entries),
                 "aliases": aliases,
                 "tags": tags,
                 "parent": parent,
