@@ -29,6 +29,7 @@ from modelport.errors import Conflict, InvalidInput, NotFound, Unavailable
 from modelport.registry.db import read_transaction, write_transaction
 from modelport.registry.sources import refuse_special_files
 from modelport.registry.store import BlobWriter, FileEntry, manifest_key, verify_blobs
+from modelport.security import audit
 from modelport.types import DataType, ModelRef, parse_tags, validate_alias, validate_name
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class Datasets:
                     conn, name=name, row=row, parent=None, entries=entries,
                     tags=tag_map, aliases=alias_list,
                 )  # fmt: skip
+                detail = {"rows": row["rows"], "size": row["size"], "source": row["source"]}
+                audit.record(conn, "dataset.push", f"{name}@{number}", detail=detail)
         return self.get(f"{name}@{number}")
 
     def split(
@@ -191,6 +194,8 @@ class Datasets:
                     conn, name=target_name, row=row, parent=parent_id, entries=entries,
                     tags={}, aliases=alias_list,
                 )  # fmt: skip
+                detail = {"from": str(exact), "fractions": kept, "seed": seed}
+                audit.record(conn, "dataset.split", f"{target_name}@{number}", detail=detail)
         return self.get(f"{target_name}@{number}")
 
     def builtin(self, which: str, *, name: str | None = None) -> DatasetVersion:
@@ -223,6 +228,9 @@ class Datasets:
         with write_transaction(self.registry.engine) as conn:
             did, vid = tables.resolve(conn, target)
             tables.point_alias(conn, did, alias, vid)
+            (pointed,) = tables.load_versions(conn, [vid])
+            detail = {"alias": alias, "to": pointed.version}
+            audit.record(conn, "dataset.alias", f"{target.name}@{alias}", detail=detail)
         return self.get(f"{target.name}@{alias}")
 
     def delete(self, ref: DatasetRef | str, *, force: bool = False) -> DatasetVersion:
@@ -240,6 +248,8 @@ class Datasets:
                     "the alias first (modelport dataset alias) or pass --force"
                 )
             tables.delete_version(conn, vid)
+            detail = {"force": force, "aliases": list(record.aliases)}
+            audit.record(conn, "dataset.delete", str(record.ref), detail=detail)
         # Freeing space now is a courtesy: while a push holds the store, `gc` does it later.
         with contextlib.suppress(Unavailable):
             self.registry.gc(wait=2.0)

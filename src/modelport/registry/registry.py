@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import delete, insert, select
 
 from modelport.config import Settings, VerifyPolicy, load_settings
 from modelport.errors import (
@@ -18,7 +17,7 @@ from modelport.errors import (
     Unavailable,
     VerificationFailed,
 )
-from modelport.registry import editing, queries, schema
+from modelport.registry import editing, pushing, queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
@@ -44,6 +43,8 @@ from modelport.runtimes import (
     derived,
 )
 from modelport.runtimes.derived import DerivedCheck
+from modelport.security.audit import AuditLog
+from modelport.security.audit import record as record_entry
 from modelport.types import ModelRef, Signature, Tensors, validate_alias, validate_name
 
 if TYPE_CHECKING:
@@ -153,7 +154,8 @@ class Registry:
                 blob = early if early is not None and path == source else put_file(writer, path)
                 entries.append(FileEntry(rel, blob.digest, blob.size))
             writer.publish({e.digest for e in entries})
-            number = self._insert_version(
+            number = pushing.insert_version(
+                self.engine,
                 name=name,
                 row={
                     "format": runtime.format,
@@ -176,99 +178,29 @@ class Registry:
             )
         return self.get(ModelRef(name, version=number))
 
-    def _insert_version(
-        self,
-        *,
-        name: str,
-        row: dict[str, Any],
-        parent: str | None,
-        entries: list[FileEntry],
-        tags: dict[str, str],
-        aliases: list[str],
-    ) -> int:
-        now = datetime.now(UTC)
-        with write_transaction(self.engine) as conn:
-            mid = self._ensure_model(conn, name, row["description"], now)
-            conn.execute(
-                update(schema.models)
-                .where(schema.models.c.id == mid)
-                .values(last_version=schema.models.c.last_version + 1)
-            )
-            number = int(
-                conn.execute(
-                    select(schema.models.c.last_version).where(schema.models.c.id == mid)
-                ).scalar_one()
-            )
-            parent_id = queries.resolve(conn, ModelRef.parse(parent))[1] if parent else None
-            vid = conn.execute(
-                insert(schema.versions)
-                .values(model_id=mid, number=number, created_at=now, parent_id=parent_id, **row)
-                .returning(schema.versions.c.id)
-            ).scalar_one()
-            if entries:
-                conn.execute(
-                    insert(schema.files),
-                    [
-                        {
-                            "version_id": vid,
-                            "path": e.path,
-                            "digest": e.digest,
-                            "size": e.size,
-                        }
-                        for e in entries
-                    ],
-                )
-            if tags:
-                conn.execute(
-                    insert(schema.tags),
-                    [{"version_id": vid, "key": k, "value": v} for k, v in tags.items()],
-                )
-            for alias in aliases:
-                editing.point_alias(conn, mid, alias, vid)
-            return number
-
-    @staticmethod
-    def _ensure_model(conn: Connection, name: str, description: str, now: datetime) -> int:
-        found = conn.execute(
-            select(schema.models.c.id, schema.models.c.description).where(
-                schema.models.c.name == name
-            )
-        ).first()
-        if found is None:
-            # A name deleted before goes on from its last number (see ``delete_model``).
-            retired = schema.retired_models
-            last = conn.execute(
-                select(retired.c.last_version).where(retired.c.name == name)
-            ).scalar()
-            conn.execute(delete(retired).where(retired.c.name == name))
-            return int(
-                conn.execute(
-                    insert(schema.models)
-                    .values(
-                        name=name, description=description, created_at=now, last_version=last or 0
-                    )
-                    .returning(schema.models.c.id)
-                ).scalar_one()
-            )
-        if description and not found.description:
-            conn.execute(
-                update(schema.models)
-                .where(schema.models.c.id == found.id)
-                .values(description=description)
-            )
-        return int(found.id)
-
     def set_alias(
         self, ref: ModelRef | str, alias: str, *, expected_version: int | None = None
     ) -> ModelVersion:
         """Point ``alias`` of the referenced model at the referenced version.
 
         ``expected_version``: compare-and-set; the alias must point at that version number
-        now (0: must not exist yet), else ``Conflict`` (see ``editing.set_alias``).
+        now (0: must not exist yet), else ``Conflict`` (see ``editing.set_alias``). A move
+        so refused is in the audit log too (outcome ``refused``): the deployer who lost the
+        race is on record.
         """
         target = ModelRef.coerce(ref)
-        with write_transaction(self.engine) as conn:
-            editing.set_alias(conn, target, alias, expected_version)
+        try:
+            with write_transaction(self.engine) as conn:
+                editing.set_alias(conn, target, alias, expected_version)
+        except Conflict as exc:
+            detail = {"alias": alias, "to": str(target), "expected": expected_version}
+            AuditLog(self.engine).append(
+                "alias.set",
+                f"{target.name}@{alias}",
+                outcome="refused",
+                detail={**detail, "error": str(exc)},
+            )
+            raise
         return self.get(ModelRef(target.name, alias=alias))
 
     def delete_alias(self, name: str, alias: str) -> None:
@@ -328,6 +260,8 @@ class Registry:
                 )
             conn.execute(delete(schema.aliases).where(schema.aliases.c.version_id == vid))
             conn.execute(delete(schema.versions).where(schema.versions.c.id == vid))
+            detail = {"force": force, "aliases": list(record.aliases)}
+            record_entry(conn, "version.delete", str(record.ref), detail=detail)
         self._sweep()
         return record
 
@@ -349,6 +283,8 @@ class Registry:
             conn.execute(delete(schema.versions).where(schema.versions.c.model_id == mid))
             conn.execute(delete(schema.models).where(schema.models.c.id == mid))
             conn.execute(insert(schema.retired_models).values(name=name, last_version=last))
+            detail = {"force": force, "versions": [r.version for r in records]}
+            record_entry(conn, "model.delete", name, detail=detail)
         self._sweep()
         return records
 
@@ -359,13 +295,17 @@ class Registry:
 
     def gc(self, *, wait: float = 60.0) -> GcReport:
         """Remove what no version references: blobs, checkouts, derived files (optimized
-        graphs), and the staging of dead pushes.
+        graphs), and the staging of dead pushes. A collection that removed anything is in
+        the audit log (``gc``, with the report as its detail).
 
         Raises:
             Unavailable: a push held the store for ``wait`` seconds.
         """
         stored = self.store.collect_garbage(self._references, wait=wait)
-        return stored + self.checkout.collect_garbage(self._references, wait=wait)
+        report = stored + self.checkout.collect_garbage(self._references, wait=wait)
+        if report != GcReport():
+            AuditLog(self.engine).append("gc", detail=dataclasses.asdict(report))
+        return report
 
     def _references(self) -> References:
         # Called by the store under its exclusive lock, never before: a push that commits

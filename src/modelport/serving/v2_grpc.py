@@ -40,6 +40,7 @@ from modelport.serving.config import ServeConfig
 from modelport.serving.deployment import State
 from modelport.serving.description import metadata, triton_config
 from modelport.serving.manager import ModelManager
+from modelport.serving.repository_audit import grpc_caller, recorded
 
 __all__ = ["ERROR_METADATA", "InferenceServicer", "abort", "start_grpc_server", "status_of"]
 
@@ -159,14 +160,18 @@ class InferenceServicer:
     @_edge
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
         _refuse_parameters(request, "load")
-        await self.manager.load(request.model_name)
+        name, caller = request.model_name, grpc_caller(context)
+        async with recorded(self.manager.registry, "model.load", name, caller) as detail:
+            detail["version"] = (await self.manager.load(name)).version
         return pb.RepositoryModelLoadResponse()
 
     @_edge
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
         # tritonclient always sends unload_dependents; modelport models have no dependents.
         _refuse_parameters(request, "unload", accepted={"unload_dependents"})
-        await self.manager.unload(request.model_name)
+        name, caller = request.model_name, grpc_caller(context)
+        async with recorded(self.manager.registry, "model.unload", name, caller):
+            await self.manager.unload(name)
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -17,6 +17,7 @@ from modelport.protocols.v2 import json_body
 from modelport.protocols.v2.codec import OFF_LOOP_BYTES
 from modelport.protocols.v2.metadata import EXTENSIONS
 from modelport.protocols.v2.rest import HEADER_LENGTH, encode_response, parse_request
+from modelport.security.principal import of_request
 from modelport.serving.deployment import State
 from modelport.serving.description import metadata, triton_config
 from modelport.serving.http import (
@@ -27,6 +28,7 @@ from modelport.serving.http import (
     receive_body,
 )
 from modelport.serving.manager import ModelManager
+from modelport.serving.repository_audit import recorded
 from modelport.types import Signature
 
 __all__ = ["InferFirst", "routes"]
@@ -170,11 +172,16 @@ def routes(manager: ModelManager, max_body: int) -> list[Route]:
         return json_response(rows)
 
     async def repository_load(request: Request) -> Response:
-        await manager.load(request.path_params["name"])
+        name = request.path_params["name"]
+        caller = of_request(request.scope)
+        async with recorded(manager.registry, "model.load", name, caller) as detail:
+            detail["version"] = (await manager.load(name)).version
         return json_response({})
 
     async def repository_unload(request: Request) -> Response:
-        await manager.unload(request.path_params["name"])
+        name = request.path_params["name"]
+        async with recorded(manager.registry, "model.unload", name, of_request(request.scope)):
+            await manager.unload(name)
         return json_response({})
 
     model = "/v2/models/{name}"
