@@ -165,6 +165,18 @@ class LocalWriter:
         self._staged[digest] = staged
         return Blob(digest, size)
 
+    def put_sealed(self, digest: str, source: Readable) -> None:
+        """Stage ``source``'s bytes to be published under ``digest``, which they do not hash
+        to: an encryption of the blob (``store.encrypted``), whose plaintext the caller
+        hashed. Nothing here checks them; ``publish`` files them like any other."""
+        staged = self._dir / uuid.uuid4().hex
+        try:
+            with staged.open("w+b") as target:
+                copy_hashing(source, target)
+        except OSError as exc:
+            raise _write_error(self._store.root, exc) from exc
+        self._staged[digest] = staged
+
     def publish(self, digests: Iterable[str]) -> None:
         """Move staged files into the blob area. Identical content is kept once."""
         try:

@@ -138,6 +138,20 @@ class S3Store:
                     self._multipart(readable, key, digest, size)
         return Blob(digest, size)
 
+    def put_sealed(self, digest: str, source: Readable) -> None:
+        """See ``S3Writer.put_sealed``."""
+        key = self._key(digest)
+        with _seekable(source) as readable, self._errors("storing a file"):
+            readable.seek(0, 2)
+            size = readable.tell()
+            readable.seek(0)
+            if self._modified(key) is not None:
+                self._refresh(key)
+            elif size <= self._part_size:
+                self._put_object(key, readable.read())
+            else:
+                self._multipart(readable, key, None, size)
+
     @contextlib.contextmanager
     def get(self, digest: str) -> Iterator[Readable]:
         with self._errors(f"reading blob {digest[:12]}…"):
@@ -271,7 +285,7 @@ class S3Store:
             if _error_code(exc) != "PreconditionFailed":  # stored meanwhile: same bytes
                 raise
 
-    def _multipart(self, source: Readable, key: str, digest: str, size: int) -> None:
+    def _multipart(self, source: Readable, key: str, digest: str | None, size: int) -> None:
         client = self._client
         upload = client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         try:
@@ -295,9 +309,10 @@ class S3Store:
             raise
 
     def _upload_parts(
-        self, source: Readable, key: str, upload: str, digest: str, size: int
+        self, source: Readable, key: str, upload: str, digest: str | None, size: int
     ) -> builtins.list[dict[str, Any]]:
-        """Send the parts a few at a time, hashing each as it goes out."""
+        """Send the parts a few at a time, hashing each as it goes out (and checking the
+        bytes sent hash to ``digest``, unless None: sealed bytes hash to nothing known)."""
         hasher = hashlib.sha256()
         sent = 0
         parts: builtins.list[dict[str, Any]] = []
@@ -329,7 +344,8 @@ class S3Store:
                     settle(*pending.popleft())
             while pending:
                 settle(*pending.popleft())
-        _check_sent(hasher.hexdigest(), sent, digest, size)
+        if digest is not None:
+            _check_sent(hasher.hexdigest(), sent, digest, size)
         return parts
 
     def _abort_uploads(self, horizon: float) -> int:
@@ -406,6 +422,12 @@ class S3Writer:
 
     def put(self, source: Readable) -> Blob:
         return self._store.put(source)
+
+    def put_sealed(self, digest: str, source: Readable) -> None:
+        """Upload ``source`` (seekable, read from its start) under ``digest``, which its
+        bytes do not hash to: an encryption of the blob (``store.encrypted``), whose
+        plaintext the caller hashed. A blob already held under ``digest`` is kept."""
+        self._store.put_sealed(digest, source)
 
     def publish(self, digests: Iterable[str]) -> None:
         self._store.confirm(digests)
