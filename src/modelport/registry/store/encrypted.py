@@ -86,9 +86,7 @@ class BlobKeys:
             values = {"wrapped_key": ours.wrapped_key, "master_key_id": ours.master_key_id}
             if found is None:
                 conn.execute(
-                    insert(table).values(
-                        digest=ours.digest, created_at=datetime.now(UTC), **values
-                    )
+                    insert(table).values(digest=ours.digest, created_at=datetime.now(UTC), **values)
                 )
                 return ours
             if found.master_key_id != ours.master_key_id:

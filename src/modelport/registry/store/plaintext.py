@@ -48,7 +48,7 @@ def plaintext_base(settings: Settings) -> Path:
         allowed = settings.plaintext_cache.expanduser()
         allowed.mkdir(parents=True, exist_ok=True)
         return allowed
-    shm = Path("/dev/shm")
+    shm = Path("/dev/shm")  # noqa: S108  (owner and mode are checked in _private)
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if shm.is_dir() and os.access(shm, os.W_OK):
         base = shm / f"modelport-{os.getuid()}"
