@@ -173,9 +173,9 @@ class EncryptedStore:
         """
         if self.master is None:
             raise EncryptionKeyError(
-                f"blob {row.digest[:12]}… in {self.url} is encrypted under master key id "
-                f"{row.master_key_id}; set MODELPORT_ENCRYPTION_KEY (or "
-                "MODELPORT_ENCRYPTION_KEY_FILE) to that key"
+                f"blob {row.digest[:12]}… in {self.url} is encrypted and no master key is "
+                "set; set MODELPORT_ENCRYPTION_KEY (or MODELPORT_ENCRYPTION_KEY_FILE) to the "
+                f"master key with id {row.master_key_id}"
             )
         if row.master_key_id != self.master.key_id:
             raise EncryptionKeyError(
