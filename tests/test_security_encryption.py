@@ -10,7 +10,7 @@ import io
 import os
 import subprocess
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +202,12 @@ def test_without_the_key_or_with_another_the_error_names_the_key_id(
             registry.load("marked")
         with pytest.raises(EncryptionKeyError, match=key_id):
             registry.verify("marked")
-    with open_registry(home, wrong) as registry:
-        with pytest.raises(EncryptionKeyError, match=f"under master key id {key_id}") as caught:
-            registry.load("marked")
+    expected = f"under master key id {key_id}"
+    with (
+        open_registry(home, wrong) as registry,
+        pytest.raises(EncryptionKeyError, match=expected) as caught,
+    ):
+        registry.load("marked")
     assert key not in str(caught.value) and wrong not in str(caught.value)
 
     result = cli(home, None, "verify", "marked")
@@ -381,7 +384,7 @@ def test_serve_predict_optimize_and_datasets_leave_no_plaintext_on_disk(
                             "data": X.ravel().tolist(),
                         }
                     ]
-                },  # fmt: skip
+                },
                 timeout=30,
             )
             assert answer.status_code == 200, answer.text
@@ -419,16 +422,17 @@ def test_an_s3_store_holds_only_ciphertext(
             client.get_object(Bucket=bucket, Key=k)["Body"].read()
             for k in object_keys(endpoint, bucket)
         ]
-        with open_registry(tmp_path / "home", None, **settings) as registry:
-            with pytest.raises(EncryptionKeyError):
-                registry.load("marked")
+        with (
+            open_registry(tmp_path / "home", None, **settings) as registry,
+            pytest.raises(EncryptionKeyError),
+        ):
+            registry.load("marked")
     assert len(stored) == 2
     assert not any(NEEDLE in data or big[:4096] in data for data in stored)
     assert files_containing(tmp_path / "home", NEEDLE) == []
 
 
 @pytest.fixture(autouse=True)
-def _no_encryption_variables(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_encryption_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ENCRYPTION_KEY", "ENCRYPTION_KEY_FILE", "PLAINTEXT_CACHE"):
         monkeypatch.delenv(f"MODELPORT_{name}", raising=False)
-    yield
