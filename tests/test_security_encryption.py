@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -436,3 +437,102 @@ def test_an_s3_store_holds_only_ciphertext(
 def _no_encryption_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ENCRYPTION_KEY", "ENCRYPTION_KEY_FILE", "PLAINTEXT_CACHE"):
         monkeypatch.delenv(f"MODELPORT_{name}", raising=False)
+
+
+def test_tune_servers_get_the_key(home: Path, key: str, marked_model: Path) -> None:
+    from modelport.tuning.grid import default_point
+    from modelport.tuning.server import serving
+
+    settings = Settings(home=home, encryption_key=key)
+    with Registry(settings) as registry:
+        registry.push(marked_model, "marked")
+
+    with serving(settings, "marked", "marked", default_point()) as url:
+        answer = httpx.post(
+            f"{url}/v2/models/marked/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]},
+            timeout=30,
+        )
+    assert answer.status_code == 200, answer.text
+
+
+# -- where plaintext goes, and the commands' own errors ----------------------------------------
+
+
+def test_a_plaintext_cache_the_user_names_is_used_and_kept(
+    home: Path, key: str, marked_model: Path, tmp_path: Path
+) -> None:
+    allowed = tmp_path / "allowed"
+    with open_registry(home, key, plaintext_cache=allowed) as registry:
+        registry.push(marked_model, "marked")
+        registry.load("marked").close()
+        assert registry.checkout.root.is_relative_to(allowed)
+
+    assert files_containing(allowed, NEEDLE)
+    assert files_containing(home, NEEDLE) == []
+
+
+def test_the_directory_of_a_dead_process_is_removed_by_the_next(
+    home: Path, key: str, marked_model: Path
+) -> None:
+    script = (
+        "import os, sys\n"
+        "from modelport import Registry, Settings\n"
+        f"r = Registry(Settings(home={str(home)!r}, encryption_key={key!r}))\n"
+        "r.push(sys.argv[1], 'marked'); r.load('marked')\n"
+        "print(r.checkout.root, flush=True)\n"
+        "os._exit(0)  # dies without running atexit, as a killed process would\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(marked_model)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    left = Path(done.stdout.strip())
+    assert files_containing(left, NEEDLE)  # what the dead process decrypted is still there
+
+    with open_registry(home, key) as registry:
+        registry.load("marked").close()
+
+    assert not left.exists()
+
+
+def test_same_new_file_pushed_by_several_processes_at_once(
+    home: Path, key: str, marked_model: Path
+) -> None:
+    procs = [
+        subprocess.Popen(
+            [CLI, "push", str(marked_model), "--name", f"m{i}"],
+            env=cli_env(home, {"MODELPORT_ENCRYPTION_KEY": key}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(3)
+    ]
+    outputs = [proc.communicate(timeout=120)[0].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+
+    with open_registry(home, key) as registry:
+        for i in range(3):
+            assert registry.verify(f"m{i}") == []
+    assert len(blob_files(home)) == 1
+
+
+def test_the_encryption_commands_refuse_what_they_cannot_do(
+    home: Path, key: str, tmp_path: Path
+) -> None:
+    existing = tmp_path / "existing.key"
+    existing.write_text("keep me")
+
+    overwrite = cli(home, None, "encryption", "generate", "--output", existing)
+    same = cli(home, key, "encryption", "rotate", "--new-key-env", "MODELPORT_ENCRYPTION_KEY")
+    keyless = cli(home, None, "encryption", "rotate", "--new-key-file", existing)
+    remote = cli(home, key, "--remote", "http://127.0.0.1:9", "encryption", "status")
+    printed = cli(home, None, "encryption", "generate")
+
+    assert overwrite.returncode == 2 and "never overwritten" in overwrite.stderr
+    assert existing.read_text() == "keep me"
+    assert same.returncode == 2 and "is the current one" in same.stderr
+    assert keyless.returncode == 16 and "not base64" in keyless.stderr
+    assert remote.returncode == 2 and "without --remote" in remote.stderr
+    assert printed.returncode == 0
+    assert master_key(Settings(encryption_key=printed.stdout.strip())) is not None

@@ -75,8 +75,8 @@ def process_directory(settings: Settings, store_url: str, key_id: str) -> Path:
         return base / hashlib.sha256(store_url.encode()).hexdigest()[:16]
     name = hashlib.sha256(f"{store_url}\0{key_id}".encode()).hexdigest()[:16]
     mine = base / str(os.getpid())
+    _sweep(base)  # a listing and a signal-0 per entry: cheap, once per Registry
     if base not in _made:
-        _sweep(base)
         _private(mine)
         atexit.register(shutil.rmtree, mine, True)
         _made[base] = mine
