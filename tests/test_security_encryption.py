@@ -31,6 +31,7 @@ from modelport.registry import schema
 from modelport.registry.db import read_transaction
 from modelport.registry.store import EncryptedStore, LocalStore
 from modelport.registry.store.base import hash_stream
+from modelport.registry.store.encrypted import KeyRow
 from modelport.security.crypto import generate_key, master_key, parse_key
 from modelport.security.envelope import Opened, seal
 from tests.onnx_models import make_matmul_model
@@ -536,3 +537,35 @@ def test_the_encryption_commands_refuse_what_they_cannot_do(
     assert remote.returncode == 2 and "without --remote" in remote.stderr
     assert printed.returncode == 0
     assert master_key(Settings(encryption_key=printed.stdout.strip())) is not None
+
+
+def test_encrypt_existing_seals_old_blobs_and_removes_their_checkouts(
+    home: Path, key: str, marked_model: Path, iris_onnx: Path
+) -> None:
+    with open_registry(home, None) as registry:
+        registry.push(marked_model, "marked")
+        registry.push(iris_onnx, "iris")
+        registry.load("marked").close()  # a plaintext checkout, hard-linked to the blob
+        iris_digest = registry.get("iris").files[0].digest
+    assert files_containing(home, NEEDLE)
+    with open_registry(home, key) as registry:
+        # An earlier run interrupted between its two steps: the row, but plaintext bytes.
+        assert isinstance(registry.store, EncryptedStore) and registry.store.master
+        master = registry.store.master
+        registry.store.keys.claim(
+            KeyRow(iris_digest, master.wrap(os.urandom(32), iris_digest), master.key_id)
+        )
+
+    done = cli(home, key, "encryption", "encrypt-existing")
+
+    assert done.returncode == 0, done.stderr
+    assert "encrypted 2 blob(s)" in done.stdout
+    assert files_containing(home, NEEDLE) == []
+    with open_registry(home, key) as registry:
+        for name in ("marked", "iris"):
+            assert registry.verify(name) == []
+            registry.load(name).close()
+    with open_registry(home, None) as registry, pytest.raises(EncryptionKeyError):
+        registry.load("iris")
+    again = cli(home, key, "encryption", "encrypt-existing")
+    assert "encrypted 0 blob(s)" in again.stdout

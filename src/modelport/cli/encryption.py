@@ -1,4 +1,5 @@
-"""``modelport encryption ...``: generate, status, rotate (docs/encryption.md).
+"""``modelport encryption ...``: generate, status, rotate, encrypt-existing
+(docs/encryption.md).
 
 These commands work on the registry's own machine, with its master key: a server never
 hands its key out, so they refuse ``--remote``.
@@ -16,13 +17,13 @@ from modelport.cli import render
 from modelport.cli.options import JsonFlag
 from modelport.cli.state import remote_url
 from modelport.config import load_settings
-from modelport.errors import InvalidInput
+from modelport.errors import InvalidInput, VerificationFailed
 from modelport.registry import Registry
 from modelport.security.crypto import MasterKey, generate_key, parse_key, read_key_file
 
 app = typer.Typer(
     name="encryption",
-    help="Encryption at rest: generate a master key, show status, rotate the key.",
+    help="Encryption at rest: generate a master key, status, rotate it, encrypt old files.",
     no_args_is_help=True,
 )
 
@@ -104,6 +105,25 @@ def rotate(
         "MODELPORT_ENCRYPTION_KEY (or MODELPORT_ENCRYPTION_KEY_FILE) to the new key now, and "
         "restart servers with it"
     )
+
+
+@app.command("encrypt-existing")
+def encrypt_existing() -> None:
+    """Encrypt the files stored before encryption was on, and remove their old checkouts."""
+    from modelport.security.rotation import encrypt_existing as seal_all
+
+    with _local_registry() as registry:
+        done = seal_all(registry)
+    render.console().print(
+        f"encrypted {done.encrypted} blob(s); removed {done.cache_entries_removed} plaintext "
+        "checkout(s) and cached file(s)"
+    )
+    if done.damaged:
+        raise VerificationFailed(
+            f"{len(done.damaged)} plaintext blob(s) no longer match their digest and were left "
+            f"as they are ({', '.join(d[:12] + '…' for d in done.damaged)}); run "
+            "`modelport verify --all` to see which versions are damaged"
+        )
 
 
 def _new_key(path: Path | None, variable: str | None) -> MasterKey:

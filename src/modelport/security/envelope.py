@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from modelport.errors import VerificationFailed
 from modelport.registry.store.base import Readable
 
-__all__ = ["CHUNK_SIZE", "Opened", "seal"]
+__all__ = ["CHUNK_SIZE", "Opened", "looks_sealed", "seal"]
 
 CHUNK_SIZE = 1024 * 1024
 _MAGIC = b"MPENC"
@@ -64,6 +64,13 @@ def seal(
         if last:
             return hasher.hexdigest(), size
         index += 1
+
+
+def looks_sealed(source: Readable) -> bool:
+    """Whether ``source`` starts like a sealed stream (reads its first bytes). Plaintext
+    that starts with the magic is possible but not worth a thought: this only tells an
+    interrupted ``encrypt-existing`` apart from a finished one."""
+    return _read_exact(source, len(_MAGIC)) == _MAGIC
 
 
 class Opened:

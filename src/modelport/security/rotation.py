@@ -1,4 +1,5 @@
-"""Master-key rotation and the state of encryption at rest in a registry.
+"""Master-key rotation, encrypting what was stored before, and the state of encryption at
+rest in a registry.
 
 Rotation re-wraps every data key in ``blob_keys`` from the current master key to a new one,
 in one database transaction with its audit entry (``encryption.rotate``). Blobs are not
@@ -16,14 +17,15 @@ from sqlalchemy import select, update
 from modelport.errors import EncryptionKeyError, InvalidInput
 from modelport.registry import schema
 from modelport.registry.db import write_transaction
-from modelport.registry.store.encrypted import BlobKeys
+from modelport.registry.store.encrypted import BlobKeys, EncryptedStore
+from modelport.registry.store.local import LocalStore, remove_children
 from modelport.security import audit
 from modelport.security.crypto import MasterKey, master_key
 
 if TYPE_CHECKING:
     from modelport.registry import Registry
 
-__all__ = ["EncryptionStatus", "rotate", "status"]
+__all__ = ["EncryptionStatus", "Sealed", "encrypt_existing", "rotate", "status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,41 @@ def status(registry: Registry) -> EncryptionStatus:
         encrypted=dict(sorted(encrypted.items())),
         plaintext=sum(1 for d in held if d not in sealed),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """What ``encrypt_existing`` did: blobs encrypted, plaintext cache entries removed,
+    and the digests of plaintext blobs found damaged (left as they are)."""
+
+    encrypted: int
+    cache_entries_removed: int
+    damaged: tuple[str, ...]
+
+
+def encrypt_existing(registry: Registry) -> Sealed:
+    """Encrypt every blob stored in plaintext (see ``EncryptedStore.seal_existing``), then
+    remove the plaintext checkout cache of the time before encryption (the local store's
+    ``checkouts/`` and ``derived/``, or ``MODELPORT_CACHE_PATH``): its files would outlive
+    the plaintext blobs they were made from.
+
+    Raises:
+        EncryptionKeyError: no master key is set.
+    """
+    store = registry.store
+    if not isinstance(store, EncryptedStore) or store.master is None:
+        raise EncryptionKeyError(
+            "encrypting needs a master key: set MODELPORT_ENCRYPTION_KEY (or "
+            "MODELPORT_ENCRYPTION_KEY_FILE)"
+        )
+    count, damaged = store.seal_existing()
+    parts: tuple[str, ...]
+    if isinstance(store.inner, LocalStore):
+        root, parts = store.inner.root, ("checkouts", "derived")
+    else:
+        root, parts = registry.settings.resolved_cache_path(), ("checkouts", "derived", "blobs")
+    removed = sum(remove_children(root / part, lambda _p: True) for part in parts)
+    return Sealed(count, removed, damaged)
 
 
 def rotate(registry: Registry, new: MasterKey) -> int:

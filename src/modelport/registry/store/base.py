@@ -135,6 +135,16 @@ class BlobWriter(Protocol):
         """
         ...
 
+    def replace_sealed(self, digest: str, source: Readable) -> None:
+        """Replace the blob held under ``digest`` with ``source``'s bytes, atomically (a
+        reader sees the old bytes or the new, never a mix): its plaintext sealed, by
+        ``encryption encrypt-existing`` only.
+
+        Raises:
+            StorageError: the store refused the write.
+        """
+        ...
+
     def publish(self, digests: Iterable[str]) -> None:
         """Make what was put visible, right before the push commits: every blob in
         ``digests`` is then held, and a garbage collection keeps it long enough to see the

@@ -138,19 +138,19 @@ class S3Store:
                     self._multipart(readable, key, digest, size)
         return Blob(digest, size)
 
-    def put_sealed(self, digest: str, source: Readable) -> None:
-        """See ``S3Writer.put_sealed``."""
+    def put_sealed(self, digest: str, source: Readable, *, replace: bool = False) -> None:
+        """See ``S3Writer.put_sealed`` (and ``replace_sealed``, with ``replace``)."""
         key = self._key(digest)
         with _seekable(source) as readable, self._errors("storing a file"):
             readable.seek(0, 2)
             size = readable.tell()
             readable.seek(0)
-            if self._modified(key) is not None:
+            if not replace and self._modified(key) is not None:
                 self._refresh(key)
             elif size <= self._part_size:
-                self._put_object(key, readable.read())
+                self._put_object(key, readable.read(), replace=replace)
             else:
-                self._multipart(readable, key, None, size)
+                self._multipart(readable, key, None, size, replace=replace)
 
     @contextlib.contextmanager
     def get(self, digest: str) -> Iterator[Readable]:
@@ -278,15 +278,19 @@ class S3Store:
             if _error_code(exc) not in ("InvalidRequest", "EntityTooLarge"):
                 raise
 
-    def _put_object(self, key: str, data: bytes) -> None:
+    def _put_object(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        condition = {} if replace else {"IfNoneMatch": "*"}
         try:
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
         except Exception as exc:
             if _error_code(exc) != "PreconditionFailed":  # stored meanwhile: same bytes
                 raise
 
-    def _multipart(self, source: Readable, key: str, digest: str | None, size: int) -> None:
+    def _multipart(
+        self, source: Readable, key: str, digest: str | None, size: int, *, replace: bool = False
+    ) -> None:
         client = self._client
+        condition = {} if replace else {"IfNoneMatch": "*"}
         upload = client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         try:
             parts = self._upload_parts(source, key, upload, digest, size)
@@ -296,7 +300,7 @@ class S3Store:
                     Key=key,
                     UploadId=upload,
                     MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
+                    **condition,
                 )
             except Exception as exc:
                 if _error_code(exc) != "PreconditionFailed":
@@ -428,6 +432,10 @@ class S3Writer:
         bytes do not hash to: an encryption of the blob (``store.encrypted``), whose
         plaintext the caller hashed. A blob already held under ``digest`` is kept."""
         self._store.put_sealed(digest, source)
+
+    def replace_sealed(self, digest: str, source: Readable) -> None:
+        """See ``BlobWriter.replace_sealed``: S3 replaces an object atomically."""
+        self._store.put_sealed(digest, source, replace=True)
 
     def publish(self, digests: Iterable[str]) -> None:
         self._store.confirm(digests)
