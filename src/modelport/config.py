@@ -87,13 +87,19 @@ class Settings(BaseSettings):
     )
     encryption_key: SecretStr | None = Field(
         default=None,
-        description="Master key for encryption at rest: 32 bytes, base64 (modelport keys "
+        description="Master key for encryption at rest: 32 bytes, base64 (modelport "
         "encryption generate). Never logged.",
     )
     encryption_key_file: Path | None = Field(
         default=None,
         description="File holding the master key for encryption at rest (instead of "
         "MODELPORT_ENCRYPTION_KEY).",
+    )
+    plaintext_cache: Path | None = Field(
+        default=None,
+        description="With encryption at rest: a directory on disk the user allows decrypted "
+        "checkouts and derived files in; default: a private memory-backed directory per "
+        "process, removed when it exits (docs/encryption.md).",
     )
 
     def resolved_db_url(self) -> str:

@@ -11,6 +11,7 @@ import typer
 from modelport.cli import render
 from modelport.cli.audit import app as audit_app
 from modelport.cli.dataset import app as dataset_app
+from modelport.cli.encryption import app as encryption_app
 from modelport.cli.errors import fail
 from modelport.cli.optimize import optimize as optimize_command
 from modelport.cli.options import AliasOption, JsonFlag, NameOption
@@ -320,6 +321,7 @@ def _sweep_jobs() -> None:
 app.command()(serve_command)
 app.add_typer(dataset_app)
 app.add_typer(audit_app)
+app.add_typer(encryption_app)
 app.command("optimize")(optimize_command)
 app.command()(tune_command)
 

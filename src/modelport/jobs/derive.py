@@ -36,6 +36,7 @@ from modelport.errors import InvalidModel, VerificationFailed
 from modelport.jobs.scratch import scratch_directory, sweep
 from modelport.registry import Lineage, ModelVersion, Registry
 from modelport.registry.store import hash_file
+from modelport.registry.store.plaintext import encryption_on, plaintext_base
 from modelport.runtimes import CheckedModel, LoadedModel, LoadOptions, PushOptions
 from modelport.types import ModelRef, Signature, TensorSpec, validate_alias, validate_name
 
@@ -218,7 +219,10 @@ def derive(
 
 def scratch_root(settings: Settings) -> Path:
     """Where jobs keep their scratch directories (see ``jobs.scratch``): ``jobs/`` in the
-    home, local even when the store is not."""
+    home, local even when the store is not; with encryption at rest, beside the decrypted
+    checkouts (``registry.store.plaintext``), since a job's output is plaintext weights."""
+    if encryption_on(settings):
+        return plaintext_base(settings) / "jobs"
     return settings.home.expanduser() / "jobs"
 
 

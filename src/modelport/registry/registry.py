@@ -32,6 +32,7 @@ from modelport.registry.store import (
     hash_file,
     manifest_key,
     open_store,
+    protect,
     safe_relative_path,
     verify_blobs,
 )
@@ -74,12 +75,14 @@ class Registry:
     ) -> None:
         self.settings = settings or load_settings()
         self.runtimes = runtimes or default_runtimes()
-        self.store: BlobStore = store or open_store(self.settings)
-        self.checkout = checkout or checkout_cache_for(self.store, self.settings)
+        inner = store or open_store(self.settings)
         self.engine = open_database(
             self.settings.resolved_db_url(),
-            holding_store=lambda: self.store.url if self.store.holds_blobs() else None,
+            holding_store=lambda: inner.url if inner.holds_blobs() else None,
         )
+        # Encryption at rest (docs/encryption.md) wraps whichever store is in use.
+        self.store: BlobStore = protect(inner, self.engine, self.settings)
+        self.checkout = checkout or checkout_cache_for(self.store, self.settings)
         self._verified: set[str] = set()
 
     def close(self) -> None:

@@ -23,7 +23,10 @@ __all__ = ["serving"]
 
 _READY_SECONDS = 120.0
 _STOP_SECONDS = 30.0
-_REGISTRY_VARIABLES = ("home", "db_url", "store_path", "store_url", "s3_endpoint_url", "cache_path")
+_REGISTRY_VARIABLES = (
+    "home", "db_url", "store_path", "store_url", "s3_endpoint_url", "cache_path",
+    "encryption_key_file", "plaintext_cache",
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -69,6 +72,8 @@ def _environment(settings: Settings) -> dict[str, str]:
         value = getattr(settings, field)
         if value is not None:
             env[f"MODELPORT_{field.upper()}"] = str(value)
+    if settings.encryption_key is not None:  # a SecretStr: str() would hide it
+        env["MODELPORT_ENCRYPTION_KEY"] = settings.encryption_key.get_secret_value()
     env["MODELPORT_VERIFY"] = settings.verify
     return env
 

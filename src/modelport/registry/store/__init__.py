@@ -2,13 +2,17 @@
 
 ``open_store(settings)`` builds the pair the settings describe: the local directory store
 under ``MODELPORT_HOME`` (the default), or an S3 bucket (``MODELPORT_STORE_URL=s3://...``)
-with a checkout cache under ``MODELPORT_CACHE_PATH``.
+with a checkout cache under ``MODELPORT_CACHE_PATH``. ``protect`` wraps it in the
+encrypting store when encryption at rest is on (``encrypted.py``); checkouts then go where
+``plaintext.py`` says.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import urlparse
+
+from sqlalchemy import Engine
 
 from modelport.config import Settings
 from modelport.errors import InvalidInput
@@ -26,14 +30,18 @@ from modelport.registry.store.base import (
     verify_blobs,
 )
 from modelport.registry.store.checkout import CheckoutCache
+from modelport.registry.store.encrypted import BlobKeys, EncryptedStore
 from modelport.registry.store.local import LocalStore
+from modelport.registry.store.plaintext import process_directory
 from modelport.registry.store.s3 import S3Store
+from modelport.security.crypto import master_key
 
 __all__ = [
     "Blob",
     "BlobStore",
     "BlobWriter",
     "CheckoutCache",
+    "EncryptedStore",
     "FileEntry",
     "GcReport",
     "LocalStore",
@@ -44,6 +52,7 @@ __all__ = [
     "hash_file",
     "manifest_key",
     "open_store",
+    "protect",
     "safe_relative_path",
     "verify_blobs",
 ]
@@ -69,9 +78,29 @@ def open_store(settings: Settings) -> BlobStore:
     )
 
 
+def protect(store: BlobStore, engine: Engine, settings: Settings) -> BlobStore:
+    """``store`` wrapped in an ``EncryptedStore`` when a master key is set or the database
+    records encrypted blobs (so that reading one without the key says so); else ``store``.
+
+    Raises:
+        EncryptionKeyError: the master key set is malformed.
+    """
+    master = master_key(settings)
+    keys = BlobKeys(engine)
+    if master is None and not keys.any():
+        return store
+    grace = 0.0 if isinstance(store, LocalStore) else settings.gc_grace
+    return EncryptedStore(store, keys, master, grace=grace)
+
+
 def checkout_cache_for(store: BlobStore, settings: Settings) -> CheckoutCache:
     """The checkout cache for ``store``: inside a local store's own directory (its files
-    are linked, never copied), else under ``MODELPORT_CACHE_PATH``."""
+    are linked, never copied), else under ``MODELPORT_CACHE_PATH``. With encryption on,
+    a private directory of decrypted files (``plaintext.process_directory``); with
+    encrypted blobs but no key, the cache of a remote store (only plaintext blobs open)."""
+    master = master_key(settings)
+    if master is not None:
+        return CheckoutCache(process_directory(settings, store.url, master.key_id), store)
     if isinstance(store, LocalStore):
         return CheckoutCache(store.root, store, blobs=store.blobs)
     return CheckoutCache(settings.resolved_cache_path(), store)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from modelport.errors import InvalidModel
+from modelport.errors import InvalidModel, VerificationFailed
 
 __all__ = [
     "CHUNK",
@@ -125,6 +125,26 @@ class BlobWriter(Protocol):
         """
         ...
 
+    def put_sealed(self, digest: str, source: Readable) -> None:
+        """Store ``source``'s bytes under ``digest``, which they do *not* hash to: an
+        encryption of the blob whose plaintext the caller hashed (``store.encrypted``; no
+        other caller). Published like ``put``'s blobs; a blob already held is kept.
+
+        Raises:
+            StorageError: the store refused the write.
+        """
+        ...
+
+    def replace_sealed(self, digest: str, source: Readable) -> None:
+        """Replace the blob held under ``digest`` with ``source``'s bytes, atomically (a
+        reader sees the old bytes or the new, never a mix): its plaintext sealed, by
+        ``encryption encrypt-existing`` only.
+
+        Raises:
+            StorageError: the store refused the write.
+        """
+        ...
+
     def publish(self, digests: Iterable[str]) -> None:
         """Make what was put visible, right before the push commits: every blob in
         ``digests`` is then held, and a garbage collection keeps it long enough to see the
@@ -227,8 +247,12 @@ def verify_blobs(store: BlobStore, files: Iterable[FileEntry]) -> list[str]:
         if not store.exists(entry.digest):
             problems.append(f"{entry.path}: missing from the store")
             continue
-        with store.get(entry.digest) as stream:
-            digest, size = hash_stream(stream)
+        try:
+            with store.get(entry.digest) as stream:
+                digest, size = hash_stream(stream)
+        except VerificationFailed as exc:  # an encrypted blob altered or cut short
+            problems.append(f"{entry.path}: {exc}")
+            continue
         if digest != entry.digest or size != entry.size:
             problems.append(
                 f"{entry.path}: content changed (expected sha256 {entry.digest[:12]}…, "

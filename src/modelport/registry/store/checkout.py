@@ -103,6 +103,8 @@ class CheckoutCache:
             return path
         staged = self.root / "staging" / f"download-{uuid.uuid4().hex}"
         try:
+            # Made again if gone: a private cache in /dev/shm may be emptied under us.
+            staged.parent.mkdir(parents=True, exist_ok=True)
             with self.store.get(entry.digest) as source, staged.open("w+b") as target:
                 digest, size = copy_hashing(source, target)
             if (digest, size) != (entry.digest, entry.size):
@@ -111,7 +113,7 @@ class CheckoutCache:
                     f"manifest digest (expected sha256 {entry.digest[:12]}…, got "
                     f"{digest[:12]}…); run `modelport verify --all` and push the model again"
                 )
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             staged.chmod(0o444)
             staged.replace(path)
         except OSError as exc:

@@ -165,6 +165,31 @@ class LocalWriter:
         self._staged[digest] = staged
         return Blob(digest, size)
 
+    def put_sealed(self, digest: str, source: Readable) -> None:
+        """Stage ``source``'s bytes to be published under ``digest``, which they do not hash
+        to: an encryption of the blob (``store.encrypted``), whose plaintext the caller
+        hashed. Nothing here checks them; ``publish`` files them like any other."""
+        staged = self._dir / uuid.uuid4().hex
+        try:
+            with staged.open("w+b") as target:
+                copy_hashing(source, target)
+        except OSError as exc:
+            raise _write_error(self._store.root, exc) from exc
+        self._staged[digest] = staged
+
+    def replace_sealed(self, digest: str, source: Readable) -> None:
+        """See ``BlobWriter.replace_sealed``: staged, then renamed over the blob."""
+        staged = self._dir / uuid.uuid4().hex
+        blob = self._store._path(digest)
+        try:
+            with staged.open("w+b") as target:
+                copy_hashing(source, target)
+            staged.chmod(0o444)
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            staged.replace(blob)
+        except OSError as exc:
+            raise _write_error(self._store.root, exc) from exc
+
     def publish(self, digests: Iterable[str]) -> None:
         """Move staged files into the blob area. Identical content is kept once."""
         try:

@@ -138,6 +138,20 @@ class S3Store:
                     self._multipart(readable, key, digest, size)
         return Blob(digest, size)
 
+    def put_sealed(self, digest: str, source: Readable, *, replace: bool = False) -> None:
+        """See ``S3Writer.put_sealed`` (and ``replace_sealed``, with ``replace``)."""
+        key = self._key(digest)
+        with _seekable(source) as readable, self._errors("storing a file"):
+            readable.seek(0, 2)
+            size = readable.tell()
+            readable.seek(0)
+            if not replace and self._modified(key) is not None:
+                self._refresh(key)
+            elif size <= self._part_size:
+                self._put_object(key, readable.read(), replace=replace)
+            else:
+                self._multipart(readable, key, None, size, replace=replace)
+
     @contextlib.contextmanager
     def get(self, digest: str) -> Iterator[Readable]:
         with self._errors(f"reading blob {digest[:12]}…"):
@@ -264,15 +278,19 @@ class S3Store:
             if _error_code(exc) not in ("InvalidRequest", "EntityTooLarge"):
                 raise
 
-    def _put_object(self, key: str, data: bytes) -> None:
+    def _put_object(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        condition = {} if replace else {"IfNoneMatch": "*"}
         try:
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
         except Exception as exc:
             if _error_code(exc) != "PreconditionFailed":  # stored meanwhile: same bytes
                 raise
 
-    def _multipart(self, source: Readable, key: str, digest: str, size: int) -> None:
+    def _multipart(
+        self, source: Readable, key: str, digest: str | None, size: int, *, replace: bool = False
+    ) -> None:
         client = self._client
+        condition = {} if replace else {"IfNoneMatch": "*"}
         upload = client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         try:
             parts = self._upload_parts(source, key, upload, digest, size)
@@ -282,7 +300,7 @@ class S3Store:
                     Key=key,
                     UploadId=upload,
                     MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
+                    **condition,
                 )
             except Exception as exc:
                 if _error_code(exc) != "PreconditionFailed":
@@ -295,9 +313,10 @@ class S3Store:
             raise
 
     def _upload_parts(
-        self, source: Readable, key: str, upload: str, digest: str, size: int
+        self, source: Readable, key: str, upload: str, digest: str | None, size: int
     ) -> builtins.list[dict[str, Any]]:
-        """Send the parts a few at a time, hashing each as it goes out."""
+        """Send the parts a few at a time, hashing each as it goes out (and checking the
+        bytes sent hash to ``digest``, unless None: sealed bytes hash to nothing known)."""
         hasher = hashlib.sha256()
         sent = 0
         parts: builtins.list[dict[str, Any]] = []
@@ -329,7 +348,8 @@ class S3Store:
                     settle(*pending.popleft())
             while pending:
                 settle(*pending.popleft())
-        _check_sent(hasher.hexdigest(), sent, digest, size)
+        if digest is not None:
+            _check_sent(hasher.hexdigest(), sent, digest, size)
         return parts
 
     def _abort_uploads(self, horizon: float) -> int:
@@ -406,6 +426,16 @@ class S3Writer:
 
     def put(self, source: Readable) -> Blob:
         return self._store.put(source)
+
+    def put_sealed(self, digest: str, source: Readable) -> None:
+        """Upload ``source`` (seekable, read from its start) under ``digest``, which its
+        bytes do not hash to: an encryption of the blob (``store.encrypted``), whose
+        plaintext the caller hashed. A blob already held under ``digest`` is kept."""
+        self._store.put_sealed(digest, source)
+
+    def replace_sealed(self, digest: str, source: Readable) -> None:
+        """See ``BlobWriter.replace_sealed``: S3 replaces an object atomically."""
+        self._store.put_sealed(digest, source, replace=True)
 
     def publish(self, digests: Iterable[str]) -> None:
         self._store.confirm(digests)
