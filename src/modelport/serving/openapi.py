@@ -149,6 +149,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/v1/models/{name}/versions/{ref}/metrics"): Operation(
         "Merge metrics into the version's", _REG, body=JSON, schema=_obj(metrics="object")
     ),
+    ("PUT", "/api/v1/models/{name}/versions/{ref}/serving"): Operation(
+        "Store serving settings on the version (null removes them)",
+        _REG,
+        body=JSON,
+        schema=_obj(serving="object"),
+    ),
     ("POST", "/api/v1/uploads"): Operation("Start an upload", _REG, status=201),
     ("DELETE", "/api/v1/uploads/{upload}"): Operation(
         "Discard an upload", _REG, status=204, returns=""

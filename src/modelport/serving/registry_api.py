@@ -171,9 +171,19 @@ def _version_routes(registry: Registry) -> list[BaseRoute]:
         record = await call_as_caller(request, registry.set_metrics, version_ref(request), metrics)
         return json_response(record.to_dict())
 
+    async def set_serving(request: Request) -> Response:
+        body = await json_body(request)
+        if "serving" not in body:
+            raise InvalidInput("request body needs 'serving': the settings, or null to remove")
+        settings = field(body, "serving", dict)
+        ref = version_ref(request)
+        record = await call_as_caller(request, registry.set_serving_settings, ref, settings)
+        return json_response(record.to_dict())
+
     version = "/api/v1/models/{name}/versions/{ref}"
     return [
         Route(version, show_version, methods=["GET"]),
+        Route(f"{version}/serving", set_serving, methods=["PUT"]),
         Route(version, delete_version, methods=["DELETE"]),
         Route(f"{version}/lineage", lineage, methods=["GET"]),
         Route(f"{version}/verify", verify, methods=["POST"]),
