@@ -2,10 +2,11 @@
 (``/docs``: self-contained HTML, nothing fetched from a network).
 
 ``OPERATIONS`` is the one table, keyed by (method, path) as Starlette spells the route
-(``{path:path}`` included). A route added to the app without an entry here fails
-tests/test_registry_api.py::test_openapi_covers_every_route; add its line. The document
-lists the operations of the routes the running app has (a route in the table that this
-server lacks is left out).
+(``{path:path}`` included). A route added to the app without an entry here is still
+listed, marked ``x-modelport-undescribed``, and fails
+tests/test_registry_api.py::test_openapi_describes_every_route: add its line. The
+document lists the routes the running app has (an entry of the table
+that this server lacks is left out).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from modelport import __version__
 from modelport.serving.http import json_response
 
-__all__ = ["OPERATIONS", "Operation", "document", "route_keys", "routes"]
+__all__ = ["OPERATIONS", "UNDESCRIBED", "Operation", "document", "route_keys", "routes"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 }
 
 
+UNDESCRIBED = "x-modelport-undescribed"
+"""Marks an operation of a route ``OPERATIONS`` lacks (tests fail on it)."""
+_UNDESCRIBED = Operation("(not described yet: add it to serving/openapi.py)", "Undescribed")
+
+
 def route_keys(app_routes: list[BaseRoute]) -> list[tuple[str, str]]:
     """(method, path) of every route of an app, HEAD left out (it follows GET)."""
     keys = []
@@ -186,11 +192,14 @@ def document(app_routes: list[BaseRoute]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the operations ``app_routes`` serve."""
     paths: dict[str, dict[str, Any]] = {}
     for method, path in route_keys(app_routes):
-        operation = OPERATIONS.get((method, path))
-        if operation is None:
-            continue
         plain = _CONVERTER.sub(r"{\1}", path)
-        paths.setdefault(plain, {})[method.lower()] = _operation(operation, plain)
+        operation = OPERATIONS.get((method, path))
+        if operation is None:  # listed all the same: a route must never be hidden
+            spec = _operation(_UNDESCRIBED, plain)
+            spec[UNDESCRIBED] = True
+        else:
+            spec = _operation(operation, plain)
+        paths.setdefault(plain, {})[method.lower()] = spec
     return {
         "openapi": "3.1.0",
         "info": {

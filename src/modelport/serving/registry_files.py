@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from modelport.errors import InvalidInput, NotFound
 from modelport.registry import Registry
 from modelport.registry.records import Lineage
-from modelport.registry.store import BlobStore, FileEntry, safe_relative_path
+from modelport.registry.store import BlobStore, FileEntry
 from modelport.serving.api_requests import (
     call_as_caller,
     field,
@@ -35,7 +35,7 @@ from modelport.serving.api_requests import (
     version_ref,
 )
 from modelport.serving.http import json_response
-from modelport.serving.uploads import Uploads
+from modelport.serving.uploads import Uploads, relative_path
 from modelport.types import Signature
 
 __all__ = ["DOWNLOAD_CHUNK", "SHA256_HEADER", "routes"]
@@ -77,7 +77,7 @@ def _push_arguments(body: dict[str, Any], files: Path) -> dict[str, Any]:
     signature = field(body, "signature", dict)
     parent = field(body, "lineage", dict)
     arguments: dict[str, Any] = {
-        "path": [files / safe_relative_path(p) for p in paths],
+        "path": [files / relative_path(p) for p in paths],
         "aliases": field(body, "aliases", list) or [],
         "tags": field(body, "tags", dict),
         "description": field(body, "description", str) or "",
@@ -95,7 +95,7 @@ def _push_arguments(body: dict[str, Any], files: Path) -> dict[str, Any]:
     if example is not None:
         from modelport.tensorio import read_untyped_tensors
 
-        arguments["example"] = read_untyped_tensors(files / safe_relative_path(example))
+        arguments["example"] = read_untyped_tensors(files / relative_path(example))
     for named in arguments["path"]:
         if not named.exists():
             raise InvalidInput(f"the upload has no file or directory {named.relative_to(files)}")

@@ -31,16 +31,27 @@ from typing import BinaryIO
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from modelport.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from modelport.errors import Conflict, InvalidInput, InvalidModel, NotFound, PayloadTooLarge
 from modelport.registry.store import FileEntry, safe_relative_path
 
-__all__ = ["UPLOAD_TTL_SECONDS", "Uploads"]
+__all__ = ["UPLOAD_TTL_SECONDS", "Uploads", "relative_path"]
 
 UPLOAD_TTL_SECONDS = 3600.0
 """An upload untouched this long is abandoned: ``expire`` removes it."""
 
 _WRITE_AT = 1 << 20  # bytes gathered before one write+hash in a thread: few thread hand-offs
 _ID = re.compile(r"[0-9a-f]{32}")
+
+
+def relative_path(path: str) -> PurePosixPath:
+    """``path`` as a plain relative path inside an upload, else ``InvalidInput`` (a client's
+    mistake or attack, not a broken model)."""
+    try:
+        return safe_relative_path(path)
+    except InvalidModel as exc:
+        raise InvalidInput(
+            f"{exc.message}; name files relative to the model's root, without '..'"
+        ) from None
 
 
 class Uploads:
@@ -83,12 +94,12 @@ class Uploads:
         given, matching it; a file already there is replaced.
 
         Raises:
-            InvalidModel: a path that is absolute, climbs out (``..``) or is empty.
+            InvalidInput: a path that is absolute, climbs out (``..``) or is empty.
             PayloadTooLarge: more than ``max_file_bytes``, declared or received.
             InvalidInput: the bytes do not match ``expected_sha256``.
             ClientDisconnect: the client went away; nothing of the file is left.
         """
-        relative = safe_relative_path(path)
+        relative = relative_path(path)
         directory = self.directory(upload_id)
         if expected_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", expected_sha256):
             raise InvalidInput(
