@@ -196,3 +196,17 @@ def test_pull_works_on_the_local_registry(home: Path, iris_onnx: Path, tmp_path:
     assert pulled.returncode == 0, pulled.stderr
     assert json.loads(pulled.stdout)["ref"] == "local@1"
     assert (tmp_path / "copy" / "iris.onnx").read_bytes() == iris_onnx.read_bytes()
+
+
+def test_the_global_remote_makes_predict_ask_the_server(home: Path, iris_onnx: Path) -> None:
+    assert cli(home, "push", iris_onnx, "--name", "iris", "--alias", "prod").returncode == 0
+    with running_server(home, ["iris@prod"], ["--no-grpc"]) as server:
+        # No local registry on the client's side: the alias is resolved by the server's.
+        client_home = home.parent / "client"
+        answer = cli(
+            client_home, "predict", "iris@prod", "-i", '{"input": [[5.1, 3.5, 1.4, 0.2]]}',
+            remote=server.http_url,
+        )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr
+    assert set(json.loads(answer.stdout)) == {"label", "probabilities"}
+    assert not (client_home / "registry.db").exists()

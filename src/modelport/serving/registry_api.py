@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from modelport.errors import InvalidInput
+from modelport.errors import InvalidInput, NotFound
 from modelport.registry import Registry
 from modelport.registry.records import ModelVersion
 from modelport.security.principal import of_request
@@ -41,7 +41,7 @@ def _lineage(registry: Registry, start: ModelVersion) -> list[dict[str, Any]]:
         seen.add(parent)
         try:
             chain.append(registry.get(parent))
-        except Exception:  # a deleted parent ends the chain; it is named below
+        except NotFound:  # a deleted parent ends the chain; the last entry names it
             break
     return [
         {
@@ -84,7 +84,7 @@ def _model_routes(registry: Registry) -> list[BaseRoute]:
         name = request.path_params["name"]
         summaries = await call_as_caller(request, registry.list_models)
         versions = await call_as_caller(request, registry.list_versions, name)
-        summary = next(s for s in summaries if s.name == name) if versions else None
+        summary = next((s for s in summaries if s.name == name), None)
         return json_response(
             {
                 "model": summary.to_dict() if summary else {"name": name},
