@@ -210,3 +210,19 @@ def test_the_global_remote_makes_predict_ask_the_server(home: Path, iris_onnx: P
     assert answer.returncode == 0, answer.stderr
     assert set(json.loads(answer.stdout)) == {"label", "probabilities"}
     assert not (client_home / "registry.db").exists()
+
+
+def test_a_directory_pushed_remotely_keeps_its_layout(
+    remote: RemoteRegistry, home: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "model"
+    directory.mkdir()
+    make_add_model(directory / "model.onnx")
+    (directory / "notes" / "deep").mkdir(parents=True)
+    (directory / "notes" / "deep" / "readme.txt").write_text("how it was made")
+    pushed = remote.push(directory, "layout")
+    with Registry(Settings(home=home)) as local:
+        expected = local.push(directory, "layout")
+    assert pushed.files == expected.files and pushed.entry == expected.entry
+    remote.pull(pushed.ref, tmp_path / "back")
+    assert (tmp_path / "back" / "notes" / "deep" / "readme.txt").read_text() == "how it was made"
