@@ -318,3 +318,33 @@ def test_listing_and_push_follow_the_callers_grant(home: Path, iris_onnx: Path) 
             )
             assert allowed.status_code == 201, allowed.text
         assert [v.version for v in registry.list_versions("iris")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"paths": []}, "'paths' must list"),
+        ({"paths": ["m.onnx"], "aliases": [1]}, "'aliases' must be a list of strings"),
+        ({"paths": ["m.onnx"], "signature": {"inputs": [{}]}}, "'signature' is not a signature"),
+        ({"paths": ["m.onnx"], "lineage": {"parent": 3}}, "'lineage' must be"),
+        ({"paths": ["../m.onnx"]}, "not a plain relative path"),
+        ({"paths": ["other.onnx"]}, "no file or directory other.onnx"),
+    ],
+)
+def test_a_bad_push_request_is_a_400_and_keeps_the_upload(
+    api: httpx.Client, iris_onnx: Path, options: dict[str, object], message: str
+) -> None:
+    upload_id = api.post("/uploads").json()["upload"]
+    api.put(f"/uploads/{upload_id}/files/m.onnx", content=iris_onnx.read_bytes())
+    refused = api.post("/models/badpush/versions", json={"upload": upload_id, **options})
+    assert refused.status_code == 400, refused.text
+    assert message in refused.json()["error"]
+    # Nothing lost: the same upload commits once the request is right.
+    fixed = api.post("/models/badpush/versions", json={"upload": upload_id, "paths": ["m.onnx"]})
+    assert fixed.status_code == 201, fixed.text
+    assert (
+        api.post(
+            "/models/badpush/versions", json={"upload": upload_id, "paths": ["m.onnx"]}
+        ).status_code
+        == 404
+    )

@@ -65,32 +65,61 @@ async def _blob_chunks(store: BlobStore, digest: str) -> AsyncIterator[bytes]:
         await asyncio.to_thread(opened.__exit__, None, None, None)
 
 
+def _strings(body: dict[str, Any], key: str) -> list[str]:
+    values = field(body, key, list) or []
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidInput(f"{key!r} must be a list of strings")
+    return values
+
+
+def _lineage(body: dict[str, Any]) -> Lineage | None:
+    given = field(body, "lineage", dict)
+    if not given:
+        return None
+    parent, operation = given.get("parent"), given.get("operation")
+    parameters = given.get("parameters") or {}
+    if not all(isinstance(v, (str, type(None))) for v in (parent, operation)) or not isinstance(
+        parameters, dict
+    ):
+        raise InvalidInput(
+            '\'lineage\' must be {"parent": "name@N", "operation": str, "parameters": {}}'
+        )
+    return Lineage(parent, operation, parameters)
+
+
+def _signature(body: dict[str, Any]) -> Signature | None:
+    given = field(body, "signature", dict)
+    if not given:
+        return None
+    try:
+        return Signature.from_dict(given)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"'signature' is not a signature ({exc!r}); write "
+            '{"inputs": [{"name": ..., "datatype": "FP32", "shape": [-1, 4]}], "outputs": [...]}'
+        ) from None
+
+
 def _push_arguments(body: dict[str, Any], files: Path) -> dict[str, Any]:
     """``Registry.push`` keyword arguments from a push request's body."""
-    paths = field(body, "paths", list) or []
-    if not paths or not all(isinstance(p, str) for p in paths):
+    paths = _strings(body, "paths")
+    if not paths:
         raise InvalidInput(
             "'paths' must list the model's paths in the upload, the model first "
             '(e.g. ["iris.onnx"], or ["model_dir"] for a directory)'
         )
     example = field(body, "example", str)
-    signature = field(body, "signature", dict)
-    parent = field(body, "lineage", dict)
     arguments: dict[str, Any] = {
         "path": [files / relative_path(p) for p in paths],
-        "aliases": field(body, "aliases", list) or [],
+        "aliases": _strings(body, "aliases"),
         "tags": field(body, "tags", dict),
         "description": field(body, "description", str) or "",
         "format": field(body, "format", str),
         "trust_pickle": bool(field(body, "trust_pickle", bool)),
         "task": field(body, "task", str),
         "metrics": field(body, "metrics", dict),
-        "signature": Signature.from_dict(signature) if signature else None,
-        "lineage": Lineage(
-            parent.get("parent"), parent.get("operation"), parent.get("parameters") or {}
-        )
-        if parent
-        else None,
+        "signature": _signature(body),
+        "lineage": _lineage(body),
     }
     if example is not None:
         from modelport.tensorio import read_untyped_tensors
