@@ -114,7 +114,10 @@ class Uploads:
             )
         partial = directory / "partial" / uuid.uuid4().hex
         hasher = hashlib.sha256()
-        handle = await asyncio.to_thread(partial.open, "xb")
+        try:
+            handle = await asyncio.to_thread(partial.open, "xb")
+        except FileNotFoundError:  # committed or discarded since ``directory`` found it
+            raise NotFound(f"upload {upload_id} was committed or discarded meanwhile") from None
         size = 0
         try:
             with handle:
@@ -161,6 +164,7 @@ class Uploads:
             directory.rename(held)
         except FileNotFoundError:
             raise NotFound(f"upload {upload_id} was committed or discarded meanwhile") from None
+        os.utime(held)  # a rename keeps the old time: ``expire`` must not take a live commit
         try:
             yield held / "files"
         except BaseException:
