@@ -198,15 +198,26 @@ def test_a_dropped_upload_leaves_nothing(hub: Server, api: httpx.Client) -> None
 
 @pytest.mark.parametrize(
     "path",
-    ["%2e%2e/escape", "a/%2E%2E/%2e%2e/escape", "%2Fetc/passwd", "a\\..\\escape"],
+    [
+        "%2e%2e/escape",
+        "a/%2E%2E/%2e%2e/escape",
+        "%2Fetc/passwd",
+        "a\\..\\escape",
+        "nul%00byte",
+        "x" * 300,
+        "file/then/dir",  # after "file" exists below
+    ],
 )
 def test_hostile_upload_paths_are_refused(hub: Server, api: httpx.Client, path: str) -> None:
     upload_id = api.post("/uploads").json()["upload"]
+    api.put(f"/uploads/{upload_id}/files/file", content=b"a file, not a directory")
     answer = api.put(f"/uploads/{upload_id}/files/{path}", content=b"payload")
     # 404: the router itself found no such route ("/" in the upload id's place)
     assert answer.status_code in (400, 404), answer.text
     assert answer.json()["code"] in ("invalid_input", "not_found")
-    assert not list((uploads_dir(hub) / upload_id / "files").iterdir())
+    received = uploads_dir(hub) / upload_id / "files"
+    assert [p.name for p in received.rglob("*")] == ["file"]
+    assert not any((uploads_dir(hub) / upload_id / "partial").iterdir())
     assert not (uploads_dir(hub) / "escape").exists() and not (hub.home / "escape").exists()
     api.delete(f"/uploads/{upload_id}")
 

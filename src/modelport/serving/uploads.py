@@ -46,6 +46,8 @@ _ID = re.compile(r"[0-9a-f]{32}")
 def relative_path(path: str) -> PurePosixPath:
     """``path`` as a plain relative path inside an upload, else ``InvalidInput`` (a client's
     mistake or attack, not a broken model)."""
+    if any(ord(c) < 32 for c in path):
+        raise InvalidInput(f"file path {path!r} holds control characters; rename the file")
     try:
         return safe_relative_path(path)
     except InvalidModel as exc:
@@ -219,6 +221,10 @@ def _place(partial: Path, upload: Path, relative: PurePosixPath) -> None:
         raise InvalidInput(
             f"file {relative.as_posix()!r} clashes with another file of the upload "
             f"({exc.strerror}): a path cannot be both a file and a directory"
+        ) from None
+    except OSError as exc:  # a name too long for the server's file system, say
+        raise InvalidInput(
+            f"the server cannot store file {relative.as_posix()[:200]!r}: {exc.strerror}"
         ) from None
     os.utime(upload)  # touched now: ``expire`` measures idleness from here
 
