@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from modelport import Registry, Settings
+from modelport.client.remote_datasets import RemoteDatasets
 from modelport.client.remote_registry import RemoteRegistry
+from modelport.datasets.catalog import Datasets
 from modelport.errors import Conflict, InvalidInput, NotFound, VerificationFailed
 from modelport.registry.records import Lineage
 from tests.onnx_models import make_add_model
@@ -55,9 +57,44 @@ def test_remote_registry_has_the_methods_of_registry() -> None:
     local = public_methods(Registry)
     remote = public_methods(RemoteRegistry)
     local.pop("remote")  # the constructor of the remote one
+    remote.pop("call")  # one raw request to the API: nothing local to match
     assert sorted(local) == sorted(remote)
     for name, signature in local.items():
         assert list(signature.parameters) == list(remote[name].parameters), name
+    datasets = public_methods(Datasets)
+    remote_datasets = public_methods(RemoteDatasets)
+    assert set(datasets) <= set(remote_datasets)
+    assert set(remote_datasets) - set(datasets) == {"pull"}
+
+
+def test_datasets_are_browsed_and_curated_remotely(
+    remote: RemoteRegistry, hub: Server, home: Path, tmp_path: Path
+) -> None:
+    made = cli(hub.home, "dataset", "builtin", "iris", "--name", "flowers", "--json")
+    assert made.returncode == 0, made.stderr
+    local = json.loads(made.stdout)
+    assert "flowers" in [d.name for d in remote.datasets.list()]
+    version = remote.datasets.get("flowers@1")
+    assert version.to_dict() == local
+    assert [v.version for v in remote.datasets.versions("flowers")] == [1]
+    assert remote.datasets.verify("flowers@1") == []
+    assert remote.datasets.set_alias("flowers@1", "gold").aliases == ("gold",)
+    pulled = remote.datasets.pull("flowers@gold", tmp_path / "data")
+    for entry in pulled.files:
+        assert (tmp_path / "data" / entry.path).stat().st_size == entry.size
+    with pytest.raises(InvalidInput, match="runs where the registry is"):
+        remote.datasets.push(tmp_path, "nope")
+
+    url = hub.http_url
+    shown = json.loads(cli(home, "dataset", "show", "flowers@gold", "--json", remote=url).stdout)
+    assert shown["sha256"] == local["sha256"]
+    refused = cli(home, "dataset", "builtin", "digits", remote=url)
+    assert refused.returncode != 0 and "local registry only" in refused.stderr
+    with pytest.raises(Conflict):
+        remote.datasets.delete("flowers@1")
+    removed = cli(home, "dataset", "rm", "flowers@1", "--force", remote=url)
+    assert removed.returncode == 0, removed.stderr
+    assert remote.datasets.versions("flowers") == []
 
 
 def test_push_get_edit_and_delete_remotely(

@@ -34,6 +34,7 @@ from modelport.runtimes.derived import DerivedCheck
 from modelport.types import ModelRef, Signature, Tensors
 
 if TYPE_CHECKING:
+    from modelport.client.remote_datasets import RemoteDatasets
     from modelport.runtimes.checked import CheckedModel
 
 __all__ = ["RemoteRegistry"]
@@ -58,11 +59,11 @@ class RemoteRegistry:
         self.url = url.rstrip("/")
         self.settings = settings or load_settings()
         self._runtimes = runtimes
-        self._http = api_session(self.url, api_key=api_key, settings=self.settings)
+        self.http = api_session(self.url, api_key=api_key, settings=self.settings)
         self._verified: set[str] = set()
 
     def close(self) -> None:
-        self._http.close()
+        self.http.close()
 
     def __enter__(self) -> RemoteRegistry:
         return self
@@ -71,15 +72,24 @@ class RemoteRegistry:
         self.close()
 
     @property
+    def datasets(self) -> RemoteDatasets:
+        """The server's datasets (browse, verify, alias, delete, pull)."""
+        from modelport.client.remote_datasets import RemoteDatasets
+
+        return RemoteDatasets(self)
+
+    @property
     def runtimes(self) -> RuntimeTable:
         """The runtimes ``load`` uses (built on first use: listing needs none)."""
         if self._runtimes is None:
             self._runtimes = default_runtimes()
         return self._runtimes
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request to the registry API (``path`` below ``/api/v1``); its JSON answer,
+        or the error it stands for."""
         try:
-            response = self._http.request(method, f"/api/v1{path}", **kwargs)
+            response = self.http.request(method, f"/api/v1{path}", **kwargs)
         except httpx.TransportError as exc:
             from modelport.errors import Unavailable
 
@@ -117,12 +127,12 @@ class RemoteRegistry:
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
             raise InvalidInput("push needs the path of a model file or directory")
-        upload = self._call("POST", "/uploads")["upload"]
+        upload = self.call("POST", "/uploads")["upload"]
         try:
-            names = upload_paths(self._http, upload, [Path(p).expanduser() for p in paths])
+            names = upload_paths(self.http, upload, [Path(p).expanduser() for p in paths])
             example_name = None
             if example is not None:
-                example_name = _upload_example(self._http, upload, example)
+                example_name = _upload_example(self.http, upload, example)
             if tags is not None and not isinstance(tags, Mapping):
                 tags = dict(t.partition("=")[::2] for t in tags)
             body = {
@@ -139,10 +149,10 @@ class RemoteRegistry:
                 "example": example_name,
                 "lineage": lineage.to_dict() if lineage else None,
             }
-            found = self._call("POST", f"/models/{_segment(name)}/versions", json=body)
+            found = self.call("POST", f"/models/{_segment(name)}/versions", json=body)
         except BaseException:
             with contextlib.suppress(Exception):  # must not hide the error that led here
-                self._http.delete(f"/api/v1/uploads/{upload}")
+                self.http.delete(f"/api/v1/uploads/{upload}")
             raise
         return ModelVersion.from_dict(found)
 
@@ -154,10 +164,10 @@ class RemoteRegistry:
         target = self.get(ref)
         body = {"version": target.version, "expected_version": expected_version}
         path = f"/models/{_segment(target.model)}/aliases/{_segment(alias)}"
-        return ModelVersion.from_dict(self._call("PUT", path, json=body))
+        return ModelVersion.from_dict(self.call("PUT", path, json=body))
 
     def delete_alias(self, name: str, alias: str) -> None:
-        self._call("DELETE", f"/models/{_segment(name)}/aliases/{_segment(alias)}")
+        self.call("DELETE", f"/models/{_segment(name)}/aliases/{_segment(alias)}")
 
     def set_tags(
         self,
@@ -170,7 +180,7 @@ class RemoteRegistry:
             tags = dict(t.partition("=")[::2] for t in tags)
         body = {"set": dict(tags or {}), "remove": list(remove)}
         return ModelVersion.from_dict(
-            self._call("PATCH", f"{self._version_path(ref)}/tags", json=body)
+            self.call("PATCH", f"{self._version_path(ref)}/tags", json=body)
         )
 
     def set_description(self, ref: ModelRef | str, description: str) -> None:
@@ -179,12 +189,12 @@ class RemoteRegistry:
             path = f"/models/{_segment(target.name)}/description"
         else:
             path = f"{self._version_path(target)}/description"
-        self._call("PUT", path, json={"description": description})
+        self.call("PUT", path, json={"description": description})
 
     def set_metrics(self, ref: ModelRef | str, metrics: Mapping[str, Any]) -> ModelVersion:
         body = {"metrics": dict(metrics)}
         return ModelVersion.from_dict(
-            self._call("POST", f"{self._version_path(ref)}/metrics", json=body)
+            self.call("POST", f"{self._version_path(ref)}/metrics", json=body)
         )
 
     def set_serving_settings(
@@ -192,7 +202,7 @@ class RemoteRegistry:
     ) -> ModelVersion:
         body = {"serving": dict(settings) if settings is not None else None}
         return ModelVersion.from_dict(
-            self._call("PUT", f"{self._version_path(ref)}/serving", json=body)
+            self.call("PUT", f"{self._version_path(ref)}/serving", json=body)
         )
 
     def delete(self, ref: ModelRef | str, *, force: bool = False) -> ModelVersion:
@@ -203,35 +213,35 @@ class RemoteRegistry:
             )
         params = {"force": "true"} if force else None
         return ModelVersion.from_dict(
-            self._call("DELETE", self._version_path(target), params=params)
+            self.call("DELETE", self._version_path(target), params=params)
         )
 
     def delete_model(self, name: str, *, force: bool = False) -> list[ModelVersion]:
         params = {"force": "true"} if force else None
-        found = self._call("DELETE", f"/models/{_segment(name)}", params=params)
+        found = self.call("DELETE", f"/models/{_segment(name)}", params=params)
         return [ModelVersion.from_dict(v) for v in found["removed"]]
 
     def gc(self, *, wait: float = 60.0) -> GcReport:
         """The server's garbage collection (``wait`` is the server's to choose)."""
-        found = self._call("POST", "/gc")
+        found = self.call("POST", "/gc")
         known = {f.name for f in dataclasses.fields(GcReport)}
         return GcReport(**{k: v for k, v in found.items() if k in known})
 
     # -- reading -------------------------------------------------------------------------
 
     def get(self, ref: ModelRef | str) -> ModelVersion:
-        return ModelVersion.from_dict(self._call("GET", self._version_path(ref)))
+        return ModelVersion.from_dict(self.call("GET", self._version_path(ref)))
 
     def list_models(self) -> list[ModelSummary]:
-        return [ModelSummary.from_dict(m) for m in self._call("GET", "/models")]
+        return [ModelSummary.from_dict(m) for m in self.call("GET", "/models")]
 
     def list_versions(self, name: str) -> list[ModelVersion]:
-        found = self._call("GET", f"/models/{_segment(name)}")
+        found = self.call("GET", f"/models/{_segment(name)}")
         return [ModelVersion.from_dict(v) for v in found["versions"]]
 
     def verify(self, ref: ModelRef | str) -> list[str]:
         """The server re-hashes the version's stored files; one line per problem."""
-        return list(self._call("POST", f"{self._version_path(ref)}/verify")["problems"])
+        return list(self.call("POST", f"{self._version_path(ref)}/verify")["problems"])
 
     def verify_derived(self, ref: ModelRef | str) -> list[DerivedCheck]:
         """Re-hash what runtimes derived on this machine from the downloaded version."""
@@ -243,7 +253,7 @@ class RemoteRegistry:
         record = self.get(ref)
         root = Path(dest).expanduser()
         for entry in record.files:
-            download(self._http, self._version_path(record.ref), entry, root, record.ref)
+            download(self.http, self._version_path(record.ref), entry, root, record.ref)
         return record
 
     def load(

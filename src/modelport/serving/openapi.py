@@ -46,6 +46,7 @@ BYTES = "application/octet-stream"
 _V2 = "V2 inference"
 _TF = "TF Serving"
 _REG = "Registry API"
+_DS = "Datasets"
 _SERVER = "Server"
 
 
@@ -155,6 +156,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         _REG,
         body=JSON,
         schema=_obj(serving="object"),
+    ),
+    ("GET", "/api/v1/datasets"): Operation("List datasets", _DS),
+    ("GET", "/api/v1/datasets/{name}"): Operation("A dataset and its versions", _DS),
+    ("PUT", "/api/v1/datasets/{name}/aliases/{alias}"): Operation(
+        "Point a dataset alias at a version", _DS, body=JSON, schema=_obj(version="integer")
+    ),
+    ("GET", "/api/v1/datasets/{name}/versions/{ref}"): Operation(
+        "A dataset version (number or alias, optionally :split)", _DS
+    ),
+    ("DELETE", "/api/v1/datasets/{name}/versions/{ref}"): Operation(
+        "Delete a dataset version (?force=true: even with aliases)", _DS
+    ),
+    ("POST", "/api/v1/datasets/{name}/versions/{ref}/verify"): Operation(
+        "Re-hash the dataset version's stored files", _DS
+    ),
+    ("GET", "/api/v1/datasets/{name}/versions/{ref}/files/{path:path}"): Operation(
+        "Download one file of a dataset version, streamed", _DS, returns=BYTES
     ),
     ("POST", "/api/v1/uploads"): Operation("Start an upload", _REG, status=201),
     ("DELETE", "/api/v1/uploads/{upload}"): Operation(

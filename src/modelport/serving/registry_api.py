@@ -24,7 +24,7 @@ from modelport.errors import InvalidInput, NotFound
 from modelport.registry import Registry
 from modelport.registry.records import ModelVersion
 from modelport.security.principal import of_request
-from modelport.serving import registry_files
+from modelport.serving import datasets_api, registry_files
 from modelport.serving.api_requests import call_as_caller, field, flag, json_body, version_ref
 from modelport.serving.http import json_response
 from modelport.serving.uploads import Uploads
@@ -71,6 +71,7 @@ def routes(registry: Registry, *, max_upload_bytes: int) -> list[BaseRoute]:
         *_version_routes(registry),
         Route("/api/v1/gc", gc, methods=["POST"]),
         *registry_files.routes(registry, uploads),
+        *datasets_api.routes(registry),
     ]
 
 

@@ -38,13 +38,13 @@ from modelport.serving.http import json_response
 from modelport.serving.uploads import Uploads, relative_path
 from modelport.types import Signature
 
-__all__ = ["DOWNLOAD_CHUNK", "SHA256_HEADER", "routes"]
+__all__ = ["DOWNLOAD_CHUNK", "SHA256_HEADER", "blob_chunks", "digest_headers", "routes"]
 
 SHA256_HEADER = "X-Modelport-Sha256"
 DOWNLOAD_CHUNK = 1 << 20
 
 
-def _digest_headers(entry: FileEntry) -> dict[str, str]:
+def digest_headers(entry: FileEntry) -> dict[str, str]:
     sha = base64.b64encode(bytes.fromhex(entry.digest)).decode()
     return {
         "Content-Length": str(entry.size),
@@ -54,7 +54,7 @@ def _digest_headers(entry: FileEntry) -> dict[str, str]:
     }
 
 
-async def _blob_chunks(store: BlobStore, digest: str) -> AsyncIterator[bytes]:
+async def blob_chunks(store: BlobStore, digest: str) -> AsyncIterator[bytes]:
     """The blob's bytes, read in a thread a chunk at a time (never the whole file)."""
     opened = store.get(digest)
     stream = await asyncio.to_thread(opened.__enter__)
@@ -179,7 +179,7 @@ def routes(registry: Registry, uploads: Uploads) -> list[BaseRoute]:
         if entry is None:
             listed = ", ".join(f.path for f in record.files[:10])
             raise NotFound(f"{record.ref} has no file {path!r}; it has: {listed}")
-        headers = _digest_headers(entry)
+        headers = digest_headers(entry)
         if request.method == "HEAD":
             return Response(headers=headers)
         # Opened before the response starts: a blob missing from the store is a clean error.
@@ -187,7 +187,7 @@ def routes(registry: Registry, uploads: Uploads) -> list[BaseRoute]:
             raise NotFound(
                 f"{record.ref}: file {path!r} is missing from the store; run modelport verify"
             )
-        return StreamingResponse(_blob_chunks(registry.store, entry.digest), headers=headers)
+        return StreamingResponse(blob_chunks(registry.store, entry.digest), headers=headers)
 
     version = "/api/v1/models/{name}/versions/{ref}"
     return [
