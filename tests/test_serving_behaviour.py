@@ -355,8 +355,10 @@ def test_sigterm_finishes_in_flight_requests(home: Path, tmp_path: Path) -> None
 
 
 def test_nothing_to_serve_is_a_clear_error(home: Path) -> None:
+    # With no models named at all, serve is a hub (tests/test_registry_api.py); an --aliased
+    # that matches nothing is still a mistake worth stopping for.
     result = subprocess.run(
-        [CLI, "serve", "--no-grpc"],
+        [CLI, "serve", "--no-grpc", "--aliased", "production"],
         env=cli_env(home),
         capture_output=True,
         text=True,

@@ -9,6 +9,7 @@ import typer
 
 from modelport.cli import render
 from modelport.cli.options import AliasOption, JsonFlag
+from modelport.cli.state import open_registry, refuse_local_only
 from modelport.config import load_settings
 from modelport.errors import VerificationFailed
 from modelport.registry import Registry
@@ -30,6 +31,9 @@ def _registry() -> Registry:
     return Registry(load_settings())
 
 
+_browse = open_registry  # the commands that also run against a server's registry (--remote)
+
+
 @app.command()
 def push(
     path: Annotated[
@@ -49,6 +53,7 @@ def push(
 ) -> None:
     """Store a data file (or an image folder, one subfolder per class) as the next version
     of NAME: hashed, profiled and checked as it streams."""
+    refuse_local_only("dataset push")
     with _registry() as registry:
         version = registry.datasets.push(
             path, name, label=label, description=description, license=license_text,
@@ -69,6 +74,7 @@ def builtin(
     as_json: JsonFlag = False,
 ) -> None:
     """Store one of scikit-learn's bundled datasets (no network), label column `label`."""
+    refuse_local_only("dataset builtin")
     with _registry() as registry:
         version = registry.datasets.builtin(which, name=name)
     _pushed(version, as_json)
@@ -89,6 +95,7 @@ def split(
 ) -> None:
     """Store a new version of REF's data with named splits (fractions must add up to 1)."""
     fractions = {"train": train, "val": val, "test": test}
+    refuse_local_only("dataset split")
     with _registry() as registry:
         version = registry.datasets.split(
             ref, fractions, seed=seed, stratify=stratify, aliases=alias or []
@@ -109,7 +116,7 @@ def list_datasets(
     as_json: JsonFlag = False,
 ) -> None:
     """List datasets, or the versions of one dataset."""
-    with _registry() as registry:
+    with _browse() as registry:
         if name is not None:
             versions = registry.datasets.versions(name)
             if as_json:
@@ -152,7 +159,7 @@ def list_datasets(
 @app.command()
 def show(ref: RefArgument, as_json: JsonFlag = False) -> None:
     """Show a version: schema, splits and rows, profile summary, lineage, files."""
-    with _registry() as registry:
+    with _browse() as registry:
         version = registry.datasets.get(ref)
     if as_json:
         render.print_json(version.to_dict())
@@ -215,7 +222,7 @@ def _profile_row(column: dict[str, Any], stats: dict[str, Any]) -> tuple[str, ..
 @app.command()
 def verify(ref: RefArgument) -> None:
     """Re-hash every stored file of a version; exit non-zero on any mismatch."""
-    with _registry() as registry:
+    with _browse() as registry:
         version = registry.datasets.get(ref)
         problems = registry.datasets.verify(version.ref)
     render.console().print(f"{version.ref}: {'DAMAGED' if problems else 'ok'}")
@@ -233,7 +240,7 @@ def remove(
     ] = False,
 ) -> None:
     """Delete a dataset version (its files go once nothing else references them)."""
-    with _registry() as registry:
+    with _browse() as registry:
         version = registry.datasets.delete(ref, force=force)
     render.console().print(f"removed {version.ref}")
 
@@ -241,7 +248,7 @@ def remove(
 @app.command()
 def alias(ref: RefArgument, alias_name: Annotated[str, typer.Argument(metavar="ALIAS")]) -> None:
     """Point ALIAS at a dataset version."""
-    with _registry() as registry:
+    with _browse() as registry:
         version = registry.datasets.set_alias(ref, alias_name)
     render.console().print(f"{version.name}@{alias_name} → {version.ref}")
 

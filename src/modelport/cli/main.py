@@ -15,8 +15,9 @@ from modelport.cli.encryption import app as encryption_app
 from modelport.cli.errors import fail
 from modelport.cli.optimize import optimize as optimize_command
 from modelport.cli.options import AliasOption, JsonFlag, NameOption
+from modelport.cli.pull import pull as pull_command
 from modelport.cli.serve import serve as serve_command
-from modelport.cli.state import set_remote_url
+from modelport.cli.state import open_registry, refuse_local_only, remote_url, set_remote_url
 from modelport.cli.tune import tune as tune_command
 from modelport.config import load_settings
 from modelport.errors import InvalidInput, ModelportError, VerificationFailed
@@ -42,6 +43,7 @@ def _print_version(asked: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -60,10 +62,10 @@ def main(
 ) -> None:
     """Turn trained models into production services."""
     set_remote_url(remote)
+    refuse_local_only(ctx.invoked_subcommand)
 
 
-def _registry() -> Registry:
-    return Registry(load_settings())
+_registry = open_registry
 
 
 @app.command()
@@ -175,6 +177,15 @@ def alias(
     ],
     alias_name: Annotated[str, typer.Argument(metavar="ALIAS")],
     delete: Annotated[bool, typer.Option("--delete", help="Remove the alias instead.")] = False,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            "--expect",
+            metavar="VERSION",
+            help="Only if ALIAS points at this version now (0: if it does not exist); "
+            "else fail, changing nothing (compare-and-set).",
+        ),
+    ] = None,
 ) -> None:
     """Point ALIAS at a version (or remove it with --delete)."""
     with _registry() as registry:
@@ -182,7 +193,7 @@ def alias(
             registry.delete_alias(ModelRef.parse(ref).name, alias_name)
             render.console().print(f"removed alias {alias_name} of {ModelRef.parse(ref).name}")
             return
-        version = registry.set_alias(ref, alias_name)
+        version = registry.set_alias(ref, alias_name, expected_version=expect)
     render.console().print(f"{version.model}@{alias_name} → {version.ref}")
 
 
@@ -211,6 +222,11 @@ def predict(
     as JSON."""
     from modelport.tensorio import read_tensors, tensors_to_json, write_npz
 
+    if remote is None and remote_url() is not None:
+        # The global --remote: the server's registry names the version, the server runs it.
+        with _registry() as registry:
+            ref = registry.get(ref).ref
+        remote = remote_url()
     if remote is not None:
         outputs = _predict_remote(remote, ref, input_data, output_name)
     else:
@@ -306,7 +322,8 @@ def gc() -> None:
         f"{report.staging_removed} interrupted push(es), {report.checkouts_removed} checkout(s), "
         f"{report.derived_removed} derived cache(s)"
     )
-    _sweep_jobs()
+    if remote_url() is None:
+        _sweep_jobs()
 
 
 def _sweep_jobs() -> None:
@@ -319,6 +336,7 @@ def _sweep_jobs() -> None:
 
 
 app.command()(serve_command)
+app.command("pull")(pull_command)
 app.add_typer(dataset_app)
 app.add_typer(audit_app)
 app.add_typer(encryption_app)
@@ -353,7 +371,7 @@ def convert(
     """Convert a version (e.g. to ONNX), check it computes the same, store it as a new version."""
     from modelport.conversion import convert as convert_version
 
-    with _registry() as registry:
+    with Registry(load_settings()) as registry:  # local only (refused with --remote)
         report = convert_version(
             registry, ref, to=to, opset=opset, dataset=dataset, rows=rows,
             tolerance=tolerance, name=name, aliases=alias or [],

@@ -144,6 +144,34 @@ class DatasetVersion:
             "files": [{"path": f.path, "sha256": f.digest, "size": f.size} for f in self.files],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetVersion:
+        """The record ``to_dict`` made (what the registry API answers)."""
+        lineage = data["lineage"]
+        return cls(
+            name=data["name"],
+            version=int(data["version"]),
+            format=data["format"],
+            digest=data["sha256"],
+            rows=int(data["rows"]),
+            size=int(data["size"]),
+            label=data["label"],
+            columns=tuple(ColumnSpec.from_dict(c) for c in data["columns"]),
+            splits=dict(data["splits"]),
+            split_method=dict(data["split_method"]),
+            profile=dict(data["profile"]),
+            source=data["source"],
+            license=data["license"],
+            description=data["description"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            tags=dict(data["tags"]),
+            aliases=tuple(data["aliases"]),
+            derived_from=lineage["derived_from"],
+            operation=lineage["operation"],
+            parameters=dict(lineage["parameters"]),
+            files=tuple(FileEntry(f["path"], f["sha256"], int(f["size"])) for f in data["files"]),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DatasetSummary:
@@ -171,3 +199,19 @@ class DatasetSummary:
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "aliases": self.aliases,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetSummary:
+        """The record ``to_dict`` made (what the registry API answers)."""
+        updated = data.get("updated_at")
+        return cls(
+            name=data["name"],
+            description=data["description"],
+            versions=int(data["versions"]),
+            latest=data.get("latest"),
+            rows=data.get("rows"),
+            size=data.get("size"),
+            format=data.get("format"),
+            updated_at=datetime.fromisoformat(updated) if updated else None,
+            aliases={k: int(v) for k, v in data["aliases"].items()},
+        )

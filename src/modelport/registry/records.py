@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,10 @@ class Lineage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"parent": self.parent, "operation": self.operation, "parameters": self.parameters}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Lineage:
+        return cls(data.get("parent"), data.get("operation"), dict(data.get("parameters") or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,27 @@ class ModelVersion:
             "files": [{"path": f.path, "sha256": f.digest, "size": f.size} for f in self.files],
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelVersion:
+        """The record ``to_dict`` made (what the registry API answers)."""
+        return cls(
+            model=data["model"],
+            version=int(data["version"]),
+            format=data["format"],
+            entry=data["entry"],
+            signature=Signature.from_dict(data["signature"]),
+            size=int(data["size"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            description=data["description"],
+            trust_pickle=bool(data["trust_pickle"]),
+            tags=dict(data["tags"]),
+            aliases=tuple(data["aliases"]),
+            metrics=dict(data["metrics"]),
+            lineage=Lineage.from_dict(data["lineage"]),
+            files=tuple(FileEntry(f["path"], f["sha256"], int(f["size"])) for f in data["files"]),
+            metadata=dict(data.get("metadata") or {}),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSummary:
@@ -106,3 +132,19 @@ class ModelSummary:
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "aliases": self.aliases,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSummary:
+        """The record ``to_dict`` made (what the registry API answers)."""
+        updated = data.get("updated_at")
+        return cls(
+            name=data["name"],
+            description=data["description"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            versions=int(data["versions"]),
+            latest=data.get("latest"),
+            latest_format=data.get("format"),
+            latest_size=data.get("size"),
+            updated_at=datetime.fromisoformat(updated) if updated else None,
+            aliases={k: int(v) for k, v in data["aliases"].items()},
+        )

@@ -17,7 +17,7 @@ from modelport.errors import (
     Unavailable,
     VerificationFailed,
 )
-from modelport.registry import editing, pushing, queries, schema
+from modelport.registry import editing, pulling, pushing, queries, schema
 from modelport.registry.db import open_database, read_transaction, write_transaction
 from modelport.registry.records import Lineage, ModelSummary, ModelVersion
 from modelport.registry.sources import refuse_special_files
@@ -41,7 +41,6 @@ from modelport.runtimes import (
     PushOptions,
     RuntimeTable,
     default_runtimes,
-    derived,
 )
 from modelport.runtimes.derived import DerivedCheck
 from modelport.security.audit import AuditLog
@@ -49,6 +48,7 @@ from modelport.security.audit import record as record_entry
 from modelport.types import ModelRef, Signature, Tensors, validate_alias, validate_name
 
 if TYPE_CHECKING:
+    from modelport.client.remote_registry import RemoteRegistry
     from modelport.datasets.catalog import Datasets
     from modelport.runtimes.checked import CheckedModel
 
@@ -84,6 +84,14 @@ class Registry:
         self.store: BlobStore = protect(inner, self.engine, self.settings)
         self.checkout = checkout or checkout_cache_for(self.store, self.settings)
         self._verified: set[str] = set()
+
+    @staticmethod
+    def remote(url: str, api_key: str | None = None) -> RemoteRegistry:
+        """The registry of the modelport server at ``url`` (``https://hub:8000``), with the
+        same methods as this one; ``api_key`` defaults to ``MODELPORT_API_KEY``."""
+        from modelport.client.remote_registry import RemoteRegistry
+
+        return RemoteRegistry(url, api_key=api_key)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -361,17 +369,19 @@ class Registry:
         Returns one result per copy found (none when the version was never loaded here).
         """
         record = self.get(ref)
-        results = []
-        for directory in derived.copies(self.checkout.derived(list(record.files))):
-            result = derived.check(directory, digests=True)
-            if not result.intact:
-                try:
-                    derived.discard(directory)
-                except OSError as exc:
-                    problem = f"could not remove it ({exc.strerror}); delete {directory}"
-                    result = dataclasses.replace(result, problems=(*result.problems, problem))
-            results.append(result)
-        return results
+        return pulling.check_derived(self.checkout.derived(list(record.files)))
+
+    def pull(self, ref: ModelRef | str, dest: str | Path) -> ModelVersion:
+        """Copy the version's files to directory ``dest`` at their relative paths, each
+        verified against its manifest digest on the way (a file there is replaced).
+
+        Raises:
+            NotFound, VerificationFailed, StorageError.
+        """
+        record = self.get(ref)
+        directory = self.checkout.checkout(list(record.files))
+        pulling.copy_verified(directory, record.files, Path(dest).expanduser(), record.ref)
+        return record
 
     def load(
         self,

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.errors import Internal, ModelportError
-from modelport.serving import audit_api, tfserving, v2_rest
+from modelport.serving import audit_api, openapi, registry_api, tfserving, v2_rest
 from modelport.serving.http import code_for_status, error_response, json_response
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
@@ -94,6 +94,8 @@ def create_app(
         *tfserving.routes(manager, manager.config.json_limit()),
         Route("/metrics", metrics),
         *audit_api.routes(manager.registry),
+        *registry_api.routes(manager.registry, max_upload_bytes=manager.config.max_upload_bytes),
+        *openapi.routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -11,6 +11,7 @@ anything per model::
     memory_budget = "8GiB"    # per worker process
     workers = 2               # processes sharing the ports (both cores for small models)
     max_request_bytes = "128MiB"   # REST bodies; JSON ones stop at max_json_bytes (32MiB)
+    max_upload_bytes = "64GiB"     # one file pushed over the registry API (streamed to disk)
     keep_alive_timeout = 75   # seconds; above a load balancer's idle timeout
     http_wrappers = ["mypackage.audit:wrap"]          # ASGI middleware factories, outermost first
     grpc_interceptors = ["mypackage.audit:Interceptor"]  # each makes a grpc.aio.ServerInterceptor
@@ -193,6 +194,12 @@ class ServeConfig(BaseModel):
         description="A JSON request body (TF Serving, V2 without binary data), as sent and "
         "once inflated; more: 413. Decoding JSON takes ~11 times its size in memory.",
     )
+    max_upload_bytes: int = Field(
+        64 * 2**30,
+        gt=0,
+        description="One file pushed over the registry API (streamed to disk, never held in "
+        "memory); more: 413.",
+    )
     grpc_max_message_bytes: int = Field(
         128 * 2**20, gt=0, le=2**31 - 1, description="gRPC message, either way (grpc: < 2 GiB)."
     )
@@ -260,6 +267,7 @@ class ServeConfig(BaseModel):
         "memory_budget",
         "max_request_bytes",
         "max_json_bytes",
+        "max_upload_bytes",
         "grpc_max_message_bytes",
         "max_header_bytes",
         mode="before",

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 async def build_manager(
     registry: Registry, config: ServeConfig, refs: Sequence[str], aliased: str | None
 ) -> ModelManager:
-    """A manager with every model the command line, the config file and ``--aliased`` name."""
+    """A manager with every model the command line, the config file and ``--aliased`` name;
+    none (hub mode: the registry API alone) when nothing names any."""
     manager = ModelManager(registry, config, ServingMetrics())
     for ref in refs:
         await manager.register(ref)
@@ -52,11 +53,12 @@ async def build_manager(
         for summary in summaries:
             if aliased in summary.aliases and summary.name not in manager.models:
                 await manager.register(f"{summary.name}@{aliased}")
-    if not manager.models:
+    if aliased is not None and not manager.models:
         raise InvalidInput(
-            "nothing to serve: name models (modelport serve iris@production), use --config, "
-            "or --aliased ALIAS for every model that has that alias"
+            f"nothing to serve: no model has alias {aliased!r}; name models (modelport serve "
+            "iris@production), or leave out --aliased to serve the registry API alone (a hub)"
         )
+    # No models named at all: a hub, serving the registry API (/api/v1) alone.
     return manager
 
 
@@ -250,7 +252,7 @@ def _exit_zero_on_sigterm(server: Any) -> Iterator[None]:
 async def _announce(server: object, manager: ModelManager, config: ServeConfig, extra: str) -> None:
     while not getattr(server, "started", False):
         await asyncio.sleep(0.01)
-    served = ", ".join(str(s.ref) for s in manager.models.values())
+    served = ", ".join(str(s.ref) for s in manager.models.values()) or "the registry API (hub)"
     grpc = f", gRPC on {config.host}:{config.grpc_port}" if config.grpc_port is not None else ""
     rest = f"REST on http://{config.host}:{config.http_port}"
     print(f"serving {served}: {rest}{grpc}{extra}", flush=True)
@@ -286,7 +288,7 @@ def run(
     build theirs from the config's import paths alone.
 
     Raises:
-        NotFound, InvalidInput, Unavailable: at start-up (unknown model, nothing to serve,
+        NotFound, InvalidInput, Unavailable: at start-up (unknown model, --aliased matching none,
         a port in use, wrappers given for worker processes).
     """
     if config.process_count() > 1:
