@@ -26,7 +26,12 @@ from modelport.serving.connections import HttpLimits, limited_protocol
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
 from modelport.serving.peers import PeerGroup
-from modelport.serving.pipeline import Wrapper, http_wrappers, server_interceptors
+from modelport.serving.pipeline import (
+    Wrapper,
+    http_wrappers,
+    security_gate,
+    server_interceptors,
+)
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -91,10 +96,15 @@ async def serve(
     """
     import uvicorn
 
+    gate = security_gate(config, registry.engine)
     # Built (and their imports checked) before anything starts: a bad path is one clear error.
-    http_chain = http_wrappers(config, wrappers)
-    grpc_chain = server_interceptors(config, interceptors) if config.grpc_port is not None else []
+    http_chain = http_wrappers(config, wrappers, gate)
+    grpc_chain = (
+        server_interceptors(config, interceptors, gate) if config.grpc_port is not None else []
+    )
     manager = await build_manager(registry, config, refs, aliased)
+    if gate is not None:  # the keys are read before either port takes a request
+        await asyncio.to_thread(gate.start)
     peers = await _join_peers(manager, role) if role is not None else None
     # Bind both ports before anything starts, so a busy port is one clear error, not a
     # half-started server.
@@ -127,6 +137,8 @@ async def serve(
     async def stop_peers() -> None:
         if peers is not None:
             await peers.close()
+        if gate is not None:
+            await asyncio.to_thread(gate.close)
 
     async def report_loaded() -> None:
         if role is not None:
@@ -289,6 +301,15 @@ def run(
         NotFound, InvalidInput, Unavailable: at start-up (unknown model, nothing to serve,
         a port in use, wrappers given for worker processes).
     """
+    from modelport.security.exposure import check_exposure
+
+    auth = check_exposure(config, registry.engine)
+    print(
+        "auth: on (every route but /v2/health/live needs an API key)"
+        if auth
+        else "auth: off (anyone who can reach the server may use it; --auth turns it on)",
+        flush=True,
+    )
     if config.process_count() > 1:
         if wrappers or interceptors:
             raise InvalidInput(

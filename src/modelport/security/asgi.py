@@ -1,0 +1,81 @@
+"""The REST edge of auth: an ASGI wrapper in front of every route, ``/infer`` included.
+
+It reads ``Authorization`` from the raw scope headers (no ``Request`` object), classifies
+the request (``policy.http_rule``), asks the ``Gate``, and either answers the refusal itself
+(401 with ``WWW-Authenticate``, 403, 429 with ``Retry-After`` and ``RateLimit-*``; the body
+is the usual ``{"error", "code"}``) or passes the request on with the principal in
+``scope[PRINCIPAL_KEY]`` and ``principal.current()`` set while it runs.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelport.security.gate import Denied, Gate, rate_headers
+from modelport.security.policy import http_rule
+from modelport.security.principal import PRINCIPAL_KEY, acting_as
+from modelport.security.ratelimit import Verdict
+from modelport.serving.http import error_body
+
+__all__ = ["AuthWrapper"]
+
+_AUTHORIZATION = b"authorization"
+
+
+class AuthWrapper:
+    """``app`` behind the ``gate``: only requests it admits reach ``app``."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self._app = app
+        self._gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        rule = http_rule(method, path)
+        if rule.scope is None:
+            await self._app(scope, receive, send)
+            return
+        header = None
+        for name, value in scope["headers"]:
+            if name == _AUTHORIZATION:
+                header = value.decode("latin-1")
+                break
+        client = scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else "unknown"
+        try:
+            admitted = self._gate.admit(header, address, rule.scope, rule.model, f"{method} {path}")
+        except Denied as denied:
+            await _refuse(denied, send)
+            return
+        scope[PRINCIPAL_KEY] = admitted.principal
+        with acting_as(admitted.principal):
+            if admitted.verdict is None:
+                await self._app(scope, receive, send)
+            else:
+                await self._app(scope, receive, _with_rate_headers(send, admitted.verdict))
+
+
+async def _refuse(denied: Denied, send: Send) -> None:
+    body = error_body(denied.error.message, denied.error.code)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in denied.headers.items()),
+    ]
+    status = denied.error.http_status
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _with_rate_headers(send: Send, verdict: Verdict) -> Send:
+    extra = [(k.lower().encode(), v.encode()) for k, v in rate_headers(verdict).items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending

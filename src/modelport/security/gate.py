@@ -1,0 +1,240 @@
+"""The gate both edges ask: is this key valid, may it do this, is it within its rate.
+
+The hot path never touches the database: valid keys are held in a dict by ``key_id``,
+replaced every ``refresh_seconds`` (1 s) by a background thread, so a revoked key is refused
+by every worker process within a second or two, and a new key is accepted as soon. Denied
+requests reach the audit log through a bounded queue the same thread drains, at most
+``denials_per_second`` entries a second: a flood of bad keys costs the database a few rows a
+second and a count of what was dropped, never a write on the request path.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from modelport.errors import Forbidden, ModelportError, RateLimited, Unauthorized
+from modelport.security.audit import AuditLog
+from modelport.security.keys import INVALID_KEY, KeyRecord, KeyStore, check_key
+from modelport.security.principal import Principal, scope_includes
+from modelport.security.ratelimit import Bucket, FailureLimiter, Verdict
+
+__all__ = ["Admission", "Denied", "Gate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An accepted request: who it is, and its key's rate verdict (None: no rate)."""
+
+    principal: Principal
+    verdict: Verdict | None
+
+
+class Denied(Exception):
+    """A refused request: the ``error`` to answer with and the HTTP headers to add."""
+
+    def __init__(self, error: ModelportError, headers: dict[str, str]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.headers = headers
+
+
+_BEARER = {"WWW-Authenticate": 'Bearer realm="modelport"'}
+
+
+def rate_headers(verdict: Verdict) -> dict[str, str]:
+    """The IETF draft's ``RateLimit-*`` headers for ``verdict``."""
+    return {
+        "RateLimit-Limit": str(verdict.limit),
+        "RateLimit-Remaining": str(verdict.remaining),
+        "RateLimit-Reset": str(verdict.reset),
+    }
+
+
+class Gate:
+    """Authentication, authorization and rate limits for one server process.
+
+    ``admit`` runs on the event loop; ``start`` loads the keys and starts the refresher,
+    ``close`` stops it (and writes the denials still queued).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        refresh_seconds: float = 1.0,
+        failures_per_minute: int = 10,
+        denials_per_second: int = 20,
+        max_queued_denials: int = 1000,
+    ) -> None:
+        self._store = KeyStore(engine)
+        self._audit = AuditLog(engine)
+        self._keys: dict[str, KeyRecord] = {}
+        self._buckets: dict[str, Bucket] = {}
+        self.failures = FailureLimiter(failures_per_minute, 60.0)
+        self._refresh_seconds = refresh_seconds
+        self._denials_per_tick = max(1, int(denials_per_second * refresh_seconds))
+        self._max_queued = max_queued_denials
+        self._denials: collections.deque[tuple[Principal, str, dict[str, Any]]] = (
+            collections.deque()
+        )
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def dropped_denials(self) -> int:
+        """Denied requests not written to the audit log since the last summary entry."""
+        return self._dropped
+
+    def start(self) -> None:
+        """Load the keys now (a failure here is a start-up error), then refresh them."""
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="modelport-keys", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self._write_denials(everything=True)
+
+    def refresh(self) -> None:
+        """Replace the held keys with the database's live ones (one atomic swap)."""
+        keys = self._store.live_keys()
+        self._keys = keys
+        # A key whose rate changed or that is gone starts over (or is forgotten).
+        self._buckets = {
+            key_id: bucket for key_id, bucket in self._buckets.items() if key_id in keys
+        }
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._refresh_seconds):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("reading the API keys failed; using the last ones read")
+            try:
+                self._write_denials()
+            except Exception:
+                log.exception("writing denied requests to the audit log failed")
+
+    def admit(
+        self, authorization: str | None, address: str, needed: str, model: str | None, what: str
+    ) -> Admission:
+        """Admit a request needing scope ``needed`` (on ``model``, when not None).
+
+        ``authorization`` is the header's value (``Bearer mp_...``); ``address`` the
+        client's ``host:port``; ``what`` names the request for the audit log.
+
+        Raises:
+            Denied: with ``Unauthorized`` (401), ``Forbidden`` (403) or ``RateLimited`` (429).
+        """
+        host = address.rpartition(":")[0] or address
+        blocked = self.failures.blocked_for(host)
+        if blocked:
+            seconds = int(blocked) + 1
+            error: ModelportError = RateLimited(
+                f"too many failed authentications from {host}; try again in {seconds} s "
+                "with a valid API key",
+                retry_after=seconds,
+            )
+            raise self._deny(error, Principal("anonymous", address=address), what, 429)
+        key = _bearer(authorization)
+        try:
+            record = check_key(key, self._keys.get) if key else None
+        except Unauthorized:
+            record = None
+        if record is None:
+            self.failures.failed(host)
+            raise self._deny(
+                Unauthorized(INVALID_KEY), Principal("anonymous", address=address), what, 401
+            )
+        principal = record.principal(address)
+        if not scope_includes(record.scope, needed):
+            error = Forbidden(
+                f"key {record.name!r} has scope {record.scope!r}; this needs {needed!r}"
+            )
+            raise self._deny(error, principal, what, 403)
+        if model is not None and not principal.may_see(model):
+            # The same answer whether or not the model exists: names are not leaked.
+            error = Forbidden(f"key {record.name!r} is not granted model {model!r}")
+            raise self._deny(error, principal, what, 403)
+        if record.rate is None:
+            return Admission(principal, None)
+        verdict = self._bucket(record).take()
+        if not verdict.allowed:
+            error = RateLimited(
+                f"key {record.name!r} is over its rate of {record.rate.text}; retry in "
+                f"{verdict.retry_after} s",
+                retry_after=verdict.retry_after,
+            )
+            raise self._deny(error, principal, what, 429, rate_headers(verdict))
+        return Admission(principal, verdict)
+
+    def _bucket(self, record: KeyRecord) -> Bucket:
+        bucket = self._buckets.get(record.key_id)
+        if bucket is None:
+            assert record.rate is not None
+            # A burst of one period's count (100/s: 100 at once), at least one request.
+            bucket = Bucket(record.rate.per_second, record.rate.count)
+            self._buckets[record.key_id] = bucket
+        return bucket
+
+    def _deny(
+        self,
+        error: ModelportError,
+        principal: Principal,
+        what: str,
+        status: int,
+        headers: dict[str, str] | None = None,
+    ) -> Denied:
+        if len(self._denials) < self._max_queued:
+            detail = {"status": status, "code": error.code}
+            self._denials.append((principal, what, detail))
+        else:
+            with self._dropped_lock:
+                self._dropped += 1
+        extra = dict(headers or {})
+        if status == 401:
+            extra.update(_BEARER)
+        if isinstance(error, RateLimited):
+            extra["Retry-After"] = str(int(error.retry_after))
+        return Denied(error, extra)
+
+    def _write_denials(self, *, everything: bool = False) -> None:
+        budget = len(self._denials) if everything else self._denials_per_tick
+        for _ in range(budget):
+            try:
+                principal, what, detail = self._denials.popleft()
+            except IndexError:
+                break
+            self._audit.append(
+                "request.denied", what, outcome="denied", detail=detail, principal=principal
+            )
+        with self._dropped_lock:
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            log.warning("%d denied requests were not written to the audit log", dropped)
+            self._audit.append(
+                "request.denied",
+                "",
+                outcome="denied",
+                detail={"dropped": dropped},
+                principal=Principal("modelport"),
+            )
+
+
+def _bearer(header: str | None) -> str | None:
+    if header is None or len(header) < 8 or header[:7].lower() != "bearer ":
+        return None
+    return header[7:].strip()
