@@ -11,6 +11,7 @@ import typer
 from modelport.cli import render
 from modelport.cli.dataset import app as dataset_app
 from modelport.cli.errors import fail
+from modelport.cli.keys import app as keys_app
 from modelport.cli.optimize import optimize as optimize_command
 from modelport.cli.options import AliasOption, JsonFlag, NameOption
 from modelport.cli.serve import serve as serve_command
@@ -318,6 +319,7 @@ def _sweep_jobs() -> None:
 
 app.command()(serve_command)
 app.add_typer(dataset_app)
+app.add_typer(keys_app)
 app.command("optimize")(optimize_command)
 app.command()(tune_command)
 

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.errors import Internal, ModelportError
-from modelport.serving import tfserving, v2_rest
+from modelport.serving import keys_api, tfserving, v2_rest
 from modelport.serving.http import code_for_status, error_response, json_response
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
@@ -93,6 +93,7 @@ def create_app(
         # TF Serving's bodies are JSON only, so they get the JSON limit.
         *tfserving.routes(manager, manager.config.json_limit()),
         Route("/metrics", metrics),
+        *keys_api.routes(manager.registry),
     ]
     app = Starlette(
         routes=routes,

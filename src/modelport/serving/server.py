@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.errors import InvalidInput, Unavailable
 from modelport.registry import Registry
-from modelport.serving.app import create_app, load_all
+from modelport.serving.app import StartHook, create_app, load_all
 from modelport.serving.config import ServeConfig
 from modelport.serving.connections import HttpLimits, limited_protocol
 from modelport.serving.manager import ModelManager
@@ -35,6 +35,8 @@ from modelport.serving.pipeline import (
 
 if TYPE_CHECKING:
     import grpc.aio
+
+    from modelport.security.gate import Gate
 
 __all__ = ["WorkerRole", "serve"]
 
@@ -96,15 +98,9 @@ async def serve(
     """
     import uvicorn
 
-    gate = security_gate(config, registry.engine)
     # Built (and their imports checked) before anything starts: a bad path is one clear error.
-    http_chain = http_wrappers(config, wrappers, gate)
-    grpc_chain = (
-        server_interceptors(config, interceptors, gate) if config.grpc_port is not None else []
-    )
+    gate, http_chain, grpc_chain = _chains(config, registry, wrappers, interceptors)
     manager = await build_manager(registry, config, refs, aliased)
-    if gate is not None:  # the keys are read before either port takes a request
-        await asyncio.to_thread(gate.start)
     peers = await _join_peers(manager, role) if role is not None else None
     # Bind both ports before anything starts, so a busy port is one clear error, not a
     # half-started server.
@@ -137,8 +133,6 @@ async def serve(
     async def stop_peers() -> None:
         if peers is not None:
             await peers.close()
-        if gate is not None:
-            await asyncio.to_thread(gate.close)
 
     async def report_loaded() -> None:
         if role is not None:
@@ -149,7 +143,7 @@ async def serve(
         wrappers=http_chain,
         on_start=[start_watch],
         on_loaded=[report_loaded],
-        on_stop=[stop_watch, stop_grpc, stop_peers],
+        on_stop=[stop_watch, stop_grpc, stop_peers, *_closing(gate)],
     )
     limits = HttpLimits(
         keep_alive_timeout=config.keep_alive_timeout,
@@ -187,6 +181,35 @@ async def serve(
         if announce is not None:
             announce.cancel()
         http_socket.close()
+
+
+def _chains(
+    config: ServeConfig,
+    registry: Registry,
+    wrappers: Sequence[Wrapper],
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+) -> tuple[Gate | None, list[Wrapper], list[grpc.aio.ServerInterceptor]]:
+    """The auth gate (None with auth off; started: the keys are read before either port
+    takes a request), the REST wrappers and the gRPC interceptors."""
+    gate = security_gate(config, registry.engine)
+    if gate is not None:
+        gate.start()
+    http_chain = http_wrappers(config, wrappers, gate)
+    grpc_chain = (
+        server_interceptors(config, interceptors, gate) if config.grpc_port is not None else []
+    )
+    return gate, http_chain, grpc_chain
+
+
+def _closing(gate: Gate | None) -> list[StartHook]:
+    """The stop hook that closes ``gate`` (writing the denials still queued)."""
+    if gate is None:
+        return []
+
+    async def close() -> None:
+        await asyncio.to_thread(gate.close)
+
+    return [close]
 
 
 async def _join_peers(manager: ModelManager, role: WorkerRole) -> PeerGroup:
