@@ -63,7 +63,7 @@ def security_gate(config: ServeConfig, engine: Engine) -> Gate | None:
         return None
     from modelport.security.gate import Gate
 
-    return Gate(engine)
+    return Gate(engine, failures_per_minute=config.auth_failures_per_minute)
 
 
 def http_wrappers(
