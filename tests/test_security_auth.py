@@ -9,7 +9,9 @@ the model, and the right key.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from starlette.applications import Starlette
 from starlette.routing import Route
 
@@ -31,7 +33,7 @@ from modelport.serving.config import ServeConfig
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
 from tests.onnx_models import make_iris_onnx
-from tests.serving_fixtures import Server, push_all, running_server
+from tests.serving_fixtures import CLI, Server, cli_env, push_all, running_server, wait_until
 
 # -- the tables (extend them when a route or RPC is added) ---------------------------------
 # kind: "open", or the scope a request needs; "+model": the path's {name} is the model it
@@ -365,10 +367,6 @@ def test_tritonclient_sends_the_key_as_a_header(deployment: Deployment) -> None:
 
 
 def test_denied_requests_reach_the_audit_log(deployment: Deployment) -> None:
-    from sqlalchemy import select
-
-    from tests.serving_fixtures import wait_until
-
     path = "/v2/models/audit-probe"
     assert httpx.get(f"{deployment.server.http_url}{path}").status_code == 401
 
@@ -386,10 +384,6 @@ def test_denied_requests_reach_the_audit_log(deployment: Deployment) -> None:
 
 
 def test_keys_over_the_api_and_the_remote_cli(deployment: Deployment) -> None:
-    from tests.serving_fixtures import CLI, cli_env
-
-    import subprocess
-
     url = deployment.server.http_url
     env = cli_env(
         deployment.home, {"MODELPORT_REMOTE": url, "MODELPORT_API_KEY": deployment.keys["admin"]}
@@ -399,8 +393,6 @@ def test_keys_over_the_api_and_the_remote_cli(deployment: Deployment) -> None:
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
-    import json
-
     answer = json.loads(made.stdout)
     assert KEY_RE.fullmatch(answer["key"]) and answer["created_by"] == "key:admin"
     listed = subprocess.run(
