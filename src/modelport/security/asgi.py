@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.security.gate import Denied, Gate, rate_headers
-from modelport.security.policy import http_rule
+from modelport.security.policy import Rule, http_rule
 from modelport.security.principal import PRINCIPAL_KEY, acting_as
 from modelport.security.ratelimit import Verdict
 from modelport.serving.http import error_body
@@ -20,6 +20,7 @@ from modelport.serving.http import error_body
 __all__ = ["AuthWrapper"]
 
 _AUTHORIZATION = b"authorization"
+_MAX_RULES = 10_000
 
 
 class AuthWrapper:
@@ -28,13 +29,19 @@ class AuthWrapper:
     def __init__(self, app: ASGIApp, gate: Gate) -> None:
         self._app = app
         self._gate = gate
+        self._rules: dict[tuple[str, str], Rule] = {}  # the rule of each (method, path) seen
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        rule = http_rule(method, path)
+        rule = self._rules.get((method, path))
+        if rule is None:
+            rule = http_rule(method, path)
+            if len(self._rules) >= _MAX_RULES:
+                self._rules.clear()
+            self._rules[method, path] = rule
         if rule.scope is None:
             await self._app(scope, receive, send)
             return
@@ -43,10 +50,9 @@ class AuthWrapper:
             if name == _AUTHORIZATION:
                 header = value.decode("latin-1")
                 break
-        client = scope.get("client")
-        address = f"{client[0]}:{client[1]}" if client else "unknown"
+        client = scope.get("client") or "unknown"
         try:
-            admitted = self._gate.admit(header, address, rule.scope, rule.model, f"{method} {path}")
+            admitted = self._gate.admit(header, client, rule.scope, rule.model, (method, path))
         except Denied as denied:
             await _refuse(denied, send)
             return

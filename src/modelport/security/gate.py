@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 
@@ -29,8 +29,7 @@ __all__ = ["Admission", "Denied", "Gate"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     """An accepted request: who it is, and its key's rate verdict (None: no rate)."""
 
     principal: Principal
@@ -45,6 +44,12 @@ class Denied(Exception):
         self.error = error
         self.headers = headers
 
+
+Client = tuple[str, int] | str
+"""A client: ASGI's ``(host, port)``, or ``"host:port"`` (gRPC's peer)."""
+
+_MAX_REMEMBERED = 10_000
+"""Most entries in each in-memory table of the gate (keys seen, principals, grants)."""
 
 _BEARER = {"WWW-Authenticate": 'Bearer realm="modelport"'}
 
@@ -77,6 +82,9 @@ class Gate:
         self._store = KeyStore(engine)
         self._audit = AuditLog(engine)
         self._keys: dict[str, KeyRecord] = {}
+        self._accepted: dict[str, KeyRecord] = {}  # Authorization header -> its key
+        self._principals: dict[tuple[str, Client], Principal] = {}
+        self._grants: dict[tuple[str, str], bool] = {}
         self._buckets: dict[str, Bucket] = {}
         self.failures = FailureLimiter(failures_per_minute, 60.0)
         self._refresh_seconds = refresh_seconds
@@ -109,13 +117,21 @@ class Gate:
         self._write_denials(everything=True)
 
     def refresh(self) -> None:
-        """Replace the held keys with the database's live ones (one atomic swap)."""
+        """Replace the held keys with the database's live ones.
+
+        Runs in the refresher thread while the event loop reads and adds to these tables:
+        each is replaced whole (one reference swap), never changed in place from here, and
+        the buckets are copied with ``list`` (a single step under the GIL) first.
+        """
         keys = self._store.live_keys()
         self._keys = keys
-        # A key whose rate changed or that is gone starts over (or is forgotten).
-        self._buckets = {
-            key_id: bucket for key_id, bucket in self._buckets.items() if key_id in keys
-        }
+        # What was remembered is forgotten: a revoked or expired key is not let in again,
+        # and a live one costs one hash check a second to be remembered anew.
+        self._accepted = {}
+        self._principals = {}
+        self._grants = {}
+        # A key that is gone loses its bucket; the others keep theirs.
+        self._buckets = {k: b for k, b in list(self._buckets.items()) if k in keys}
 
     def _run(self) -> None:
         while not self._stop.wait(self._refresh_seconds):
@@ -129,46 +145,42 @@ class Gate:
                 log.exception("writing denied requests to the audit log failed")
 
     def admit(
-        self, authorization: str | None, address: str, needed: str, model: str | None, what: str
+        self,
+        authorization: str | None,
+        client: Client,
+        needed: str,
+        model: str | None,
+        what: tuple[str, ...],
     ) -> Admission:
         """Admit a request needing scope ``needed`` (on ``model``, when not None).
 
-        ``authorization`` is the header's value (``Bearer mp_...``); ``address`` the
-        client's ``host:port``; ``what`` names the request for the audit log.
+        ``authorization`` is the header's value (``Bearer mp_...``); ``client`` the
+        client's ``(host, port)`` (ASGI's ``scope["client"]``) or ``"host:port"``; ``what``
+        names the request for the audit log (joined with spaces only when it is denied:
+        ``("POST", "/v2/models/iris/infer")``).
 
         Raises:
             Denied: with ``Unauthorized`` (401), ``Forbidden`` (403) or ``RateLimited`` (429).
         """
-        host = address.rpartition(":")[0] or address
-        blocked = self.failures.blocked_for(host)
-        if blocked:
-            seconds = int(blocked) + 1
-            error: ModelportError = RateLimited(
-                f"too many failed authentications from {host}; try again in {seconds} s "
-                "with a valid API key",
-                retry_after=seconds,
-            )
-            raise self._deny(error, Principal("anonymous", address=address), what, 429)
-        key = _bearer(authorization)
-        try:
-            record = check_key(key, self._keys.get) if key else None
-        except Unauthorized:
-            record = None
+        if self.failures.active:
+            self._refuse_blocked(client, what)
+        record = self._accepted.get(authorization) if authorization else None
         if record is None:
-            self.failures.failed(host)
-            raise self._deny(
-                Unauthorized(INVALID_KEY), Principal("anonymous", address=address), what, 401
-            )
-        principal = record.principal(address)
+            record = self._authenticate(authorization, client, what)
+        elif record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+            raise self._unauthorized(client, what)
+        principal = self._principals.get((record.key_id, client))
+        if principal is None:
+            principal = self._principal(record, client)
         if not scope_includes(record.scope, needed):
-            error = Forbidden(
+            refusal = Forbidden(
                 f"key {record.name!r} has scope {record.scope!r}; this needs {needed!r}"
             )
-            raise self._deny(error, principal, what, 403)
-        if model is not None and not principal.may_see(model):
+            raise self._deny(refusal, principal, what, 403)
+        if model is not None and not self._granted(principal, model):
             # The same answer whether or not the model exists: names are not leaked.
-            error = Forbidden(f"key {record.name!r} is not granted model {model!r}")
-            raise self._deny(error, principal, what, 403)
+            refusal = Forbidden(f"key {record.name!r} is not granted model {model!r}")
+            raise self._deny(refusal, principal, what, 403)
         if record.rate is None:
             return Admission(principal, None)
         verdict = self._bucket(record).take()
@@ -180,6 +192,56 @@ class Gate:
             )
             raise self._deny(error, principal, what, 429, rate_headers(verdict))
         return Admission(principal, verdict)
+
+    def _refuse_blocked(self, client: Client, what: tuple[str, ...]) -> None:
+        host = _host(client)
+        blocked = self.failures.blocked_for(host)
+        if blocked:
+            seconds = int(blocked) + 1
+            error = RateLimited(
+                f"too many failed authentications from {host}; try again in {seconds} s "
+                "with a valid API key",
+                retry_after=seconds,
+            )
+            raise self._deny(error, _anonymous(client), what, 429)
+
+    def _authenticate(
+        self, authorization: str | None, client: Client, what: tuple[str, ...]
+    ) -> KeyRecord:
+        """The slow path: parse, look up, compare the hash in constant time. A key that
+        passes is remembered by its header value until the next refresh, so its next
+        requests cost one dict lookup (only live keys get in: the dict stays small)."""
+        key = _bearer(authorization)
+        try:
+            record = check_key(key, self._keys.get) if key else None
+        except Unauthorized:
+            record = None
+        if record is None:
+            raise self._unauthorized(client, what)
+        if len(self._accepted) < _MAX_REMEMBERED and authorization:
+            self._accepted[authorization] = record
+        return record
+
+    def _unauthorized(self, client: Client, what: tuple[str, ...]) -> Denied:
+        self.failures.failed(_host(client))
+        return self._deny(Unauthorized(INVALID_KEY), _anonymous(client), what, 401)
+
+    def _principal(self, record: KeyRecord, client: Client) -> Principal:
+        # One per connection (a client's keep-alive connection keeps its address).
+        if len(self._principals) >= _MAX_REMEMBERED:
+            self._principals.clear()
+        principal = record.principal(_address(client))
+        self._principals[(record.key_id, client)] = principal
+        return principal
+
+    def _granted(self, principal: Principal, model: str) -> bool:
+        key = (principal.key_id or "", model)
+        granted = self._grants.get(key)
+        if granted is None:
+            if len(self._grants) >= _MAX_REMEMBERED:
+                self._grants.clear()
+            granted = self._grants[key] = principal.may_see(model)
+        return granted
 
     def _bucket(self, record: KeyRecord) -> Bucket:
         bucket = self._buckets.get(record.key_id)
@@ -194,13 +256,13 @@ class Gate:
         self,
         error: ModelportError,
         principal: Principal,
-        what: str,
+        what: tuple[str, ...],
         status: int,
         headers: dict[str, str] | None = None,
     ) -> Denied:
         if len(self._denials) < self._max_queued:
             detail = {"status": status, "code": error.code}
-            self._denials.append((principal, what, detail))
+            self._denials.append((principal, " ".join(what), detail))
         else:
             with self._dropped_lock:
                 self._dropped += 1
@@ -232,6 +294,21 @@ class Gate:
                 detail={"dropped": dropped},
                 principal=Principal("modelport"),
             )
+
+
+def _address(client: Client) -> str:
+    return client if isinstance(client, str) else f"{client[0]}:{client[1]}"
+
+
+def _host(client: Client) -> str:
+    """The client's host: ``10.0.0.1:5000`` -> ``10.0.0.1``; ``[::1]:5000`` -> ``[::1]``."""
+    if not isinstance(client, str):
+        return str(client[0])
+    return client.rpartition(":")[0] or client
+
+
+def _anonymous(client: Client) -> Principal:
+    return Principal("anonymous", address=_address(client))
 
 
 def _bearer(header: str | None) -> str | None:

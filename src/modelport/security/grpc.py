@@ -78,7 +78,7 @@ class _Check:
                 _address(context.peer()),
                 self._rule.scope,
                 model_of(self._rule, message),
-                self._method,
+                (self._method,),
             )
         except Denied as denied:
             error = denied.error

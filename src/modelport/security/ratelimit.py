@@ -70,6 +70,11 @@ class FailureLimiter:
         self.max_addresses = max_addresses
         self._seen: dict[str, tuple[float, int]] = {}  # address -> (window start, count)
 
+    @property
+    def active(self) -> bool:
+        """Whether any address has failed lately (else there is nothing to check)."""
+        return bool(self._seen)
+
     def blocked_for(self, address: str, now: float | None = None) -> float:
         """Seconds ``address`` stays refused; 0 when it may try."""
         entry = self._seen.get(address)
