@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelport.security.gate import Denied, Gate, rate_headers
 from modelport.security.policy import Rule, http_rule
 from modelport.security.principal import PRINCIPAL_KEY, acting_as
-from modelport.security.ratelimit import Verdict
+from modelport.security.ratelimit import Bucket
 from modelport.serving.http import error_body
 
 __all__ = ["AuthWrapper"]
@@ -58,10 +58,10 @@ class AuthWrapper:
             return
         scope[PRINCIPAL_KEY] = admitted.principal
         with acting_as(admitted.principal):
-            if admitted.verdict is None:
+            if admitted.bucket is None:
                 await self._app(scope, receive, send)
             else:
-                await self._app(scope, receive, _with_rate_headers(send, admitted.verdict))
+                await self._app(scope, receive, _with_rate_headers(send, admitted.bucket))
 
 
 async def _refuse(denied: Denied, send: Send) -> None:
@@ -69,19 +69,18 @@ async def _refuse(denied: Denied, send: Send) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in denied.headers.items()),
+        *denied.headers,
     ]
     status = denied.error.http_status
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def _with_rate_headers(send: Send, verdict: Verdict) -> Send:
-    extra = [(k.lower().encode(), v.encode()) for k, v in rate_headers(verdict).items()]
-
+def _with_rate_headers(send: Send, bucket: Bucket) -> Send:
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            # As of the response: other requests of the key may have taken tokens since.
+            message["headers"] = [*message.get("headers", ()), *rate_headers(bucket)]
         await send(message)
 
     return sending

@@ -22,7 +22,7 @@ from modelport.errors import Forbidden, ModelportError, RateLimited, Unauthorize
 from modelport.security.audit import AuditLog
 from modelport.security.keys import INVALID_KEY, KeyRecord, KeyStore, check_key
 from modelport.security.principal import Principal, scope_includes
-from modelport.security.ratelimit import Bucket, FailureLimiter, Verdict
+from modelport.security.ratelimit import Bucket, FailureLimiter
 
 __all__ = ["Admission", "Denied", "Gate"]
 
@@ -30,16 +30,17 @@ log = logging.getLogger(__name__)
 
 
 class Admission(NamedTuple):
-    """An accepted request: who it is, and its key's rate verdict (None: no rate)."""
+    """An accepted request: who it is, and its key's bucket (None: no rate)."""
 
     principal: Principal
-    verdict: Verdict | None
+    bucket: Bucket | None
 
 
 class Denied(Exception):
-    """A refused request: the ``error`` to answer with and the HTTP headers to add."""
+    """A refused request: the ``error`` to answer with and the HTTP headers to add (raw
+    ASGI pairs, lower-case names)."""
 
-    def __init__(self, error: ModelportError, headers: dict[str, str]) -> None:
+    def __init__(self, error: ModelportError, headers: list[tuple[bytes, bytes]]) -> None:
         super().__init__(error.message)
         self.error = error
         self.headers = headers
@@ -51,16 +52,16 @@ Client = tuple[str, int] | str
 _MAX_REMEMBERED = 10_000
 """Most entries in each in-memory table of the gate (keys seen, principals, grants)."""
 
-_BEARER = {"WWW-Authenticate": 'Bearer realm="modelport"'}
+_BEARER = (b"www-authenticate", b'Bearer realm="modelport"')
 
 
-def rate_headers(verdict: Verdict) -> dict[str, str]:
-    """The IETF draft's ``RateLimit-*`` headers for ``verdict``."""
-    return {
-        "RateLimit-Limit": str(verdict.limit),
-        "RateLimit-Remaining": str(verdict.remaining),
-        "RateLimit-Reset": str(verdict.reset),
-    }
+def rate_headers(bucket: Bucket) -> list[tuple[bytes, bytes]]:
+    """The IETF draft's ``RateLimit-*`` headers after the last ``take`` from ``bucket``."""
+    return [
+        (b"ratelimit-limit", bucket.limit_header),
+        (b"ratelimit-remaining", str(bucket.remaining).encode()),
+        (b"ratelimit-reset", str(bucket.reset).encode()),
+    ]
 
 
 class Gate:
@@ -183,15 +184,15 @@ class Gate:
             raise self._deny(refusal, principal, what, 403)
         if record.rate is None:
             return Admission(principal, None)
-        verdict = self._bucket(record).take()
-        if not verdict.allowed:
+        bucket = self._buckets.get(record.key_id) or self._bucket(record)
+        if not bucket.take():
+            wait = bucket.retry_after
             error = RateLimited(
-                f"key {record.name!r} is over its rate of {record.rate.text}; retry in "
-                f"{verdict.retry_after} s",
-                retry_after=verdict.retry_after,
+                f"key {record.name!r} is over its rate of {record.rate.text}; retry in {wait} s",
+                retry_after=wait,
             )
-            raise self._deny(error, principal, what, 429, rate_headers(verdict))
-        return Admission(principal, verdict)
+            raise self._deny(error, principal, what, 429, rate_headers(bucket))
+        return Admission(principal, bucket)
 
     def _refuse_blocked(self, client: Client, what: tuple[str, ...]) -> None:
         host = _host(client)
@@ -244,12 +245,9 @@ class Gate:
         return granted
 
     def _bucket(self, record: KeyRecord) -> Bucket:
-        bucket = self._buckets.get(record.key_id)
-        if bucket is None:
-            assert record.rate is not None
-            # A burst of one period's count (100/s: 100 at once), at least one request.
-            bucket = Bucket(record.rate.per_second, record.rate.count)
-            self._buckets[record.key_id] = bucket
+        assert record.rate is not None
+        # A burst of one period's count (100/s: 100 at once), at least one request.
+        bucket = self._buckets[record.key_id] = Bucket(record.rate.per_second, record.rate.count)
         return bucket
 
     def _deny(
@@ -258,7 +256,7 @@ class Gate:
         principal: Principal,
         what: tuple[str, ...],
         status: int,
-        headers: dict[str, str] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> Denied:
         if len(self._denials) < self._max_queued:
             detail = {"status": status, "code": error.code}
@@ -266,11 +264,11 @@ class Gate:
         else:
             with self._dropped_lock:
                 self._dropped += 1
-        extra = dict(headers or {})
+        extra = list(headers or ())
         if status == 401:
-            extra.update(_BEARER)
+            extra.append(_BEARER)
         if isinstance(error, RateLimited):
-            extra["Retry-After"] = str(int(error.retry_after))
+            extra.append((b"retry-after", str(int(error.retry_after)).encode()))
         return Denied(error, extra)
 
     def _write_denials(self, *, everything: bool = False) -> None:

@@ -10,53 +10,58 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
-__all__ = ["Bucket", "FailureLimiter", "Verdict"]
-
-
-@dataclass(slots=True)
-class Verdict:
-    """What a bucket said about one request."""
-
-    allowed: bool
-    limit: int
-    """The bucket's size: requests allowed in a burst."""
-    remaining: int
-    reset: int
-    """Seconds until the bucket is full again."""
-    retry_after: int
-    """Seconds until one request is allowed again (0 when allowed)."""
+__all__ = ["Bucket", "FailureLimiter"]
 
 
 class Bucket:
-    """A token bucket: ``rate`` tokens per second, holding at most ``burst``; full at start."""
+    """A token bucket: ``rate`` tokens per second, holding at most ``burst``; full at start.
 
-    __slots__ = ("_at", "_tokens", "burst", "rate")
+    ``take`` is all an admitted request costs; the numbers a response reports (``remaining``,
+    ``reset``, ``retry_after``) are worked out only when asked for.
+    """
+
+    __slots__ = ("_at", "_tokens", "burst", "limit_header", "rate")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
+        self.limit_header = str(int(self.burst)).encode()
+        """``RateLimit-Limit``'s value, made once."""
         self._tokens = self.burst
         self._at = time.monotonic()
 
-    def take(self, now: float | None = None) -> Verdict:
-        """Take one token if there is one."""
+    def take(self, now: float | None = None) -> bool:
+        """Take one token if there is one; whether there was."""
         now = time.monotonic() if now is None else now
-        tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        tokens = self._tokens + (now - self._at) * self.rate
+        tokens = min(tokens, self.burst)
         self._at = now
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
         self._tokens = tokens
-        missing = self.burst - tokens
-        return Verdict(
-            allowed=allowed,
-            limit=int(self.burst),
-            remaining=int(tokens),
-            reset=math.ceil(missing / self.rate),
-            retry_after=0 if allowed else max(1, math.ceil((1.0 - tokens) / self.rate)),
-        )
+        return False
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed in a burst."""
+        return int(self.burst)
+
+    @property
+    def remaining(self) -> int:
+        """Whole tokens left (as of the last ``take``)."""
+        return int(self._tokens)
+
+    @property
+    def reset(self) -> int:
+        """Seconds until the bucket is full again (as of the last ``take``)."""
+        return math.ceil((self.burst - self._tokens) / self.rate)
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds, at least 1, until one token is back (as of the last ``take``)."""
+        return max(1, math.ceil((1.0 - self._tokens) / self.rate))
 
 
 class FailureLimiter:
