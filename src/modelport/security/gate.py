@@ -46,6 +46,8 @@ class Denied(Exception):
         self.headers = headers
 
 
+_Seen = tuple[Admission, KeyRecord]
+
 Client = tuple[str, int] | str
 """A client: ASGI's ``(host, port)``, or ``"host:port"`` (gRPC's peer)."""
 
@@ -85,6 +87,8 @@ class Gate:
         self._keys: dict[str, KeyRecord] = {}
         self._accepted: dict[str, KeyRecord] = {}  # Authorization header -> its key
         self._principals: dict[tuple[str, Client], Principal] = {}
+        # (Authorization, scope needed, model, client) -> what was admitted, and its key.
+        self._admitted: dict[tuple[str | None, str, str | None, Client], _Seen] = {}
         self._grants: dict[tuple[str, str], bool] = {}
         self._buckets: dict[str, Bucket] = {}
         self.failures = FailureLimiter(failures_per_minute, 60.0)
@@ -129,6 +133,7 @@ class Gate:
         # What was remembered is forgotten: a revoked or expired key is not let in again,
         # and a live one costs one hash check a second to be remembered anew.
         self._accepted = {}
+        self._admitted = {}
         self._principals = {}
         self._grants = {}
         # A key that is gone loses its bucket; the others keep theirs.
@@ -165,6 +170,30 @@ class Gate:
         """
         if self.failures.active:
             self._refuse_blocked(client, what)
+        # The hot path: this key, on this connection, did this kind of request before.
+        seen = self._admitted.get((authorization, needed, model, client))
+        if seen is not None:
+            admission, record = seen
+            if record.expires_at is None or record.expires_at > datetime.now(UTC):
+                bucket = admission.bucket
+                if bucket is None or bucket.take():
+                    return admission
+                raise self._over_rate(record, bucket, admission.principal, what)
+        admission, record = self._admit(authorization, client, needed, model, what)
+        if len(self._admitted) >= _MAX_REMEMBERED:
+            self._admitted.clear()
+        self._admitted[authorization, needed, model, client] = admission, record
+        return admission
+
+    def _admit(
+        self,
+        authorization: str | None,
+        client: Client,
+        needed: str,
+        model: str | None,
+        what: tuple[str, ...],
+    ) -> tuple[Admission, KeyRecord]:
+        """``admit`` the first time: every check, taking a token when the key has a rate."""
         record = self._accepted.get(authorization) if authorization else None
         if record is None:
             record = self._authenticate(authorization, client, what)
@@ -183,16 +212,21 @@ class Gate:
             refusal = Forbidden(f"key {record.name!r} is not granted model {model!r}")
             raise self._deny(refusal, principal, what, 403)
         if record.rate is None:
-            return Admission(principal, None)
+            return Admission(principal, None), record
         bucket = self._buckets.get(record.key_id) or self._bucket(record)
         if not bucket.take():
-            wait = bucket.retry_after
-            error = RateLimited(
-                f"key {record.name!r} is over its rate of {record.rate.text}; retry in {wait} s",
-                retry_after=wait,
-            )
-            raise self._deny(error, principal, what, 429, rate_headers(bucket))
-        return Admission(principal, bucket)
+            raise self._over_rate(record, bucket, principal, what)
+        return Admission(principal, bucket), record
+
+    def _over_rate(
+        self, record: KeyRecord, bucket: Bucket, principal: Principal, what: tuple[str, ...]
+    ) -> Denied:
+        wait = bucket.retry_after
+        rate = record.rate.text if record.rate else ""
+        error = RateLimited(
+            f"key {record.name!r} is over its rate of {rate}; retry in {wait} s", retry_after=wait
+        )
+        return self._deny(error, principal, what, 429, rate_headers(bucket))
 
     def _refuse_blocked(self, client: Client, what: tuple[str, ...]) -> None:
         host = _host(client)

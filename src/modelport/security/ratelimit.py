@@ -44,6 +44,11 @@ class Bucket:
         return False
 
     @property
+    def low(self) -> bool:
+        """Whether less than half the burst is left (as of the last ``take``)."""
+        return self._tokens * 2 < self.burst
+
+    @property
     def limit(self) -> int:
         """Requests allowed in a burst."""
         return int(self.burst)
