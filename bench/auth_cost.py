@@ -6,8 +6,9 @@ auth off against auth on (a key with a rate too high to limit), measured interle
 Two ``modelport serve`` processes from one registry home run at once: one on loopback with
 auth off, one with ``--auth``. Each round measures both back to back in a shuffled order, so
 load from other work on the machine hits both alike. Prints each side's median requests/s
-and p50, and the median of the per-round ratios (auth on / auth off); the target is at most
-5% fewer requests/s (a ratio of 0.95 or more). Needs ``wrk``.
+and p50, the server's CPU time per request (steadier than requests/s on a busy machine),
+and the median of the per-round ratios (auth on / auth off); the target is at most 5% fewer
+requests/s (a ratio of 0.95 or more). Needs ``wrk``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def start(home: Path, extra: list[str], key: str, log: Path) -> tuple[subprocess
     raise RuntimeError(f"server not ready: {log.read_text()[-1500:]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(
     url: str, body: Path, key: str | None, concurrency: int, seconds: float
 ) -> dict[str, float]:
@@ -72,13 +79,17 @@ def run_wrk(
     ]  # fmt: skip
     if key:
         argv.append(key)
+    started = time.monotonic()
     text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    elapsed = time.monotonic() - started
     line = next(x for x in text.splitlines() if x.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
     return {
         "rps": result["requests"] / (result["duration_us"] / 1e6),
         "p50_ms": result["p50_us"] / 1000,
         "errors": result["errors"],
+        "requests": result["requests"],
+        "elapsed": elapsed,
     }
 
 
@@ -126,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             for number in range(args.rounds):
                 measured = {}
                 for side in random.sample(list(servers), len(servers)):
-                    url = servers[side][1]
-                    measured[side] = run_wrk(url, body, keys[side], args.concurrency, args.duration)
+                    proc, url = servers[side]
+                    before = cpu_seconds(proc.pid)
+                    point = run_wrk(url, body, keys[side], args.concurrency, args.duration)
+                    point["cpu_us"] = (cpu_seconds(proc.pid) - before) / point["requests"] * 1e6
+                    measured[side] = point
                 rounds.append(measured)
                 print(
                     f"round {number + 1}: "
@@ -148,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             side,
             f"{statistics.median(r[side]['rps'] for r in rounds):,.0f}",
             f"{statistics.median(r[side]['p50_ms'] for r in rounds):.2f}",
+            f"{statistics.median(r[side]['cpu_us'] for r in rounds):.1f}",
             f"{sum(r[side]['errors'] for r in rounds):.0f}",
         ]
         for side in servers
     ]
-    print(markdown_table(["server", "req/s (median)", "p50 ms", "errors"], rows))
+    header = ["server", "req/s (median)", "p50 ms", "server CPU us/request", "errors"]
+    print(markdown_table(header, rows))
     print(
         f"\nauth on / auth off: {statistics.median(ratios):.3f} (range {min(ratios):.3f} - "
         f"{max(ratios):.3f}; target >= 0.95); tiny REST JSON c={args.concurrency}, "
