@@ -32,8 +32,7 @@ from modelport.serving.app import create_app
 from modelport.serving.config import ServeConfig
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
-from tests.onnx_models import make_iris_onnx
-from tests.serving_fixtures import CLI, Server, cli_env, push_all, running_server, wait_until
+from tests.serving_fixtures import CLI, Server, cli_env, running_server, wait_until
 
 # -- the tables (extend them when a route or RPC is added) ---------------------------------
 # kind: "open", or the scope a request needs; "+model": the path's {name} is the model it
@@ -106,14 +105,14 @@ def _registry(home: Path) -> Registry:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, iris_onnx: Path) -> Iterator[Deployment]:
     """A server with auth on (loopback + --auth) serving ``iris`` and ``other``, and keys."""
     root = tmp_path_factory.mktemp("auth")
     home = root / "home"
-    iris = make_iris_onnx(root / "iris.onnx", zipmap=False)
-    push_all(home, [(iris, "iris", ["production"]), (iris, "other", ["production"])])
     keys: dict[str, str] = {}
     with _registry(home) as registry:
+        for name in ("iris", "other"):
+            registry.push([iris_onnx], name, aliases=["production"])
         store = KeyStore(registry.engine)
         for name, scope, models, rate in [
             ("admin", "admin", ["*"], None),

@@ -189,3 +189,53 @@ def test_failure_limiter_blocks_an_address_for_the_rest_of_its_window() -> None:
     for n in range(10):  # memory stays bounded
         limiter.failed(f"10.1.0.{n}", 100)
     assert len(limiter._seen) <= 4
+
+
+def test_a_flood_of_denials_is_bounded_and_what_was_dropped_is_counted(
+    registry: Registry,
+) -> None:
+    from modelport.security.gate import Denied, Gate
+
+    gate = Gate(registry.engine, max_queued_denials=2, failures_per_minute=1000)
+    gate.refresh()
+    for port in range(5):
+        with pytest.raises(Denied) as raised:
+            gate.admit("Bearer nonsense", ("10.0.0.9", port), "read", None, ("GET", "/metrics"))
+        assert raised.value.error.code == "unauthorized"
+    assert gate.dropped_denials == 3
+    gate.close()  # writes what is queued
+    with registry.engine.connect() as conn:
+        rows = conn.execute(
+            select(schema.audit_log.c.actor, schema.audit_log.c.target, schema.audit_log.c.detail)
+        ).all()
+    assert [(r.actor, r.target) for r in rows] == [
+        ("anonymous", "GET /metrics"),
+        ("anonymous", "GET /metrics"),
+        ("modelport", ""),
+    ]
+    assert rows[0].detail == {"status": 401, "code": "unauthorized"}
+    assert rows[2].detail == {"dropped": 3}
+
+
+def test_the_gate_forgets_a_revoked_key_at_its_next_refresh(registry: Registry) -> None:
+    from modelport.security.gate import Denied, Gate
+
+    store = KeyStore(registry.engine)
+    _, key = store.create("ci", "predict", ["iris*"])
+    gate = Gate(registry.engine)
+    gate.refresh()
+    header = f"Bearer {key}"
+    client = ("10.0.0.1", 5000)
+    admitted = gate.admit(header, client, "predict", "iris", ("POST", "/v2/models/iris/infer"))
+    assert admitted.principal.name == "key:ci" and admitted.principal.address == "10.0.0.1:5000"
+    assert gate.admit(header, client, "predict", "iris", ("x",)) is admitted  # remembered
+    assert gate.admit(header, client, "predict", "iris-big", ("x",)).principal.name == "key:ci"
+    with pytest.raises(Denied) as raised:
+        gate.admit(header, client, "predict", "other", ("x",))
+    assert raised.value.error.code == "forbidden"
+    store.revoke("ci")
+    gate.refresh()
+    with pytest.raises(Denied) as raised:
+        gate.admit(header, client, "predict", "iris", ("x",))
+    assert raised.value.error.code == "unauthorized"
+    gate.close()
