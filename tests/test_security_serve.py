@@ -116,3 +116,15 @@ def test_revocation_reaches_every_worker(served_home: Path) -> None:
             _, fresh = KeyStore(registry.engine).create("worker-new", "read")
         headers = {"authorization": f"Bearer {fresh}"}
         wait_until(lambda: answers() == {200}, "every worker accepting a new key", 10, 0.1)
+
+
+def test_the_config_file_turns_auth_on(tmp_path: Path) -> None:
+    from modelport.security.exposure import auth_on
+    from modelport.serving.config import ServeConfig, load_config
+
+    path = tmp_path / "serve.toml"
+    path.write_text("[server]\nauth = true\ninsecure = false\n")
+    assert auth_on(load_config(path))
+    assert not auth_on(ServeConfig())
+    assert auth_on(ServeConfig(host="0.0.0.0"))
+    assert not auth_on(ServeConfig(host="0.0.0.0", auth=False))
