@@ -54,7 +54,9 @@ class AuthWrapper:
             if name == _AUTHORIZATION:
                 header = value.decode("latin-1")
                 break
-        client = scope.get("client") or "unknown"
+        client = scope.get("client")
+        if type(client) is not tuple:  # uvicorn's is; a list (other servers) is no dict key
+            client = f"{client[0]}:{client[1]}" if client else "unknown"
         try:
             admitted = self._gate.admit(header, client, rule.scope, rule.model, (method, path))
         except Denied as denied:
