@@ -121,11 +121,13 @@ def running_server(
     *,
     ready_timeout: float = 30,
     env: Mapping[str, str] | None = None,
+    ready_headers: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
     """Serve ``refs`` from ``home`` (REST and gRPC on free ports) until the block ends.
 
     Waits until ``/v2/health/ready`` answers 200 (every model loaded and warm); on leaving,
     stops the server with SIGTERM. The exit code is then in ``server.proc.returncode``.
+    ``ready_headers`` go with the readiness checks (an API key, when auth is on).
     """
     for attempt in range(3):
         http_port, grpc_port = free_port(), free_port()
@@ -139,7 +141,7 @@ def running_server(
         http_url, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
         server = Server(proc, http_url, grpc_target, home, log)
         try:
-            if _wait_ready(server, ready_timeout):
+            if _wait_ready(server, ready_timeout, ready_headers):
                 break
         except BaseException:
             server.stop()
@@ -153,14 +155,15 @@ def running_server(
         server.stop()
 
 
-def _wait_ready(server: Server, timeout: float) -> bool:
+def _wait_ready(server: Server, timeout: float, headers: Mapping[str, str] | None = None) -> bool:
     """True once ready; False if the process exited first; AssertionError on time-out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             return False
         try:
-            if httpx.get(f"{server.http_url}/v2/health/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{server.http_url}/v2/health/ready", headers=headers, timeout=1)
+            if ready.status_code == 200:
                 return True
         except httpx.TransportError:
             pass

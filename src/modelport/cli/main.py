@@ -13,6 +13,7 @@ from modelport.cli.audit import app as audit_app
 from modelport.cli.dataset import app as dataset_app
 from modelport.cli.encryption import app as encryption_app
 from modelport.cli.errors import fail
+from modelport.cli.keys import app as keys_app
 from modelport.cli.optimize import optimize as optimize_command
 from modelport.cli.options import AliasOption, JsonFlag, NameOption
 from modelport.cli.pull import pull as pull_command
@@ -340,6 +341,7 @@ app.command("pull")(pull_command)
 app.add_typer(dataset_app)
 app.add_typer(audit_app)
 app.add_typer(encryption_app)
+app.add_typer(keys_app)
 app.command("optimize")(optimize_command)
 app.command()(tune_command)
 

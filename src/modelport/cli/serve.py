@@ -122,6 +122,23 @@ def serve(
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", help="Requests in flight before 503.")
     ] = None,
+    # -- auth (keys, exposure policy) --
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Require an API key on every route and RPC but liveness [default: on unless "
+            "the host is loopback].",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve a non-loopback address with --no-auth, or with no API key created.",
+        ),
+    ] = False,
+    # -- end auth --
     workers: Annotated[
         int | None,
         typer.Option(
@@ -152,6 +169,8 @@ def serve(
         "keep_alive_timeout": keep_alive_timeout,
         "max_concurrency": max_concurrency,
         "workers": workers,
+        "auth": auth,
+        "insecure": insecure or None,
     }
     updates = {k: v for k, v in server.items() if v is not None}
     if no_grpc:

@@ -14,7 +14,7 @@ import contextvars
 import fnmatch
 import functools
 import getpass
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -91,14 +91,25 @@ def current() -> Principal:
     return _current.get() or local_principal()
 
 
-@contextlib.contextmanager
-def acting_as(principal: Principal) -> Iterator[Principal]:
+class _Acting:
+    # A class, not @contextmanager: the auth edge enters one per request, and a generator
+    # based context manager costs ~2 us more.
+    __slots__ = ("_principal", "_token")
+
+    def __init__(self, principal: Principal) -> None:
+        self._principal = principal
+
+    def __enter__(self) -> Principal:
+        self._token = _current.set(self._principal)
+        return self._principal
+
+    def __exit__(self, *_: object) -> None:
+        _current.reset(self._token)
+
+
+def acting_as(principal: Principal) -> contextlib.AbstractContextManager[Principal]:
     """Make ``principal`` ``current`` inside the block (and in threads started from it)."""
-    token = _current.set(principal)
-    try:
-        yield principal
-    finally:
-        _current.reset(token)
+    return _Acting(principal)
 
 
 PRINCIPAL_KEY = "modelport.principal"

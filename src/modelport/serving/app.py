@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.errors import Internal, ModelportError
-from modelport.serving import audit_api, openapi, registry_api, tfserving, v2_rest
+from modelport.serving import audit_api, keys_api, openapi, registry_api, tfserving, v2_rest
 from modelport.serving.http import code_for_status, error_response, json_response
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
@@ -96,6 +96,7 @@ def create_app(
         *audit_api.routes(manager.registry),
         *registry_api.routes(manager.registry, max_upload_bytes=manager.config.max_upload_bytes),
         *openapi.routes(),
+        *keys_api.routes(manager.registry),
     ]
     app = Starlette(
         routes=routes,

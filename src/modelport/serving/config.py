@@ -255,6 +255,12 @@ class ServeConfig(BaseModel):
         False,
         description="Allow a non-loopback address with auth off or with no keys (--insecure).",
     )
+    auth_failures_per_minute: int = Field(
+        10,
+        ge=1,
+        description="Failed authentications one client address may make in a minute; past "
+        "that it gets 429 until the minute is over.",
+    )
     tls_cert: Path | None = Field(None, description="Server certificate (PEM), REST and gRPC.")
     tls_key: Path | None = Field(None, description="Private key (PEM) of tls_cert.")
     tls_client_ca: Path | None = Field(

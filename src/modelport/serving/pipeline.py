@@ -10,8 +10,9 @@ every request (``/infer`` included) and every response. gRPC: ``server_intercept
 
 Both lists are the config's (``[server] http_wrappers`` / ``grpc_interceptors``: import paths
 ``"module:name"``, so worker processes build the same ones) followed by those a caller passes
-to ``serve``. Security (keys, rate limits) plugs in here. Each list is built once at start-up:
-an empty one costs a request nothing.
+to ``serve``. With auth on, the security step (``security_gate``) goes first in both lists:
+the ``AuthWrapper`` right inside ``ErrorBoundary``, the ``AuthInterceptor`` outermost. Each
+list is built once at start-up: an empty one costs a request nothing.
 """
 
 from __future__ import annotations
@@ -26,10 +27,19 @@ from modelport.errors import InvalidInput
 
 if TYPE_CHECKING:
     import grpc.aio
+    from sqlalchemy import Engine
 
+    from modelport.security.gate import Gate
     from modelport.serving.config import ServeConfig
 
-__all__ = ["Wrapper", "http_wrappers", "load_object", "server_interceptors", "wrap"]
+__all__ = [
+    "Wrapper",
+    "http_wrappers",
+    "load_object",
+    "security_gate",
+    "server_interceptors",
+    "wrap",
+]
 
 Wrapper = Callable[[ASGIApp], ASGIApp]
 """An ASGI middleware factory: given the app inside it, the app that wraps it."""
@@ -42,26 +52,57 @@ def wrap(app: ASGIApp, wrappers: Sequence[Wrapper]) -> ASGIApp:
     return app
 
 
-def http_wrappers(config: ServeConfig, extra: Sequence[Wrapper] = ()) -> list[Wrapper]:
-    """The REST wrappers: the config's (``http_wrappers``), then ``extra``.
+def security_gate(config: ServeConfig, engine: Engine) -> Gate | None:
+    """The security step: a ``Gate`` over the registry's keys when auth is on for
+    ``config`` (``security.exposure.auth_on``), else None. Not started: ``serve`` starts
+    it (loading the keys) and closes it.
+    """
+    from modelport.security.exposure import auth_on
+
+    if not auth_on(config):
+        return None
+    from modelport.security.gate import Gate
+
+    return Gate(engine, failures_per_minute=config.auth_failures_per_minute)
+
+
+def http_wrappers(
+    config: ServeConfig, extra: Sequence[Wrapper] = (), gate: Gate | None = None
+) -> list[Wrapper]:
+    """The REST wrappers: auth when there is a ``gate``, the config's (``http_wrappers``),
+    then ``extra``.
 
     Raises:
         InvalidInput: a configured path that cannot be imported or is not callable.
     """
     named = [load_object(path, "server.http_wrappers") for path in config.http_wrappers]
-    return [*named, *extra]
+    if gate is None:
+        return [*named, *extra]
+    from modelport.security.asgi import AuthWrapper
+
+    def auth(app: ASGIApp) -> ASGIApp:
+        return AuthWrapper(app, gate)
+
+    return [auth, *named, *extra]
 
 
 def server_interceptors(
-    config: ServeConfig, extra: Sequence[grpc.aio.ServerInterceptor] = ()
+    config: ServeConfig,
+    extra: Sequence[grpc.aio.ServerInterceptor] = (),
+    gate: Gate | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The gRPC interceptors: one from each of the config's ``grpc_interceptors`` (each names
-    a zero-argument callable, a class say, that makes one), then ``extra``.
+    """The gRPC interceptors: auth when there is a ``gate``, one from each of the config's
+    ``grpc_interceptors`` (each names a zero-argument callable, a class say, that makes
+    one), then ``extra``.
 
     Raises:
         InvalidInput: a configured path that cannot be imported or does not make one.
     """
-    made = []
+    made: list[grpc.aio.ServerInterceptor] = []
+    if gate is not None:
+        from modelport.security.grpc import AuthInterceptor
+
+        made.append(AuthInterceptor(gate))
     for path in config.grpc_interceptors:
         factory = load_object(path, "server.grpc_interceptors")
         try:

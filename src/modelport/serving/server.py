@@ -20,16 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.errors import InvalidInput, Unavailable
 from modelport.registry import Registry
-from modelport.serving.app import create_app, load_all
+from modelport.serving.app import StartHook, create_app, load_all
 from modelport.serving.config import ServeConfig
 from modelport.serving.connections import HttpLimits, limited_protocol
 from modelport.serving.manager import ModelManager
 from modelport.serving.metrics import ServingMetrics
 from modelport.serving.peers import PeerGroup
-from modelport.serving.pipeline import Wrapper, http_wrappers, server_interceptors
+from modelport.serving.pipeline import (
+    Wrapper,
+    http_wrappers,
+    security_gate,
+    server_interceptors,
+)
 
 if TYPE_CHECKING:
     import grpc.aio
+
+    from modelport.security.gate import Gate
 
 __all__ = ["WorkerRole", "serve"]
 
@@ -94,8 +101,7 @@ async def serve(
     import uvicorn
 
     # Built (and their imports checked) before anything starts: a bad path is one clear error.
-    http_chain = http_wrappers(config, wrappers)
-    grpc_chain = server_interceptors(config, interceptors) if config.grpc_port is not None else []
+    gate, http_chain, grpc_chain = _chains(config, registry, wrappers, interceptors)
     manager = await build_manager(registry, config, refs, aliased)
     peers = await _join_peers(manager, role) if role is not None else None
     # Bind both ports before anything starts, so a busy port is one clear error, not a
@@ -139,7 +145,7 @@ async def serve(
         wrappers=http_chain,
         on_start=[start_watch],
         on_loaded=[report_loaded],
-        on_stop=[stop_watch, stop_grpc, stop_peers],
+        on_stop=[stop_watch, stop_grpc, stop_peers, *_closing(gate)],
     )
     limits = HttpLimits(
         keep_alive_timeout=config.keep_alive_timeout,
@@ -177,6 +183,35 @@ async def serve(
         if announce is not None:
             announce.cancel()
         http_socket.close()
+
+
+def _chains(
+    config: ServeConfig,
+    registry: Registry,
+    wrappers: Sequence[Wrapper],
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+) -> tuple[Gate | None, list[Wrapper], list[grpc.aio.ServerInterceptor]]:
+    """The auth gate (None with auth off; started: the keys are read before either port
+    takes a request), the REST wrappers and the gRPC interceptors."""
+    gate = security_gate(config, registry.engine)
+    if gate is not None:
+        gate.start()
+    http_chain = http_wrappers(config, wrappers, gate)
+    grpc_chain = (
+        server_interceptors(config, interceptors, gate) if config.grpc_port is not None else []
+    )
+    return gate, http_chain, grpc_chain
+
+
+def _closing(gate: Gate | None) -> list[StartHook]:
+    """The stop hook that closes ``gate`` (writing the denials still queued)."""
+    if gate is None:
+        return []
+
+    async def close() -> None:
+        await asyncio.to_thread(gate.close)
+
+    return [close]
 
 
 async def _join_peers(manager: ModelManager, role: WorkerRole) -> PeerGroup:
@@ -291,6 +326,15 @@ def run(
         NotFound, InvalidInput, Unavailable: at start-up (unknown model, --aliased matching none,
         a port in use, wrappers given for worker processes).
     """
+    from modelport.security.exposure import check_exposure
+
+    auth = check_exposure(config, registry.engine)
+    print(
+        "auth: on (every route but /v2/health/live needs an API key)"
+        if auth
+        else "auth: off (anyone who can reach the server may use it; --auth turns it on)",
+        flush=True,
+    )
     if config.process_count() > 1:
         if wrappers or interceptors:
             raise InvalidInput(
