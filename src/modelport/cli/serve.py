@@ -130,6 +130,21 @@ def serve(
             "shared); 0: one per CPU core [default: 1].",
         ),
     ] = None,
+    # -- TLS (docs/tls.md) --------------------------------------------------------------------
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="Serve REST and gRPC over TLS: the certificate (PEM)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The private key (PEM) of --tls-cert.")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-client-ca",
+            help="Require client certificates signed by this CA (PEM) on both ports (mTLS).",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol (REST and gRPC) and TF Serving's REST API."""
     from modelport.serving.config import ServeConfig, load_config, parse_bytes
@@ -152,6 +167,9 @@ def serve(
         "keep_alive_timeout": keep_alive_timeout,
         "max_concurrency": max_concurrency,
         "workers": workers,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_client_ca": tls_client_ca,
     }
     updates = {k: v for k, v in server.items() if v is not None}
     if no_grpc:
