@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -206,6 +207,10 @@ def serve(
         raise InvalidInput(
             f"--{_FLAGS.get(field, field.replace('_', '-'))}: {first['msg']}"
         ) from None
+    if config.tls_cert is not None:
+        # grpc core logs every failed TLS handshake at INFO, so any client could fill the
+        # log with them; read when grpc is first imported, so set before the server does.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     registry = Registry(load_settings())
     try:
         run(registry, config, refs or [], aliased)
