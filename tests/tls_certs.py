@@ -1,8 +1,6 @@
 """Test certificates made with ``cryptography``, and a ``modelport serve`` with TLS.
 
-::
-
-    from tests.tls_certs import tls_files  # noqa: F401  (a fixture)
+The ``tls_files`` fixture is in ``conftest`` (every test module may ask for it)::
 
     def test_x(tls_files: TlsFiles, home: Path) -> None:
         with running_tls_server(home, ["iris"], tls_files) as server:
@@ -176,20 +174,25 @@ def running_tls_server(
     extra_args: Sequence[str] = (),
     *,
     mtls: bool = False,
+    tls_flags: bool = True,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 60,
 ) -> Iterator[Server]:
     """``serving_fixtures.running_server`` with ``tls``'s server certificate (and
     ``--tls-client-ca`` with ``mtls``): ``server.http_url`` is ``https://127.0.0.1:PORT``,
     ``server.grpc_target`` ``127.0.0.1:PORT`` (TLS). Waits until ready, checked over TLS
-    (with the client certificate); stops the server with SIGTERM on leaving.
+    (with the client certificate when ``mtls``); stops the server with SIGTERM on leaving.
+
+    ``tls_flags=False``: no ``--tls-*`` flags; the TLS settings come from ``extra_args``
+    (a ``--config`` file, say).
     """
+    flags = tls.server_args(mtls=mtls) if tls_flags else []
     http_port, grpc_port = free_port(), free_port()
     log = home.parent / f"serve-tls-{http_port}.log"
     with log.open("wb") as output:
         proc = subprocess.Popen(
             [CLI, "serve", *refs, "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-             *tls.server_args(mtls=mtls), *extra_args],
+             *flags, *extra_args],
             env=cli_env(home, env), stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
     server = Server(proc, f"https://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", home, log)
