@@ -159,8 +159,10 @@ def _tls_reason(message: str) -> str:
     """grpc core's long handshake message, cut to its cause."""
     if "Hostname Verification" in message:
         return "the server's certificate does not name the host or address connected to"
-    reason = message.rpartition("OPENSSL_internal:")[2] or message
-    return f"the server's certificate is not trusted ({reason.removesuffix(': OK')})"
+    cause = message.rpartition("OPENSSL_internal:")[2].removesuffix(": OK") or message
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        return f"the server's certificate is not trusted ({cause})"
+    return f"no TLS handshake ({cause.split(':')[0]})"
 
 
 def _closed_hint(tls: ClientTls | None) -> str:
