@@ -15,6 +15,7 @@ is sent once more on a new connection; the server cannot have seen it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections import deque
@@ -27,6 +28,7 @@ __all__ = ["AsyncPool", "ConnectFailed", "ConnectionLost", "Pool", "Response", "
 
 _MAX_HEAD = 64 * 1024
 _STREAM_LIMIT = 1 << 20  # asyncio buffers this much before it stops reading the socket
+_TLS_CLOSE_SECONDS = 5.0
 
 
 class ConnectFailed(Exception):
@@ -326,9 +328,18 @@ class AsyncPool:
         return reader, writer
 
     async def aclose(self) -> None:
-        while self._idle:
-            _, writer = self._idle.pop()
+        writers = [writer for _, writer in self._idle]
+        self._idle.clear()
+        for writer in writers:
             writer.close()
+        if writers and self._context is not None:
+            # A TLS connection closes only once its close_notify is exchanged: wait for it
+            # (briefly), or an event loop closed right after would leave them half-open.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_TLS_CLOSE_SECONDS):
+                    await asyncio.gather(
+                        *(writer.wait_closed() for writer in writers), return_exceptions=True
+                    )
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str], bytes]:
