@@ -180,6 +180,14 @@ def test_tritonclient_grpc_with_the_ca(tls: Server, tls_files: TlsFiles) -> None
         client.close()
 
 
+def test_connection_limits_hold_over_tls(tls: Server, tls_files: TlsFiles) -> None:
+    # The limits live in the HTTP protocol class (serving/connections.py), under TLS too.
+    headers = {"x-big": "x" * 70_000}
+    response = httpx.get(f"{tls.http_url}/v2", headers=headers, verify=tls_files.context())
+    assert response.status_code == 431
+    assert response.json()["code"] == "payload_too_large"
+
+
 def test_grpcio_secure_channel_checks_the_host_name(tls: Server, tls_files: TlsFiles) -> None:
     credentials = grpc.ssl_channel_credentials(tls_files.ca.read_bytes())
     assert grpc_live(tls.grpc_target, credentials)
