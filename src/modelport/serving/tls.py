@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-
 from modelport.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -156,6 +154,8 @@ def _read(path: Path, flag: str) -> bytes:
 
 def _check_certificates(data: bytes, path: Path, flag: str) -> None:
     """Every certificate in ``data`` parses, and the first (the server's, a CA's) is valid now."""
+    from cryptography import x509  # only a server with TLS pays for the import
+
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
