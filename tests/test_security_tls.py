@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from modelport import AsyncClient, Client
+from modelport import AsyncClient, Client, Settings
 from modelport._generated import grpc_predict_v2_pb2 as pb
 from modelport._generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelport.client.api import api_session
 from modelport.errors import InvalidInput, Unauthorized, Unavailable
 from tests.onnx_models import make_iris_onnx
 from tests.serving_fixtures import CLI, Server, cli_env, free_port, predict_in_process, push
@@ -329,6 +330,21 @@ def test_tritonclient_http_with_a_client_certificate(mtls: Server, tls_files: Tl
         assert client.get_model_metadata("iris", headers=headers)["name"] == "iris"
     finally:
         client.close()
+
+
+def test_api_session_takes_key_and_tls_from_settings(
+    mtls: Server, models: Path, tls_files: TlsFiles
+) -> None:
+    # What Registry.remote and the CLI's --remote commands talk through.
+    settings = Settings(
+        home=models,
+        api_key=KEY,
+        tls_ca=tls_files.ca,
+        tls_client_cert=tls_files.client_cert,
+        tls_client_key=tls_files.client_key,
+    )
+    with api_session(mtls.http_url, settings=settings) as session:
+        assert session.get("/v2/models/iris").json()["name"] == "iris"
 
 
 def test_predict_remote_uses_the_environment(
