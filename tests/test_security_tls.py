@@ -36,6 +36,7 @@ from modelport import AsyncClient, Client, Settings
 from modelport._generated import grpc_predict_v2_pb2 as pb
 from modelport._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelport.client.api import api_session
+from modelport.client.tls import ClientTls
 from modelport.errors import InvalidInput, Unauthorized, Unavailable
 from tests.onnx_models import make_iris_onnx
 from tests.serving_fixtures import CLI, Server, cli_env, free_port, predict_in_process, push
@@ -488,3 +489,7 @@ def test_client_refuses_tls_files_for_plaintext_urls(tls_files: TlsFiles) -> Non
         Client("http://127.0.0.1:1", api_key="mp_x\r\nx-injected: 1")
     with pytest.raises(InvalidInput, match="not both"):
         Client("http://127.0.0.1:1", api_key=KEY, headers={"Authorization": "Bearer x"})
+    # REST checks the host name as the standard library does (gRPC: the test above).
+    context = ClientTls(tls_files.ca).ssl_context()
+    assert context.check_hostname
+    assert context.verify_mode is ssl.CERT_REQUIRED
