@@ -14,6 +14,7 @@ import pytest
 from modelport import Registry, Settings
 from tests.onnx_models import make_iris_onnx
 from tests.postgres import make_postgres_database  # noqa: F401  (a fixture)
+from tests.tls_certs import tls_files  # noqa: F401  (a fixture)
 
 CLI = str(Path(sys.executable).parent / "modelport")
 

@@ -108,6 +108,8 @@ REST_TABLE: dict[str, str | dict[str, str]] = {
 def _kind(method: str, path: str) -> str:
     row = REST_TABLE[path]
     return row if isinstance(row, str) else row.get(method, row["*"])
+
+
 # Paths that reach the app without a Starlette route of their own (InferFirst's fast path,
 # TF Serving's verbs): tried as well.
 EXTRA_REST: list[tuple[str, str, str]] = [

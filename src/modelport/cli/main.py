@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -214,8 +214,8 @@ def predict(
         str | None,
         typer.Option(
             "--remote",
-            help="Ask a running server instead (http://HOST:PORT or grpc://HOST:PORT); "
-            "REF is then name or name@3.",
+            help="Ask a running server instead (http://HOST:PORT or grpc://HOST:PORT; https:// "
+            "and grpcs:// over TLS); REF is then name or name@3.",
         ),
     ] = None,
 ) -> None:
@@ -257,10 +257,26 @@ def _predict_remote(url: str, ref: str, input_data: str, output_name: list[str] 
             f"--remote takes a model name or name@VERSION, not the alias in {ref!r}: a "
             "server serves versions; name the version, or the model for its default"
         )
-    with Client(url) as client:
+    with Client(url, **_client_credentials(url)) as client:
         signature = client.model_metadata(parsed.name, parsed.version).signature
         inputs = read_tensors(input_data, signature)
         return client.predict(parsed.name, inputs, version=parsed.version, outputs=output_name)
+
+
+def _client_credentials(url: str) -> dict[str, Any]:
+    """``Client`` keywords from the environment: MODELPORT_API_KEY, and for https:// and
+    grpcs:// MODELPORT_TLS_CA / MODELPORT_TLS_CLIENT_CERT / MODELPORT_TLS_CLIENT_KEY."""
+    from modelport.client.tls import SECURE_SCHEMES
+
+    settings = load_settings()
+    found: dict[str, Any] = {}
+    if settings.api_key is not None:
+        found["api_key"] = settings.api_key.get_secret_value()
+    if url.partition("://")[0].lower() in SECURE_SCHEMES:
+        found["tls_ca"] = settings.tls_ca
+        found["client_cert"] = settings.tls_client_cert
+        found["client_key"] = settings.tls_client_key
+    return found
 
 
 @app.command()

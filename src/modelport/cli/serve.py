@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -147,6 +148,21 @@ def serve(
             "shared); 0: one per CPU core [default: 1].",
         ),
     ] = None,
+    # -- TLS (docs/tls.md) --------------------------------------------------------------------
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="Serve REST and gRPC over TLS: the certificate (PEM)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The private key (PEM) of --tls-cert.")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-client-ca",
+            help="Require client certificates signed by this CA (PEM) on both ports (mTLS).",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol (REST and gRPC) and TF Serving's REST API."""
     from modelport.serving.config import ServeConfig, load_config, parse_bytes
@@ -171,6 +187,9 @@ def serve(
         "workers": workers,
         "auth": auth,
         "insecure": insecure or None,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_client_ca": tls_client_ca,
     }
     updates = {k: v for k, v in server.items() if v is not None}
     if no_grpc:
@@ -207,6 +226,10 @@ def serve(
         raise InvalidInput(
             f"--{_FLAGS.get(field, field.replace('_', '-'))}: {first['msg']}"
         ) from None
+    if config.tls_cert is not None:
+        # grpc core logs every failed TLS handshake at INFO, so any client could fill the
+        # log with them; read when grpc is first imported, so set before the server does.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     registry = Registry(load_settings())
     try:
         run(registry, config, refs or [], aliased)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy.typing as npt
 
-from modelport.client.base import Backoff, Call, ModelInfo, Retry, connect
+from modelport.client.base import Backoff, Call, Credentials, ModelInfo, Retry, connect
 from modelport.client.records import model_infos
 from modelport.protocols.v2.metadata import ModelMetadata, ServerMetadata
 from modelport.types import Tensors
@@ -30,20 +31,33 @@ class AsyncClient:
     ``grpc.aio`` channel belongs to one loop); any number of tasks may share it.
 
     Args:
-        url: the server's base URL (REST) or ``grpc://HOST:PORT``.
+        url: the server's base URL (REST: ``http://``, ``https://``) or
+            ``grpc://HOST:PORT`` (``grpcs://`` over TLS).
         timeout: seconds each call may take; ``predict(timeout=...)`` overrides it.
         retries: how many times a call is sent again after HTTP 503, gRPC UNAVAILABLE or
             RESOURCE_EXHAUSTED, or a refused connection; with exponential backoff and
             jitter, after the server's Retry-After. No other failure is retried.
         headers: sent with every request (HTTP headers or gRPC metadata).
         pool: the most connections kept open to the server (REST).
+        api_key: sent as ``authorization: Bearer <api_key>`` with every request (an HTTP
+            header, gRPC metadata). Not read from the environment: pass
+            ``os.environ["MODELPORT_API_KEY"]`` to use that.
+        tls_ca: CA bundle (PEM) the server's certificate must chain to, for ``https://``
+            and ``grpcs://``; default: the system's trust store (REST), grpcio's bundled
+            roots (gRPC). The host name or address in the URL must be in the certificate.
+        client_cert, client_key: a client certificate and its key (PEM) for a server that
+            requires one (mTLS, ``serve --tls-client-ca``).
 
     Every call raises the ``modelport`` error the server answered with (``NotFound`` for
-    an unknown model, ``InvalidInput`` for a wrong datatype, ...), ``Timeout`` when no
-    answer came in time, and ``Unavailable`` when the server cannot be reached.
+    an unknown model, ``InvalidInput`` for a wrong datatype, ``Unauthorized`` for a
+    missing key, ...), ``Timeout`` when no answer came in time, ``Unavailable`` when the
+    server cannot be reached, and ``InvalidInput`` (not retried) when the TLS handshake
+    fails: the server's certificate is not trusted or does not name its host.
 
     Raises:
-        InvalidInput: ``url`` has no scheme the client speaks.
+        InvalidInput: ``url`` has no scheme the client speaks; TLS files given for
+            ``http://`` or ``grpc://``, or that cannot be read; a client certificate
+            without its key.
     """
 
     def __init__(
@@ -54,10 +68,17 @@ class AsyncClient:
         retries: int = 3,
         headers: Mapping[str, str] | None = None,
         pool: int = 64,
+        api_key: str | None = None,
+        tls_ca: Path | str | None = None,
+        client_cert: Path | str | None = None,
+        client_key: Path | str | None = None,
     ) -> None:
         self.url = url
         self._backoff = Backoff(retries)
-        self._api, self._transport = connect(url, timeout, headers, pool, asynchronous=True)
+        credentials = Credentials(api_key, tls_ca, client_cert, client_key)
+        self._api, self._transport = connect(
+            url, timeout, headers, pool, credentials=credentials, asynchronous=True
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -8,32 +8,13 @@ theirs here, so that a key or a CA bundle is configured once for all of them.
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 
 import httpx
 
+from modelport.client.tls import auth_headers, tls_context
 from modelport.config import Settings, load_settings
-from modelport.errors import InvalidInput
 
 __all__ = ["api_session", "auth_headers", "tls_context"]
-
-
-def tls_context(
-    ca: Path | None = None, client_cert: Path | None = None, client_key: Path | None = None
-) -> ssl.SSLContext:
-    """A client TLS context trusting ``ca`` (default: the system's trust store), presenting
-    ``client_cert``/``client_key`` when given (mTLS)."""
-    try:
-        context = ssl.create_default_context(cafile=str(ca) if ca else None)
-        if client_cert is not None:
-            context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise InvalidInput(f"cannot use the TLS files given: {exc}") from exc
-    return context
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def api_session(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from modelport.errors import InvalidInput, ModelportError
@@ -21,6 +22,7 @@ __all__ = [
     "Api",
     "Backoff",
     "Call",
+    "Credentials",
     "ModelInfo",
     "Retry",
     "connect",
@@ -154,6 +156,16 @@ class Api(Protocol):
     ) -> Call[Tensors]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a client presents and trusts, as ``Client(...)`` was given them."""
+
+    api_key: str | None = None
+    tls_ca: Path | str | None = None
+    client_cert: Path | str | None = None
+    client_key: Path | str | None = None
+
+
 def connect(
     url: str,
     timeout: float,
@@ -161,19 +173,29 @@ def connect(
     pool: int,
     *,
     asynchronous: bool,
+    credentials: Credentials = Credentials(),
 ) -> tuple[Api, Any]:
     """The calls and the transport for ``url``'s scheme: blocking ones for ``Client``, asyncio
     ones for ``AsyncClient``. Imported here, so a REST client never imports grpc.
 
     Raises:
-        InvalidInput: ``url`` has no scheme the client speaks.
+        InvalidInput: ``url`` has no scheme the client speaks; TLS files for a plaintext
+            URL or that cannot be used; an API key that is not one, or given twice.
     """
-    if scheme_of(url) == "rest":
+    from modelport.client.tls import auth_headers, client_tls
+
+    transport_name = scheme_of(url)
+    key_headers = auth_headers(credentials.api_key)
+    if key_headers and any(name.lower() == "authorization" for name in headers or {}):
+        raise InvalidInput("give the key as api_key= or an authorization header, not both")
+    headers = {**(headers or {}), **key_headers} or None
+    tls = client_tls(url, credentials.tls_ca, credentials.client_cert, credentials.client_key)
+    if transport_name == "rest":
         from modelport.client import rest
 
         transport = rest.AsyncHttpTransport if asynchronous else rest.HttpTransport
-        return rest.RestApi(), transport(url, timeout, headers, pool)
+        return rest.RestApi(), transport(url, timeout, headers, pool, tls)
     from modelport.client import grpc
 
     channel = grpc.AsyncGrpcTransport if asynchronous else grpc.GrpcTransport
-    return grpc.GrpcApi(), channel(url, timeout, headers)
+    return grpc.GrpcApi(), channel(url, timeout, headers, tls)

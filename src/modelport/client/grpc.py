@@ -17,6 +17,7 @@ import numpy.typing as npt
 from modelport._generated import grpc_predict_v2_pb2 as pb
 from modelport._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelport.client.base import Call, Retry
+from modelport.client.tls import ClientTls, untrusted
 from modelport.errors import (
     Conflict,
     Forbidden,
@@ -63,13 +64,22 @@ STATUS: dict[grpc.StatusCode, type[ModelportError]] = {
 
 # grpc core's words for a connection that failed (not the server's for a model it refuses).
 _CONNECTION_FAILED = ("failed to connect", "Socket closed", "Connection reset", "Broken pipe")
+# ... and for a TLS handshake that failed on the client's side: not worth retrying.
+_TLS_FAILED = ("handshake failed", "Hostname Verification", "CERTIFICATE_VERIFY_FAILED")
 _RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 # No limit of the client's own: the server's grpc_max_message_bytes is the one that counts.
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
-def error_of(code: grpc.StatusCode, details: str | None, trailing: Any, target: str) -> Exception:
-    """The error (or the ``Retry`` wrapping it) for a failed call."""
+def error_of(
+    code: grpc.StatusCode,
+    details: str | None,
+    trailing: Any,
+    target: str,
+    tls: ClientTls | None = None,
+) -> Exception:
+    """The error (or the ``Retry`` wrapping it) for a failed call on a channel with ``tls``
+    (None: plaintext)."""
     message = details or code.name
     found = None
     for key, value in trailing or ():
@@ -77,9 +87,12 @@ def error_of(code: grpc.StatusCode, details: str | None, trailing: Any, target: 
             found = value
     if found is not None:
         error = error_from_code(found, message)
+    elif code is grpc.StatusCode.UNAVAILABLE and any(s in message for s in _TLS_FAILED):
+        return untrusted(f"grpcs://{target}", _tls_reason(message))
     elif code is grpc.StatusCode.UNAVAILABLE and any(s in message for s in _CONNECTION_FAILED):
         error = Unavailable(
             f"cannot reach {target} over gRPC ({message}); is `modelport serve` running there?"
+            + _closed_hint(tls)
         )
     else:
         error = STATUS.get(code, Internal)(message)
@@ -142,9 +155,36 @@ def _outputs(message: Any) -> Tensors:
     return read_response(message).outputs
 
 
-def _channel_target(url: str) -> tuple[str, bool]:
-    scheme, _, rest = url.partition("://")
-    return rest.rstrip("/"), scheme.lower() == "grpcs"
+def _tls_reason(message: str) -> str:
+    """grpc core's long handshake message, cut to its cause."""
+    if "Hostname Verification" in message:
+        return "the server's certificate does not name the host or address connected to"
+    cause = message.rpartition("OPENSSL_internal:")[2].removesuffix(": OK") or message
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        return f"the server's certificate is not trusted ({cause})"
+    return f"no TLS handshake ({cause.split(':')[0]})"
+
+
+def _closed_hint(tls: ClientTls | None) -> str:
+    # A TLS server drops a plaintext channel, and an mTLS server a channel without the right
+    # client certificate, with no word of why: the client sees "Socket closed".
+    if tls is None:
+        return " If it serves TLS (--tls-cert), use grpcs://."
+    if tls.cert is None:
+        return (
+            " If it requires client certificates (--tls-client-ca), pass client_cert= and "
+            "client_key=."
+        )
+    return " It may not accept this client certificate (signed by another CA?)."
+
+
+def _channel(url: str, tls: ClientTls | None, asynchronous: bool) -> tuple[str, Any]:
+    target = url.partition("://")[2].rstrip("/")
+    module: Any = grpc.aio if asynchronous else grpc
+    if tls is None:
+        return target, module.insecure_channel(target, _CHANNEL_OPTIONS)
+    credentials = tls.grpc_credentials()
+    return target, module.secure_channel(target, credentials, _CHANNEL_OPTIONS)
 
 
 def _metadata(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
@@ -152,17 +192,19 @@ def _metadata(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] 
 
 
 class GrpcTransport:
-    """Sends ``Call``s over one gRPC channel; safe to share between threads."""
+    """Sends ``Call``s over one gRPC channel (TLS with ``tls``); safe to share between threads."""
 
-    def __init__(self, url: str, timeout: float, headers: Mapping[str, str] | None) -> None:
-        self.target, secure = _channel_target(url)
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+        tls: ClientTls | None = None,
+    ) -> None:
         self.timeout = timeout
         self._metadata = _metadata(headers)
-        if secure:
-            credentials = grpc.ssl_channel_credentials()
-            self._channel = grpc.secure_channel(self.target, credentials, _CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.insecure_channel(self.target, _CHANNEL_OPTIONS)
+        self._tls = tls
+        self.target, self._channel = _channel(url, tls, asynchronous=False)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def send(self, call: Call[Any]) -> Any:
@@ -173,7 +215,7 @@ class GrpcTransport:
             )
         except grpc.RpcError as exc:
             raise error_of(
-                exc.code(), exc.details(), exc.trailing_metadata(), self.target
+                exc.code(), exc.details(), exc.trailing_metadata(), self.target, self._tls
             ) from None
         return call.read(message)
 
@@ -184,15 +226,17 @@ class GrpcTransport:
 class AsyncGrpcTransport:
     """Sends ``Call``s over one ``grpc.aio`` channel, on the event loop it was made on."""
 
-    def __init__(self, url: str, timeout: float, headers: Mapping[str, str] | None) -> None:
-        self.target, secure = _channel_target(url)
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+        tls: ClientTls | None = None,
+    ) -> None:
         self.timeout = timeout
         self._metadata = _metadata(headers)
-        if secure:
-            credentials = grpc.ssl_channel_credentials()
-            self._channel = grpc.aio.secure_channel(self.target, credentials, _CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(self.target, _CHANNEL_OPTIONS)
+        self._tls = tls
+        self.target, self._channel = _channel(url, tls, asynchronous=True)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def send(self, call: Call[Any]) -> Any:
@@ -203,7 +247,7 @@ class AsyncGrpcTransport:
             )
         except grpc.aio.AioRpcError as exc:
             trailing = exc.trailing_metadata()
-            raise error_of(exc.code(), exc.details(), trailing, self.target) from None
+            raise error_of(exc.code(), exc.details(), trailing, self.target, self._tls) from None
         return call.read(message)
 
     async def aclose(self) -> None:

@@ -15,6 +15,7 @@ is sent once more on a new connection; the server cannot have seen it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections import deque
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["AsyncPool", "ConnectFailed", "ConnectionLost", "Pool", "Response"]
+__all__ = ["AsyncPool", "ConnectFailed", "ConnectionLost", "Pool", "Response", "TlsFailed"]
 
 _MAX_HEAD = 64 * 1024
 _STREAM_LIMIT = 1 << 20  # asyncio buffers this much before it stops reading the socket
+_TLS_CLOSE_SECONDS = 5.0
 
 
 class ConnectFailed(Exception):
@@ -34,7 +36,20 @@ class ConnectFailed(Exception):
 
 
 class ConnectionLost(Exception):
-    """The connection failed after the request was (perhaps) sent, before a whole answer."""
+    """The connection failed after the request was (perhaps) sent, before a whole answer.
+
+    ``fresh``: on a connection made for this request, so the server dropped it at once (a
+    TLS server given plain HTTP, or a client certificate it refuses, does that).
+    """
+
+    def __init__(self, message: str, *, fresh: bool = False) -> None:
+        super().__init__(message)
+        self.fresh = fresh
+
+
+class TlsFailed(Exception):
+    """The TLS handshake failed (the server's certificate is not trusted, or the server does
+    not speak TLS): nothing was sent."""
 
 
 @dataclass(slots=True)
@@ -104,7 +119,17 @@ class _Connection:
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if context is not None:
-            sock = context.wrap_socket(sock, server_hostname=origin.host)
+            try:
+                sock = context.wrap_socket(sock, server_hostname=origin.host)
+            except ssl.SSLError as exc:
+                sock.close()
+                raise TlsFailed(_tls_reason(exc)) from None
+            except TimeoutError:
+                sock.close()
+                raise
+            except OSError as exc:  # the server closed the connection during the handshake
+                sock.close()
+                raise ConnectionLost(str(exc) or type(exc).__name__, fresh=True) from None
         self.sock = sock
         self.file = sock.makefile("rb")
 
@@ -146,13 +171,40 @@ class _Connection:
         self.sock.close()
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, EOFError | asyncio.IncompleteReadError):
+        return "the server closed the connection"
+    return str(exc) or type(exc).__name__
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate is not trusted ({exc.verify_message})"
+    return f"no TLS handshake ({exc.reason or exc})"
+
+
+def _context(origin: _Origin, context: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    if not origin.secure:
+        return None
+    return context or ssl.create_default_context()
+
+
 class Pool:
     """Blocking keep-alive connections to one origin; safe to share between threads
-    (a connection serves one request at a time; up to ``size`` idle ones are kept)."""
+    (a connection serves one request at a time; up to ``size`` idle ones are kept).
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None, size: int) -> None:
+    ``https://`` connections use ``context`` (default: the system's trust store).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None,
+        size: int,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         self._origin = _Origin(url, headers)
-        self._context = ssl.create_default_context() if self._origin.secure else None
+        self._context = _context(self._origin, context)
         self._idle: deque[_Connection] = deque()
         self._size = size
 
@@ -169,6 +221,7 @@ class Pool:
 
         Raises:
             ConnectFailed: no connection could be made.
+            TlsFailed: the TLS handshake failed.
             ConnectionLost: the connection failed before a whole answer.
             TimeoutError: no answer within ``timeout`` seconds.
         """
@@ -187,7 +240,7 @@ class Pool:
                 connection.close()
                 if reused and isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError)):
                     continue  # the server closed it while idle: it never saw this request
-                raise ConnectionLost(str(exc) or type(exc).__name__) from None
+                raise ConnectionLost(_describe(exc), fresh=not reused) from None
             if _keeps_alive(answer_headers) and len(self._idle) < self._size:
                 self._idle.append(connection)
             else:
@@ -207,11 +260,18 @@ class Pool:
 
 
 class AsyncPool:
-    """asyncio keep-alive connections to one origin, for the tasks of one event loop."""
+    """asyncio keep-alive connections to one origin, for the tasks of one event loop;
+    ``context`` as for ``Pool``."""
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None, size: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None,
+        size: int,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         self._origin = _Origin(url, headers)
-        self._context = ssl.create_default_context() if self._origin.secure else None
+        self._context = _context(self._origin, context)
         self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
         self._size = size
 
@@ -241,7 +301,7 @@ class AsyncPool:
                     stale = isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError))
                     if reused and stale:
                         continue
-                    raise ConnectionLost(str(exc) or type(exc).__name__) from None
+                    raise ConnectionLost(_describe(exc), fresh=not reused) from None
                 except BaseException:  # a timeout or a cancellation: the answer is still due
                     writer.close()
                     raise
@@ -258,6 +318,8 @@ class AsyncPool:
             reader, writer = await asyncio.open_connection(
                 origin.host, origin.port, ssl=self._context, limit=_STREAM_LIMIT
             )
+        except ssl.SSLError as exc:
+            raise TlsFailed(_tls_reason(exc)) from None
         except OSError as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         sock: Any = writer.get_extra_info("socket")
@@ -266,9 +328,18 @@ class AsyncPool:
         return reader, writer
 
     async def aclose(self) -> None:
-        while self._idle:
-            _, writer = self._idle.pop()
+        writers = [writer for _, writer in self._idle]
+        self._idle.clear()
+        for writer in writers:
             writer.close()
+        if writers and self._context is not None:
+            # A TLS connection closes only once its close_notify is exchanged: wait for it
+            # (briefly), or an event loop closed right after would leave them half-open.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_TLS_CLOSE_SECONDS):
+                    await asyncio.gather(
+                        *(writer.wait_closed() for writer in writers), return_exceptions=True
+                    )
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str], bytes]:

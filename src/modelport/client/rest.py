@@ -16,7 +16,15 @@ import numpy.typing as npt
 import orjson
 
 from modelport.client.base import Call, Retry, retry_after_seconds
-from modelport.client.http11 import AsyncPool, ConnectFailed, ConnectionLost, Pool, Response
+from modelport.client.http11 import (
+    AsyncPool,
+    ConnectFailed,
+    ConnectionLost,
+    Pool,
+    Response,
+    TlsFailed,
+)
+from modelport.client.tls import ClientTls, untrusted
 from modelport.errors import (
     Conflict,
     Forbidden,
@@ -210,11 +218,23 @@ def _unreachable(url: str, exc: Exception) -> Retry:
     )
 
 
-def _lost(url: str, call: Call[Any], exc: Exception) -> Unavailable:
+def _lost(url: str, call: Call[Any], exc: ConnectionLost, tls: ClientTls | None) -> Unavailable:
     # Not retried: the request may have reached the server and done its work.
+    why = "the server may have stopped"
+    if not exc.fresh:
+        pass
+    elif tls is None:
+        why += "; or, if it serves TLS (modelport serve --tls-cert), use https://"
+    elif tls.cert is None:
+        why += (
+            "; or it requires a client certificate (serve --tls-client-ca): pass client_cert= "
+            "and client_key="
+        )
+    else:
+        why += "; or it does not accept this client certificate (signed by another CA?)"
     return Unavailable(
         f"{call.method} {url}{call.target}: the connection was lost before the answer "
-        f"({exc}); the server may have stopped"
+        f"({exc}); {why}"
     )
 
 
@@ -222,11 +242,18 @@ class HttpTransport:
     """Sends ``Call``s on a pool of keep-alive connections; safe to share between threads."""
 
     def __init__(
-        self, url: str, timeout: float, headers: Mapping[str, str] | None, pool: int
+        self,
+        url: str,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+        pool: int,
+        tls: ClientTls | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/"
         self.timeout = timeout
-        self._pool = Pool(self.url, headers, pool)
+        self._tls = tls
+        context = tls.ssl_context() if tls is not None else None
+        self._pool = Pool(self.url, headers, pool, context)
 
     def send(self, call: Call[Any]) -> Any:
         timeout = self.timeout if call.timeout is None else call.timeout
@@ -238,8 +265,10 @@ class HttpTransport:
             raise _timeout_error(self.url, call, timeout) from None
         except ConnectFailed as exc:
             raise _unreachable(self.url, exc) from None
+        except TlsFailed as exc:
+            raise untrusted(self.url, str(exc)) from None
         except ConnectionLost as exc:
-            raise _lost(self.url, call, exc) from None
+            raise _lost(self.url, call, exc, self._tls) from None
         return call.read(response)
 
     def close(self) -> None:
@@ -250,11 +279,18 @@ class AsyncHttpTransport:
     """Sends ``Call``s on a pool of asyncio keep-alive connections, on the caller's loop."""
 
     def __init__(
-        self, url: str, timeout: float, headers: Mapping[str, str] | None, pool: int
+        self,
+        url: str,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+        pool: int,
+        tls: ClientTls | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/"
         self.timeout = timeout
-        self._pool = AsyncPool(self.url, headers, pool)
+        self._tls = tls
+        context = tls.ssl_context() if tls is not None else None
+        self._pool = AsyncPool(self.url, headers, pool, context)
 
     async def send(self, call: Call[Any]) -> Any:
         timeout = self.timeout if call.timeout is None else call.timeout
@@ -266,8 +302,10 @@ class AsyncHttpTransport:
             raise _timeout_error(self.url, call, timeout) from None
         except ConnectFailed as exc:
             raise _unreachable(self.url, exc) from None
+        except TlsFailed as exc:
+            raise untrusted(self.url, str(exc)) from None
         except ConnectionLost as exc:
-            raise _lost(self.url, call, exc) from None
+            raise _lost(self.url, call, exc, self._tls) from None
         return call.read(response)
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ import logging
 import resource
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from modelport.serving.pipeline import (
     security_gate,
     server_interceptors,
 )
+from modelport.serving.tls import ServerTls
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -101,6 +103,7 @@ async def serve(
     import uvicorn
 
     # Built (and their imports checked) before anything starts: a bad path is one clear error.
+    tls = ServerTls.load(config)
     gate, http_chain, grpc_chain = _chains(config, registry, wrappers, interceptors)
     manager = await build_manager(registry, config, refs, aliased)
     peers = await _join_peers(manager, role) if role is not None else None
@@ -112,7 +115,7 @@ async def serve(
         from modelport.serving.v2_grpc import start_grpc_server
 
         try:
-            grpc_server = await start_grpc_server(manager, config, grpc_chain)
+            grpc_server = await start_grpc_server(manager, config, grpc_chain, tls)
         except BaseException:
             http_socket.close()
             raise
@@ -170,12 +173,13 @@ async def serve(
         log_level="warning",
         timeout_graceful_shutdown=int(config.drain_seconds) or None,
         lifespan="on",
+        ssl_context_factory=_tls_factory(tls),
     )
     server = uvicorn.Server(server_config)
     announce = None
     if role is None or (role.index == 0 and not role.join_when_loaded):
         workers = f" ({role.count} worker processes)" if role is not None else ""
-        announce = asyncio.create_task(_announce(server, manager, config, workers))
+        announce = asyncio.create_task(_announce(server, manager, config, tls, workers))
     try:
         with _exit_zero_on_sigterm(server):
             await server.serve(sockets=[http_socket])
@@ -284,13 +288,29 @@ def _exit_zero_on_sigterm(server: Any) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-async def _announce(server: object, manager: ModelManager, config: ServeConfig, extra: str) -> None:
+def _tls_factory(tls: ServerTls | None) -> Callable[..., ssl.SSLContext] | None:
+    """uvicorn's hook for the REST port's TLS context: the one ``tls`` checked; None keeps
+    plain HTTP exactly as it was."""
+    if tls is None:
+        return None
+    context = tls.http_context()
+    return lambda _config, _default: context
+
+
+async def _announce(
+    server: object, manager: ModelManager, config: ServeConfig, tls: ServerTls | None, extra: str
+) -> None:
     while not getattr(server, "started", False):
         await asyncio.sleep(0.01)
     served = ", ".join(str(s.ref) for s in manager.models.values()) or "the registry API (hub)"
-    grpc = f", gRPC on {config.host}:{config.grpc_port}" if config.grpc_port is not None else ""
-    rest = f"REST on http://{config.host}:{config.http_port}"
-    print(f"serving {served}: {rest}{grpc}{extra}", flush=True)
+    secure = "" if tls is None else " (TLS)"
+    grpc = ""
+    if config.grpc_port is not None:
+        grpc = f", gRPC{secure} on {config.host}:{config.grpc_port}"
+    scheme = "http" if tls is None else "https"
+    rest = f"REST on {scheme}://{config.host}:{config.http_port}"
+    mtls = "; client certificates required" if tls is not None and tls.mutual else ""
+    print(f"serving {served}: {rest}{grpc}{extra}{mtls}", flush=True)
     for model in manager.models.values():
         for deployment in model.deployments.values():
             if note := deployment.settings_note():
@@ -336,6 +356,7 @@ def run(
         flush=True,
     )
     if config.process_count() > 1:
+        ServerTls.load(config)  # a bad file is one error before any worker starts
         if wrappers or interceptors:
             raise InvalidInput(
                 "wrappers and interceptors passed as objects cannot reach worker processes; "

@@ -41,6 +41,7 @@ from modelport.serving.deployment import State
 from modelport.serving.description import metadata, triton_config
 from modelport.serving.manager import ModelManager
 from modelport.serving.repository_audit import grpc_caller, recorded
+from modelport.serving.tls import ServerTls
 
 __all__ = ["ERROR_METADATA", "InferenceServicer", "abort", "start_grpc_server", "status_of"]
 
@@ -179,8 +180,10 @@ async def start_grpc_server(
     manager: ModelManager,
     config: ServeConfig,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: ServerTls | None = None,
 ) -> grpc.aio.Server:
-    """Serve ``inference.GRPCInferenceService`` on ``config.host:config.grpc_port``.
+    """Serve ``inference.GRPCInferenceService`` on ``config.host:config.grpc_port``, over TLS
+    (and mTLS) when ``tls`` is given.
 
     ``interceptors`` (``pipeline.server_interceptors``, the first outermost) see every RPC.
 
@@ -219,7 +222,10 @@ async def start_grpc_server(
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = f"{config.host}:{config.grpc_port}"
     try:
-        server.add_insecure_port(address)
+        if tls is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, tls.grpc_credentials())
     except RuntimeError:
         raise Unavailable(
             f"cannot listen for gRPC on {address}: the port is in use or not allowed; "
