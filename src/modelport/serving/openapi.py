@@ -184,6 +184,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/v1/gc"): Operation(
         "Collect garbage: unreferenced blobs, abandoned uploads", _REG
     ),
+    ("GET", "/api/v1/keys"): Operation(
+        "API keys (never their secrets); ?all=true: revoked too", _REG
+    ),
+    ("POST", "/api/v1/keys"): Operation(
+        "Create a key; the answer holds the key, shown this once",
+        _REG,
+        body=JSON,
+        status=201,
+        schema=_obj(name="string", scope="string", models="array", expires="string", rate="string"),
+    ),
+    ("DELETE", "/api/v1/keys/{name}"): Operation("Revoke a key", _REG),
     ("GET", "/api/v1/audit"): Operation(
         "The audit log, oldest first (since, model, actor, action, limit)", _REG
     ),
