@@ -22,6 +22,7 @@ from modelport.registry.store import (
     S3Store,
     open_store,
 )
+from modelport.registry.store.local import LocalWriter
 from tests.onnx_models import make_add_model
 from tests.s3_server import make_bucket, moto_s3, s3_client
 
@@ -240,3 +241,39 @@ def test_a_file_url_is_a_local_store(tmp_path: Path) -> None:
     store = open_store(Settings(home=tmp_path, store_url=f"file://{tmp_path / 'elsewhere'}"))
     assert isinstance(store, LocalStore)
     assert store.root == tmp_path / "elsewhere"
+
+
+def test_a_taken_file_is_linked_into_the_store_not_copied(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    received = tmp_path / "store-fs-upload.bin"  # same filesystem as the store
+    received.write_bytes(b"weights" * 1000)
+    with store.writing() as writer:
+        assert isinstance(writer, LocalWriter)
+        blob = writer.adopt(received)
+        writer.publish([blob.digest])
+    assert blob.digest == hashlib.sha256(b"weights" * 1000).hexdigest()
+    assert blob.size == 7000
+    stored = store.root / "blobs" / blob.digest[:2] / blob.digest
+    assert stored.stat().st_ino == received.stat().st_ino  # one inode: nothing copied
+    received.unlink()  # the caller drops its name: the blob stays whole
+    with store.get(blob.digest) as handle:
+        assert handle.read() == b"weights" * 1000
+
+
+def test_a_taken_file_on_another_filesystem_is_copied(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second filesystem (/dev/shm)")
+    store = LocalStore(tmp_path / "store")
+    received = shm / f"modelport-test-{os.getpid()}-{id(store)}"
+    received.write_bytes(b"elsewhere")
+    try:
+        with store.writing() as writer:
+            assert isinstance(writer, LocalWriter)
+            blob = writer.adopt(received)
+            writer.publish([blob.digest])
+        stored = store.root / "blobs" / blob.digest[:2] / blob.digest
+        assert stored.read_bytes() == b"elsewhere"
+        assert stored.stat().st_ino != received.stat().st_ino
+    finally:
+        received.unlink()

@@ -120,10 +120,12 @@ class RemoteRegistry:
         example: Tensors | None = None,
         signature: Signature | None = None,
         task: str | None = None,
+        take_files: bool = False,
     ) -> ModelVersion:
         """``Registry.push`` on the server: the files are streamed up, then pushed there
         (checked, hashed into the store, published in one transaction). An upload that fails
-        is discarded."""
+        is discarded. ``take_files`` changes nothing here: local files are only read (the
+        server always takes what it received)."""
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
             raise InvalidInput("push needs the path of a model file or directory")

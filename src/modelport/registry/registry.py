@@ -119,6 +119,7 @@ class Registry:
         example: Tensors | None = None,
         signature: Signature | None = None,
         task: str | None = None,
+        take_files: bool = False,
     ) -> ModelVersion:
         """Store the model at ``path`` as the next version of ``name``.
 
@@ -130,7 +131,9 @@ class Registry:
         refused before it is read. The model is validated and its signature read before
         anything is stored; files are hashed while copied, and published right before the
         one transaction that records the version, so a failure or a kill at any point
-        leaves no half version.
+        leaves no half version. ``take_files``: the files are the registry's to keep (the
+        registry API's received uploads): a local store links them in instead of copying
+        them, and the caller must not change them afterwards.
 
         Raises:
             InvalidName, InvalidModel, UnsupportedFormat, NotFound (lineage parent),
@@ -155,14 +158,17 @@ class Registry:
         )
         runtime = self.runtimes.get(format) if format else self.runtimes.detect(source)
         with self.store.writing() as writer:
-            info, early = inspect_while_staging(runtime, source, options, writer)
+            info, early = inspect_while_staging(runtime, source, options, writer, take=take_files)
             runtime_metadata = editing.json_dict(info.metadata, "runtime metadata")
             files = info.files
             entries = []
             for rel in files.paths:
                 safe_relative_path(rel)
                 path = files.sources.get(rel, files.root / rel)
-                blob = early if early is not None and path == source else put_file(writer, path)
+                if early is not None and path == source:
+                    blob = early
+                else:
+                    blob = put_file(writer, path, take=take_files)
                 entries.append(FileEntry(rel, blob.digest, blob.size))
             writer.publish({e.digest for e in entries})
             number = pushing.insert_version(

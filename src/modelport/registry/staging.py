@@ -7,13 +7,17 @@ from pathlib import Path
 
 from modelport.errors import InvalidModel
 from modelport.registry.store import Blob, BlobWriter
+from modelport.registry.store.local import LocalWriter
 from modelport.runtimes import ModelInfo, PushOptions, Runtime
 
 __all__ = ["inspect_while_staging", "put_file"]
 
 
-def put_file(writer: BlobWriter, source: Path) -> Blob:
-    """Store one file; refuse it if it changed while it was read."""
+def put_file(writer: BlobWriter, source: Path, *, take: bool = False) -> Blob:
+    """Store one file; refuse it if it changed while it was read. ``take``: the file is
+    the registry's to keep, so a local store links it in instead of copying it."""
+    if take and isinstance(writer, LocalWriter):
+        return writer.adopt(source)
     try:
         before = source.stat()
         handle = source.open("rb")
@@ -28,7 +32,7 @@ def put_file(writer: BlobWriter, source: Path) -> Blob:
 
 
 def inspect_while_staging(
-    runtime: Runtime, source: Path, options: PushOptions, writer: BlobWriter
+    runtime: Runtime, source: Path, options: PushOptions, writer: BlobWriter, *, take: bool = False
 ) -> tuple[ModelInfo, Blob | None]:
     """The runtime's description of ``source`` and, for a one-file model on a store that
     stages, the staged blob of ``source``, copied and hashed while the runtime inspected it.
@@ -42,7 +46,7 @@ def inspect_while_staging(
     if not (writer.staged and source.is_file()):
         return runtime.inspect(source, options), None
     with ThreadPoolExecutor(1, thread_name_prefix="modelport-stage") as stager:
-        staging = stager.submit(put_file, writer, source)
+        staging = stager.submit(put_file, writer, source, take=take)
         try:
             info = runtime.inspect(source, options)
         except BaseException:

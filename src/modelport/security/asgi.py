@@ -4,7 +4,8 @@ It reads ``Authorization`` from the raw scope headers (no ``Request`` object), c
 the request (``policy.http_rule``), asks the ``Gate``, and either answers the refusal itself
 (401 with ``WWW-Authenticate``, 403, 429 with ``Retry-After`` and ``RateLimit-*``; the body
 is the usual ``{"error", "code"}``) or passes the request on with the principal in
-``scope[PRINCIPAL_KEY]`` and ``principal.current()`` set while it runs.
+``scope[PRINCIPAL_KEY]``. REST routes that need the caller read it there
+(``principal.of_request``), so the inference path pays for no context variable.
 
 An accepted response carries the ``RateLimit-*`` headers once its key has used half of its
 burst (``Bucket.low``): a client nearing its limit learns how near, and the common case
@@ -17,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.security.gate import Denied, Gate, rate_headers
 from modelport.security.policy import Rule, http_rule
-from modelport.security.principal import PRINCIPAL_KEY, acting_as
+from modelport.security.principal import PRINCIPAL_KEY
 from modelport.security.ratelimit import Bucket
 from modelport.serving.http import error_body
 
@@ -39,13 +40,13 @@ class AuthWrapper:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
-        rule = self._rules.get((method, path))
+        request = (scope["method"], scope["path"])
+        rule = self._rules.get(request)
         if rule is None:
-            rule = http_rule(method, path)
+            rule = http_rule(*request)
             if len(self._rules) >= _MAX_RULES:
                 self._rules.clear()
-            self._rules[method, path] = rule
+            self._rules[request] = rule
         if rule.scope is None:
             await self._app(scope, receive, send)
             return
@@ -58,17 +59,16 @@ class AuthWrapper:
         if type(client) is not tuple:  # uvicorn's is; a list (other servers) is no dict key
             client = f"{client[0]}:{client[1]}" if client else "unknown"
         try:
-            admitted = self._gate.admit(header, client, rule.scope, rule.model, (method, path))
+            admitted = self._gate.admit(header, client, rule.scope, rule.model, request)
         except Denied as denied:
             await _refuse(denied, send)
             return
         scope[PRINCIPAL_KEY] = admitted.principal
-        with acting_as(admitted.principal):
-            bucket = admitted.bucket
-            if bucket is None or not bucket.low:
-                await self._app(scope, receive, send)
-            else:
-                await self._app(scope, receive, _with_rate_headers(send, bucket))
+        bucket = admitted.bucket
+        if bucket is None or not bucket.low:
+            await self._app(scope, receive, send)
+        else:
+            await self._app(scope, receive, _with_rate_headers(send, bucket))
 
 
 async def _refuse(denied: Denied, send: Send) -> None:

@@ -162,7 +162,9 @@ def routes(registry: Registry, uploads: Uploads) -> list[BaseRoute]:
 
         def commit() -> dict[str, Any]:
             with uploads.committing(upload_id) as files:
-                return registry.push(name=name, **_push_arguments(body, files)).to_dict()
+                # The received files are the registry's: linked into the store, not copied.
+                pushed = registry.push(name=name, take_files=True, **_push_arguments(body, files))
+                return pushed.to_dict()
 
         return json_response(await call_as_caller(request, commit), 201)
 

@@ -165,6 +165,28 @@ class LocalWriter:
         self._staged[digest] = staged
         return Blob(digest, size)
 
+    def adopt(self, path: Path) -> Blob:
+        """Stage the file at ``path``, which the caller gives up (a file the registry API
+        received): hard-linked, not copied, when it is on the store's filesystem, then
+        hashed as it is. The caller must not write to it afterwards. Elsewhere it is copied,
+        as ``put`` does."""
+        staged = self._dir / uuid.uuid4().hex
+        try:
+            os.link(path, staged)
+        except OSError:  # another filesystem, or links not allowed: copy
+            with path.open("rb") as source:
+                return self.put(source)
+        try:
+            with staged.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest = _hash_mapped(handle.fileno(), size)
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            raise _write_error(self._store.root, exc) from exc
+        self._staged[digest] = staged
+        return Blob(digest, size)
+
     def put_sealed(self, digest: str, source: Readable) -> None:
         """Stage ``source``'s bytes to be published under ``digest``, which they do not hash
         to: an encryption of the blob (``store.encrypted``), whose plaintext the caller
