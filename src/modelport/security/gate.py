@@ -32,10 +32,12 @@ log = logging.getLogger(__name__)
 
 
 class Admission(NamedTuple):
-    """An accepted request: who it is, and its key's bucket (None: no rate)."""
+    """An accepted request: who it is, its key's bucket (None: no rate), and when the key
+    expires (None: never)."""
 
     principal: Principal
     bucket: Bucket | None
+    expires_at: datetime | None = None
 
 
 class Denied(Exception):
@@ -92,6 +94,9 @@ class Gate:
         # (Authorization, scope needed, model, client) -> what was admitted, and its key.
         self._admitted: dict[tuple[str | None, str, str | None, Client], _Seen] = {}
         self._grants: dict[tuple[str, str], bool] = {}
+        self.remembered: dict[Any, Admission] = {}
+        """For the REST wrapper's fast path: its own keys (raw header, method, path, client)
+        to what ``admit`` admitted; emptied with every other cache on ``refresh``."""
         self._buckets: dict[str, Bucket] = {}
         self.failures = FailureLimiter(failures_per_minute, 60.0)
         self._refresh_seconds = refresh_seconds
@@ -136,6 +141,7 @@ class Gate:
         # and a live one costs one hash check a second to be remembered anew.
         self._accepted = {}
         self._admitted = {}
+        self.remembered = {}
         self._principals = {}
         self._grants = {}
         # A key that is gone loses its bucket; the others keep theirs.
@@ -214,11 +220,11 @@ class Gate:
             refusal = Forbidden(f"key {record.name!r} is not granted model {model!r}")
             raise self._deny(refusal, principal, what, 403)
         if record.rate is None:
-            return Admission(principal, None), record
+            return Admission(principal, None, record.expires_at), record
         bucket = self._buckets.get(record.key_id) or self._bucket(record)
         if not bucket.take():
             raise self._over_rate(record, bucket, principal, what)
-        return Admission(principal, bucket), record
+        return Admission(principal, bucket, record.expires_at), record
 
     def _over_rate(
         self, record: KeyRecord, bucket: Bucket, principal: Principal, what: tuple[str, ...]
