@@ -65,6 +65,8 @@ def test_remote_registry_has_the_methods_of_registry() -> None:
     remote_datasets = public_methods(RemoteDatasets)
     assert set(datasets) <= set(remote_datasets)
     assert set(remote_datasets) - set(datasets) == {"pull"}
+    for name, signature in datasets.items():
+        assert list(signature.parameters) == list(remote_datasets[name].parameters), name
 
 
 def test_datasets_are_browsed_and_curated_remotely(
@@ -82,14 +84,32 @@ def test_datasets_are_browsed_and_curated_remotely(
     pulled = remote.datasets.pull("flowers@gold", tmp_path / "data")
     for entry in pulled.files:
         assert (tmp_path / "data" / entry.path).stat().st_size == entry.size
-    with pytest.raises(InvalidInput, match="runs where the registry is"):
-        remote.datasets.push(tmp_path, "nope")
+    # Pushed, split and read back over HTTP: the server profiles what it received.
+    table = tmp_path / "table.csv"
+    table.write_text("x,y,label\n" + "".join(f"{i},{i * 0.5},{i % 2}\n" for i in range(40)))
+    pushed = remote.datasets.push(table, "table", license="CC0", aliases=["raw"], tags=["k=v"])
+    assert (pushed.ref, pushed.rows, pushed.license, pushed.aliases) == (
+        "table@1",
+        40,
+        "CC0",
+        ("raw",),
+    )
+    split = remote.datasets.split("table@raw", {"train": 0.75, "test": 0.25}, stratify="label")
+    assert split.splits == {"train": 30, "test": 10}
+    train = remote.datasets.load("table@2:train")
+    assert train.rows == 30 and set(train.columns) == {"x", "y", "label"}
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("x,label\n1,0\n2\n")
+    with pytest.raises(InvalidInput):
+        remote.datasets.push(ragged, "ragged")
+    assert "ragged" not in [d.name for d in remote.datasets.list()]
 
     url = hub.http_url
     shown = json.loads(cli(home, "dataset", "show", "flowers@gold", "--json", remote=url).stdout)
     assert shown["sha256"] == local["sha256"]
-    refused = cli(home, "dataset", "builtin", "digits", remote=url)
-    assert refused.returncode != 0 and "local registry only" in refused.stderr
+    made = cli(home, "dataset", "builtin", "wine", "--json", remote=url)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["ref"] == "wine@1"
     with pytest.raises(Conflict):
         remote.datasets.delete("flowers@1")
     removed = cli(home, "dataset", "rm", "flowers@1", "--force", remote=url)

@@ -9,7 +9,7 @@ import typer
 
 from modelport.cli import render
 from modelport.cli.options import AliasOption, JsonFlag
-from modelport.cli.state import open_registry, refuse_local_only
+from modelport.cli.state import open_registry
 from modelport.config import load_settings
 from modelport.errors import VerificationFailed
 from modelport.registry import Registry
@@ -53,8 +53,7 @@ def push(
 ) -> None:
     """Store a data file (or an image folder, one subfolder per class) as the next version
     of NAME: hashed, profiled and checked as it streams."""
-    refuse_local_only("dataset push")
-    with _registry() as registry:
+    with _browse() as registry:
         version = registry.datasets.push(
             path, name, label=label, description=description, license=license_text,
             aliases=alias or [], tags=tag or [],
@@ -74,8 +73,7 @@ def builtin(
     as_json: JsonFlag = False,
 ) -> None:
     """Store one of scikit-learn's bundled datasets (no network), label column `label`."""
-    refuse_local_only("dataset builtin")
-    with _registry() as registry:
+    with _browse() as registry:
         version = registry.datasets.builtin(which, name=name)
     _pushed(version, as_json)
 
@@ -95,8 +93,7 @@ def split(
 ) -> None:
     """Store a new version of REF's data with named splits (fractions must add up to 1)."""
     fractions = {"train": train, "val": val, "test": test}
-    refuse_local_only("dataset split")
-    with _registry() as registry:
+    with _browse() as registry:
         version = registry.datasets.split(
             ref, fractions, seed=seed, stratify=stratify, aliases=alias or []
         )

@@ -13,9 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LOCAL_ONLY", "open_registry", "refuse_local_only", "remote_url", "set_remote_url"]
 
-LOCAL_ONLY = frozenset(
-    {"convert", "optimize", "tune", "serve", "dataset push", "dataset split", "dataset builtin"}
-)
+LOCAL_ONLY = frozenset({"convert", "optimize", "tune", "serve"})
 """Commands that work on the local registry only: with a remote set they say so."""
 
 _remote: list[str | None] = [None]

@@ -1,23 +1,26 @@
-"""``Registry.remote(url).datasets``: a server's datasets, browsed and curated over the
-registry API (list, versions, get, verify, set_alias, delete, pull).
-
-Pushing, splitting and loading rows run where the registry is (``modelport dataset
-push|split|builtin``, ``registry.datasets.load``): over HTTP they say so.
+"""``Registry.remote(url).datasets``: a server's datasets over the registry API, with the
+methods of the local ``Registry().datasets``: push (the file streamed up, then profiled and
+stored by the server), split, builtin, list, versions, get, verify, set_alias, delete,
+load (the files downloaded and verified, the rows read here) and pull.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from modelport.client.remote_transfer import download
+from modelport.client.remote_transfer import download, upload_paths
 from modelport.datasets.records import DatasetRef, DatasetSummary, DatasetVersion
 from modelport.errors import InvalidInput
 
 if TYPE_CHECKING:
     from modelport.client.remote_registry import RemoteRegistry
+    from modelport.datasets.view import DatasetView
 
 __all__ = ["RemoteDatasets"]
 
@@ -75,21 +78,67 @@ class RemoteDatasets:
                      Path(dest).expanduser(), record.ref)  # fmt: skip
         return record
 
-    def push(self, *_args: Any, **_kwargs: Any) -> NoReturn:
-        _local_only("push")
+    def push(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        label: str | None = None,
+        description: str = "",
+        license: str = "",
+        aliases: Iterable[str] = (),
+        tags: Mapping[str, str] | Iterable[str] | None = None,
+        source: str | None = None,
+    ) -> DatasetVersion:
+        """``Registry().datasets.push`` on the server: the file (or image folder) is
+        streamed up, then read, profiled and stored there; bad data stores nothing."""
+        registry = self._registry
+        upload = registry.call("POST", "/uploads")["upload"]
+        try:
+            (member,) = upload_paths(registry.http, upload, [Path(path).expanduser()])
+            if tags is not None and not isinstance(tags, Mapping):
+                tags = dict(t.partition("=")[::2] for t in tags)
+            body = {
+                "upload": upload, "path": member, "label": label, "description": description,
+                "license": license, "aliases": builtins.list(aliases),
+                "tags": dict(tags) if tags else None, "source": source,
+            }  # fmt: skip
+            found = registry.call("POST", f"/datasets/{quote(name, safe='')}/versions", json=body)
+        except BaseException:
+            with contextlib.suppress(Exception):  # must not hide the error that led here
+                registry.http.delete(f"/api/v1/uploads/{upload}")
+            raise
+        return DatasetVersion.from_dict(found)
 
-    def split(self, *_args: Any, **_kwargs: Any) -> NoReturn:
-        _local_only("split")
+    def split(
+        self,
+        ref: DatasetRef | str,
+        fractions: Mapping[str, float],
+        *,
+        seed: int = 0,
+        stratify: str | None = None,
+        name: str | None = None,
+        aliases: Iterable[str] = (),
+    ) -> DatasetVersion:
+        """``Registry().datasets.split`` on the server."""
+        body = {
+            "fractions": dict(fractions), "seed": seed, "stratify": stratify, "name": name,
+            "aliases": builtins.list(aliases),
+        }  # fmt: skip
+        found = self._registry.call("POST", f"{self._version_path(ref)}/split", json=body)
+        return DatasetVersion.from_dict(found)
 
-    def builtin(self, *_args: Any, **_kwargs: Any) -> NoReturn:
-        _local_only("builtin")
+    def builtin(self, which: str, *, name: str | None = None) -> DatasetVersion:
+        """``Registry().datasets.builtin`` on the server (its scikit-learn's files)."""
+        path = f"/datasets/{quote(name or which, safe='')}/builtin"
+        return DatasetVersion.from_dict(self._registry.call("POST", path, json={"which": which}))
 
-    def load(self, *_args: Any, **_kwargs: Any) -> NoReturn:
-        _local_only("load")
+    def load(self, ref: DatasetRef | str) -> DatasetView:
+        """The rows ``ref`` names, read here from the version's files, downloaded and
+        verified into a temporary directory that is removed afterwards."""
+        from modelport.datasets.catalog import read_view
 
-
-def _local_only(what: str) -> NoReturn:
-    raise InvalidInput(
-        f"dataset {what} runs where the registry is, not over the registry API yet; run it on "
-        "the server's machine (modelport dataset ...), or pull the files (datasets.pull)"
-    )
+        target = DatasetRef.coerce(ref)
+        with tempfile.TemporaryDirectory(prefix="modelport-dataset-") as scratch:
+            record = self.pull(str(target.ref), scratch)
+            return read_view(record, Path(scratch)).select(target.split)

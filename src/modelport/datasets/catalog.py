@@ -35,7 +35,7 @@ from modelport.types import DataType, ModelRef, parse_tags, validate_alias, vali
 if TYPE_CHECKING:
     from modelport.registry import Registry
 
-__all__ = ["Datasets"]
+__all__ = ["Datasets", "read_view"]
 
 
 class Datasets:
@@ -300,17 +300,23 @@ class Datasets:
         target = DatasetRef.coerce(ref)
         record = self.get(target.ref)
         directory = self.registry.checkout.checkout(list(record.files))
-        types = {c.name: c.datatype for c in record.columns}
-        chunks: dict[str, list[np.ndarray]] = {c.name: [] for c in record.columns}
-        for chunk in read_chunks(record.format, _data_path(record.format, directory), types):
-            for column, values in chunk.items():
-                chunks[column].append(values)
-        whole = {c.name: _typed(np.concatenate(chunks[c.name]), c.datatype) for c in record.columns}
-        split_rows = {
-            split: np.load(directory / "splits" / f"{split}.npy", allow_pickle=False)
-            for split in record.splits
-        }
-        return DatasetView(record, None, whole, whole, split_rows).select(target.split)
+        return read_view(record, directory).select(target.split)
+
+
+def read_view(record: DatasetVersion, directory: Path) -> DatasetView:
+    """Every row of ``record``, read from its files in ``directory`` (a checkout, or a
+    verified download: ``Registry.remote(...).datasets.load``)."""
+    types = {c.name: c.datatype for c in record.columns}
+    chunks: dict[str, list[np.ndarray]] = {c.name: [] for c in record.columns}
+    for chunk in read_chunks(record.format, _data_path(record.format, directory), types):
+        for column, values in chunk.items():
+            chunks[column].append(values)
+    whole = {c.name: _typed(np.concatenate(chunks[c.name]), c.datatype) for c in record.columns}
+    split_rows = {
+        split: np.load(directory / "splits" / f"{split}.npy", allow_pickle=False)
+        for split in record.splits
+    }
+    return DatasetView(record, None, whole, whole, split_rows)
 
 
 def _profile_while_staging(

@@ -2,21 +2,25 @@
 
 What a remote user browses and curates: list, versions, a version (``{ref}`` is a number
 or an alias, optionally with ``:split``), verify, alias, delete, and the files, streamed
-as models' are. Pushing and splitting a dataset over HTTP is not offered yet: they run
-where the registry is (``modelport dataset push|split|builtin``).
+as models' are; and what makes versions: a push of an upload's file (``POST
+/api/v1/datasets/{name}/versions``, the same uploads as models'), a split, and one of
+scikit-learn's bundled sets (``POST /api/v1/datasets/{name}/builtin``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from modelport.errors import NotFound
+from modelport.errors import InvalidInput, NotFound
 from modelport.registry import Registry
 from modelport.serving.api_requests import call_as_caller, field, flag, json_body
 from modelport.serving.http import json_response
 from modelport.serving.registry_files import blob_chunks, digest_headers
+from modelport.serving.uploads import Uploads, relative_path
 
 __all__ = ["routes"]
 
@@ -25,8 +29,85 @@ def _ref(request: Request) -> str:
     return f"{request.path_params['name']}@{request.path_params['ref']}"
 
 
-def routes(registry: Registry) -> list[BaseRoute]:
-    """The dataset routes, bound to ``registry``."""
+def _strings(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput(f"{key!r} must be a list of strings")
+    return value
+
+
+def _tags(body: dict[str, Any]) -> dict[str, str]:
+    value = body.get("tags") or {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidInput("'tags' must be an object of strings")
+    return value
+
+
+def routes(registry: Registry, uploads: Uploads) -> list[BaseRoute]:
+    """The dataset routes, bound to ``registry``; pushes take their files from ``uploads``."""
+    return [*_making_routes(registry, uploads), *_browsing_routes(registry)]
+
+
+def _making_routes(registry: Registry, uploads: Uploads) -> list[BaseRoute]:
+    """What makes a version: a push of an upload's file, a split, a builtin set."""
+    datasets = registry.datasets
+
+    async def push(request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await json_body(request)
+        upload_id = field(body, "upload", str, required=True)
+        member = relative_path(field(body, "path", str, required=True))
+        options = {
+            "label": field(body, "label", str),
+            "description": field(body, "description", str) or "",
+            "license": field(body, "license", str) or "",
+            "aliases": _strings(body, "aliases"),
+            "tags": _tags(body),
+            "source": field(body, "source", str),
+        }
+
+        def commit() -> dict[str, Any]:
+            with uploads.committing(upload_id) as files:
+                source = files / member
+                if not source.exists():
+                    raise InvalidInput(f"upload {upload_id} has no file or folder {member}")
+                return datasets.push(source, name, **options).to_dict()
+
+        return json_response(await call_as_caller(request, commit), 201)
+
+    async def split(request: Request) -> Response:
+        body = await json_body(request)
+        fractions = field(body, "fractions", dict, required=True)
+        if not all(isinstance(v, int | float) for v in fractions.values()):
+            raise InvalidInput("'fractions' must map split names to numbers")
+        seed = field(body, "seed", int) or 0
+        stratify, new_name = field(body, "stratify", str), field(body, "name", str)
+        aliases, ref = _strings(body, "aliases"), _ref(request)
+
+        def make() -> dict[str, Any]:
+            made = datasets.split(
+                ref, fractions, seed=seed, stratify=stratify, name=new_name, aliases=aliases
+            )
+            return made.to_dict()
+
+        return json_response(await call_as_caller(request, make), 201)
+
+    async def builtin(request: Request) -> Response:
+        body = await json_body(request)
+        which = field(body, "which", str, required=True)
+        name = request.path_params["name"]
+        made = await call_as_caller(request, lambda: datasets.builtin(which, name=name))
+        return json_response(made.to_dict(), 201)
+
+    dataset = "/api/v1/datasets/{name}"
+    return [
+        Route(f"{dataset}/versions", push, methods=["POST"]),
+        Route(f"{dataset}/builtin", builtin, methods=["POST"]),
+        Route(f"{dataset}/versions/{{ref}}/split", split, methods=["POST"]),
+    ]
+
+
+def _browsing_routes(registry: Registry) -> list[BaseRoute]:
     datasets = registry.datasets
 
     async def list_datasets(request: Request) -> Response:

@@ -158,6 +158,42 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         schema=_obj(serving="object"),
     ),
     ("GET", "/api/v1/datasets"): Operation("List datasets", _DS),
+    ("POST", "/api/v1/datasets/{name}/versions"): Operation(
+        "Push an upload's file or folder as the next version (profiled by the server)",
+        _DS,
+        body=JSON,
+        status=201,
+        schema=_obj(
+            upload="string",
+            path="string",
+            label="string",
+            description="string",
+            license="string",
+            aliases="array",
+            tags="object",
+            source="string",
+        ),
+    ),
+    ("POST", "/api/v1/datasets/{name}/builtin"): Operation(
+        "Store one of scikit-learn's bundled sets as the next version",
+        _DS,
+        body=JSON,
+        status=201,
+        schema=_obj(which="string"),
+    ),
+    ("POST", "/api/v1/datasets/{name}/versions/{ref}/split"): Operation(
+        "A new version with named splits of this one's rows",
+        _DS,
+        body=JSON,
+        status=201,
+        schema=_obj(
+            fractions="object",
+            seed="integer",
+            stratify="string",
+            name="string",
+            aliases="array",
+        ),
+    ),
     ("GET", "/api/v1/datasets/{name}"): Operation("A dataset and its versions", _DS),
     ("PUT", "/api/v1/datasets/{name}/aliases/{alias}"): Operation(
         "Point a dataset alias at a version", _DS, body=JSON, schema=_obj(version="integer")

@@ -71,7 +71,7 @@ def routes(registry: Registry, *, max_upload_bytes: int) -> list[BaseRoute]:
         *_version_routes(registry),
         Route("/api/v1/gc", gc, methods=["POST"]),
         *registry_files.routes(registry, uploads),
-        *datasets_api.routes(registry),
+        *datasets_api.routes(registry, uploads),
     ]
 
 
