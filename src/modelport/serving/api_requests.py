@@ -22,6 +22,7 @@ __all__ = [
     "flag",
     "json_body",
     "refuse_unseen",
+    "strings",
     "version_ref",
 ]
 
@@ -80,3 +81,11 @@ def field(body: dict[str, Any], key: str, kind: type, *, required: bool = False)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InvalidInput(f"{key!r} must be a {kind.__name__}, not {type(value).__name__}")
     return value
+
+
+def strings(body: dict[str, Any], key: str) -> list[str]:
+    """The body's ``key``: a list of strings (absent: empty), else ``InvalidInput``."""
+    values = field(body, key, list) or []
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidInput(f"{key!r} must be a list of strings")
+    return values

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from modelport.errors import InvalidInput, NotFound
 from modelport.registry import Registry
-from modelport.serving.api_requests import call_as_caller, field, flag, json_body
+from modelport.serving.api_requests import call_as_caller, field, flag, json_body, strings
 from modelport.serving.http import json_response
 from modelport.serving.registry_files import blob_chunks, digest_headers
 from modelport.serving.uploads import Uploads, relative_path
@@ -27,13 +27,6 @@ __all__ = ["routes"]
 
 def _ref(request: Request) -> str:
     return f"{request.path_params['name']}@{request.path_params['ref']}"
-
-
-def _strings(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidInput(f"{key!r} must be a list of strings")
-    return value
 
 
 def _tags(body: dict[str, Any]) -> dict[str, str]:
@@ -61,7 +54,7 @@ def _making_routes(registry: Registry, uploads: Uploads) -> list[BaseRoute]:
             "label": field(body, "label", str),
             "description": field(body, "description", str) or "",
             "license": field(body, "license", str) or "",
-            "aliases": _strings(body, "aliases"),
+            "aliases": strings(body, "aliases"),
             "tags": _tags(body),
             "source": field(body, "source", str),
         }
@@ -82,7 +75,7 @@ def _making_routes(registry: Registry, uploads: Uploads) -> list[BaseRoute]:
             raise InvalidInput("'fractions' must map split names to numbers")
         seed = field(body, "seed", int) or 0
         stratify, new_name = field(body, "stratify", str), field(body, "name", str)
-        aliases, ref = _strings(body, "aliases"), _ref(request)
+        aliases, ref = strings(body, "aliases"), _ref(request)
 
         def make() -> dict[str, Any]:
             made = datasets.split(

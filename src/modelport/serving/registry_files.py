@@ -32,6 +32,7 @@ from modelport.serving.api_requests import (
     field,
     json_body,
     refuse_unseen,
+    strings,
     version_ref,
 )
 from modelport.serving.http import json_response
@@ -65,13 +66,6 @@ async def blob_chunks(store: BlobStore, digest: str) -> AsyncIterator[bytes]:
         await asyncio.to_thread(opened.__exit__, None, None, None)
 
 
-def _strings(body: dict[str, Any], key: str) -> list[str]:
-    values = field(body, key, list) or []
-    if not all(isinstance(v, str) for v in values):
-        raise InvalidInput(f"{key!r} must be a list of strings")
-    return values
-
-
 def _lineage(body: dict[str, Any]) -> Lineage | None:
     given = field(body, "lineage", dict)
     if not given:
@@ -102,7 +96,7 @@ def _signature(body: dict[str, Any]) -> Signature | None:
 
 def _push_arguments(body: dict[str, Any], files: Path) -> dict[str, Any]:
     """``Registry.push`` keyword arguments from a push request's body."""
-    paths = _strings(body, "paths")
+    paths = strings(body, "paths")
     if not paths:
         raise InvalidInput(
             "'paths' must list the model's paths in the upload, the model first "
@@ -111,7 +105,7 @@ def _push_arguments(body: dict[str, Any], files: Path) -> dict[str, Any]:
     example = field(body, "example", str)
     arguments: dict[str, Any] = {
         "path": [files / relative_path(p) for p in paths],
-        "aliases": _strings(body, "aliases"),
+        "aliases": strings(body, "aliases"),
         "tags": field(body, "tags", dict),
         "description": field(body, "description", str) or "",
         "format": field(body, "format", str),
