@@ -23,9 +23,6 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from modelport.config import Settings
 from modelport.errors import EncryptionKeyError, VerificationFailed
 
@@ -61,6 +58,8 @@ class MasterKey:
 
     def wrap(self, data_key: bytes, digest: str) -> str:
         """``data_key`` sealed under this key for the blob ``digest`` (base64 text)."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         nonce = os.urandom(_NONCE_BYTES)
         sealed = AESGCM(self.secret).encrypt(nonce, data_key, _WRAP_LABEL + digest.encode())
         return base64.b64encode(nonce + sealed).decode("ascii")
@@ -72,6 +71,9 @@ class MasterKey:
             VerificationFailed: the wrapped key was altered, or belongs to another blob
                 (the caller has already checked the key id, so the key itself is right).
         """
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             raw = base64.b64decode(wrapped, validate=True)
             key = AESGCM(self.secret).decrypt(
